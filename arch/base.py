@@ -1,0 +1,385 @@
+"""The architecture protocol: what the rest of ptemu may ask of an arch.
+
+Owns the vocabulary shared by every arch module (access kinds, the walker's
+step messages, translations and faults, level geometry) and the abstract
+`Arch` class. Nothing outside `arch/` knows a bit layout: the kernel model
+asks an `Arch` to build, test and decode entries, and the machine asks it to
+walk, to set up a vCPU and to decode a hypercall.
+
+A hardware walk is a generator (gem5's `stepWalk` idea): it yields
+`PteRead` / `PteSetBits` messages, each of which is one scheduling point,
+and returns a `Translation` or a `Fault`. `emu/walk_driver.py` runs it
+straight through (in Unicorn's TLB-fill hook) or one message per step
+(under the scheduler). `translate_functional` runs the same generator over
+a plain memory image without side effects, for tools and oracles.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from unicorn import Uc
+
+
+class Access(enum.IntEnum):
+    """Kind of guest access; values match Unicorn's TLB-fill `access` - 16."""
+
+    READ = 0
+    WRITE = 1
+    FETCH = 2
+
+
+# Permission bits of a translation; the same values as UC_PROT_*.
+PERM_R = 1
+PERM_W = 2
+PERM_X = 4
+
+
+def perm_allows(perms: int, access: Access) -> bool:
+    return bool(perms & (PERM_R, PERM_W, PERM_X)[access])
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a radix page table, named as Linux names it."""
+
+    name: str  # "pgd", "pud", "pmd", "pte" (Linux names)
+    shift: int  # log2 of the span of one entry
+    entries: int  # entries per table at this level
+    entry_size: int  # bytes per entry
+
+    @property
+    def table_bytes(self) -> int:
+        return self.entries * self.entry_size
+
+    def index(self, va: int) -> int:
+        return (va >> self.shift) & (self.entries - 1)
+
+
+@dataclass(frozen=True)
+class PteRead:
+    """The walker reads one entry (atomically for `size` bytes)."""
+
+    pa: int
+    size: int
+    level: str
+
+
+@dataclass(frozen=True)
+class PteSetBits:
+    """The walker atomically ORs `bits` into an entry (hardware A/D update)."""
+
+    pa: int
+    size: int
+    bits: int
+    level: str
+
+
+WalkStep = PteRead | PteSetBits
+
+
+@dataclass(frozen=True)
+class Translation:
+    """A successful walk: one mapping of `size` bytes."""
+
+    va_base: int
+    pa_base: int
+    size: int
+    perms: int
+    # Physical addresses of the table frames the walk went through (root
+    # first) and of the leaf entry: what a TLB entry depends on.
+    tables: tuple[int, ...] = ()
+    leaf_pa: int = 0
+
+    def pa(self, va: int) -> int:
+        return self.pa_base + (va - self.va_base)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A walk that found no usable mapping."""
+
+    va: int
+    access: Access
+    level: str
+    reason: str  # "not-present", "protection", "bad-entry", "outside-ram"
+
+
+WalkResult = Translation | Fault
+Walk = Generator[WalkStep, int, WalkResult]
+
+
+class MemoryImage:
+    """Read-only view of physical memory for functional translation."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = data
+
+    def read(self, pa: int, size: int) -> bytes:
+        if pa < 0 or pa + size > len(self.data):
+            raise IndexError(pa)
+        return bytes(self.data[pa : pa + size])
+
+
+@dataclass(frozen=True)
+class Prot:
+    """Linux-level protection of a new mapping (vm_page_prot, simplified)."""
+
+    write: bool = True
+    exec: bool = False
+    user: bool = True
+
+
+@dataclass(frozen=True)
+class MemOp:
+    """One store the kernel makes when it writes an entry.
+
+    Arches write entries in their own order (PAE: high word, then low; arm:
+    Linux copy, then hardware copy); each store is its own step.
+    """
+
+    pa: int
+    size: int
+    value: int
+
+
+@dataclass
+class CallConv:
+    """How a guest invokes a hypercall on this arch."""
+
+    trap: str  # the instruction, for documentation and the assembler
+    intno: int  # what Unicorn's interrupt hook reports for it
+    nr_reg: str
+    arg_regs: tuple[str, ...]
+    ret_reg: str
+
+
+class Arch(ABC):
+    """One architecture: format, walker, policy, and Unicorn glue."""
+
+    name: ClassVar[str]
+    page_size: ClassVar[int]  # Linux base page size
+    uc_page_size: ClassVar[int]  # Unicorn's TLB granule
+    byteorder: ClassVar[str]
+    va_bits: ClassVar[int]
+    levels: ClassVar[tuple[Level, ...]]  # Linux's view, root first
+    callconv: ClassVar[CallConv]
+    # Unicorn / Keystone / Capstone modes
+    uc_arch: ClassVar[int]
+    uc_mode: ClassVar[int]
+    ks_arch: ClassVar[int]
+    ks_mode: ClassVar[int]
+    cs_arch: ClassVar[int]
+    cs_mode: ClassVar[int]
+    # Where guest programs are linked, and a user stack for each vCPU.
+    code_base: ClassVar[int]
+    stack_top: ClassVar[int]
+
+    # ---- geometry -------------------------------------------------------
+    def level(self, name: str) -> Level:
+        for lv in self.levels:
+            if lv.name == name:
+                return lv
+        raise KeyError(name)
+
+    @property
+    def pmd_size(self) -> int:
+        return 1 << self.level("pmd").shift
+
+    @property
+    def ptrs_per_pte(self) -> int:
+        return self.level("pte").entries
+
+    def entry_pa(self, table_pa: int, level: Level, va: int) -> int:
+        """Where the entry for `va` lives in a table of `level`."""
+        return table_pa + level.index(va) * level.entry_size
+
+    # ---- the mm root ----------------------------------------------------
+    @abstractmethod
+    def alloc_root(self, alloc_table: Callable[[str, int], int],
+                   store: Callable[[int, int, int], None]) -> int:
+        """Build an empty top-level table; returns the root (what CR3 &c hold).
+
+        `alloc_table(level_name, nbytes)` returns the physical address of a
+        zeroed table owned by the kernel model's allocator; `store(pa, size,
+        value)` writes an entry (the mm is not yet visible to anyone).
+        """
+
+    # ---- Linux's view of entries (used by emu/kernel) ----------------------
+    @abstractmethod
+    def entry_none(self, level: str, val: int) -> bool: ...
+
+    @abstractmethod
+    def entry_present(self, level: str, val: int) -> bool: ...
+
+    @abstractmethod
+    def mk_table_entry(self, level: str, table_pa: int) -> int:
+        """An entry of `level` pointing to the next-level table at `table_pa`."""
+
+    @abstractmethod
+    def table_pa(self, level: str, val: int) -> int:
+        """The next-level table an entry of `level` points to (Linux's view)."""
+
+    @abstractmethod
+    def entry_bad(self, level: str, val: int) -> bool: ...
+
+    @abstractmethod
+    def mk_pte(self, pa: int, prot: Prot) -> int: ...
+
+    @abstractmethod
+    def pte_pa(self, val: int) -> int: ...
+
+    def pte_none(self, val: int) -> bool:
+        return self.entry_none("pte", val)
+
+    def pte_present(self, val: int) -> bool:
+        return self.entry_present("pte", val)
+
+    @abstractmethod
+    def pte_write(self, val: int) -> bool: ...
+
+    def pte_mkyoung(self, val: int) -> int:
+        return val
+
+    def pte_mkdirty(self, val: int) -> int:
+        return val
+
+    def pmd_trans_huge(self, val: int) -> bool:
+        """A PMD mapping a huge page; arches without THP keep the default."""
+        return False
+
+    def mk_pmd_huge(self, pa: int, prot: Prot) -> int:
+        raise NotImplementedError(f"{self.name} has no PMD-sized pages")
+
+    def pmd_huge_pa(self, val: int) -> int:
+        raise NotImplementedError(f"{self.name} has no PMD-sized pages")
+
+    def empty_entry(self, level: str) -> int:
+        """The value of an empty entry (0 almost everywhere; s390 differs)."""
+        return 0
+
+    def set_entry_ops(self, level: str, entry_pa: int, val: int) -> Sequence[MemOp]:
+        """The stores that write `val` to an entry, in the order Linux makes them."""
+        lv = self.level(level)
+        return (MemOp(entry_pa, lv.entry_size, val),)
+
+    def clear_entry_ops(self, level: str, entry_pa: int) -> Sequence[MemOp]:
+        return self.set_entry_ops(level, entry_pa, self.empty_entry(level))
+
+    def describe_entry(self, level: str, val: int) -> str:
+        """Human-readable decoding of an entry, for `ptemu pgtable dump`."""
+        return f"{val:#x}"
+
+    # ---- page-table allocation policy ------------------------------------
+    # Name of the kernel's table allocator for this arch (emu/kernel/pgalloc.py
+    # POLICIES): "page" is one table per page.
+    pgtable_policy: ClassVar[str] = "page"
+    split_pte_ptlocks: ClassVar[bool] = True
+    split_pmd_ptlocks: ClassVar[bool] = False
+
+    def table_alloc_bytes(self, level: str) -> int:
+        """Bytes a new table of `level` takes (may be less than a frame)."""
+        return self.level(level).table_bytes
+
+    # ---- the hardware (or software-refill) walker --------------------------
+    @abstractmethod
+    def walk(self, root: int, va: int, access: Access, user: bool = True) -> Walk:
+        """Translate `va` as the MMU does: yields entry reads, returns the result."""
+
+    def translate_functional(self, mem: bytes | bytearray | memoryview | MemoryImage,
+                             root: int, va: int, access: Access,
+                             user: bool = True) -> WalkResult:
+        """Side-effect-free translation of `va` over a memory image.
+
+        Runs the same walk the MMU runs, reading entries from `mem` and
+        discarding A/D updates. Never raises for a bad table pointer: an
+        entry pointing outside `mem` is a `Fault` with reason "outside-ram".
+        """
+        image = mem if isinstance(mem, MemoryImage) else MemoryImage(mem)
+        gen = self.walk(root, va, access, user)
+        try:
+            msg = next(gen)
+            while True:
+                if isinstance(msg, PteRead):
+                    try:
+                        raw = image.read(msg.pa, msg.size)
+                    except IndexError:
+                        gen.close()
+                        return Fault(va, access, msg.level, "outside-ram")
+                    msg = gen.send(int.from_bytes(raw, self.byteorder))
+                else:
+                    # A/D updates are not made; tell the walker the value it
+                    # would have produced so it can finish.
+                    raw = image.read(msg.pa, msg.size)
+                    msg = gen.send(int.from_bytes(raw, self.byteorder) | msg.bits)
+        except StopIteration as stop:
+            return stop.value
+
+    # ---- TLB invalidation model ----------------------------------------------
+    def flush_is_global(self) -> bool:
+        """True where one invalidation purges every CPU's TLB (s390 IPTE)."""
+        return False
+
+    # ---- Unicorn glue -------------------------------------------------------
+    @abstractmethod
+    def setup_cpu(self, uc: Uc, cpu_index: int, root: int) -> None:
+        """Put a fresh Unicorn instance into the state a user program expects."""
+
+    @abstractmethod
+    def get_pc(self, uc: Uc) -> int: ...
+
+    @abstractmethod
+    def set_pc(self, uc: Uc, pc: int) -> None: ...
+
+    @abstractmethod
+    def set_sp(self, uc: Uc, sp: int) -> None: ...
+
+    def reg(self, name: str) -> int:
+        """Unicorn register id of a register named in `callconv`."""
+        raise NotImplementedError
+
+    def read_reg(self, uc: Uc, name: str) -> int:
+        return uc.reg_read(self.reg(name))
+
+    def write_reg(self, uc: Uc, name: str, value: int) -> None:
+        uc.reg_write(self.reg(name), value)
+
+    def hypercall_args(self, uc: Uc) -> tuple[int, tuple[int, ...]]:
+        cc = self.callconv
+        return (self.read_reg(uc, cc.nr_reg), tuple(self.read_reg(uc, r) for r in cc.arg_regs))
+
+    def set_return(self, uc: Uc, value: int) -> None:
+        mask = (1 << (8 * self.word_size)) - 1
+        self.write_reg(uc, self.callconv.ret_reg, value & mask)
+
+    def after_trap(self, uc: Uc) -> None:
+        """Adjust state after the trap hook (s390 must step over the svc)."""
+
+    def set_args(self, uc: Uc, args: Sequence[int]) -> None:
+        """Place a program's start arguments in the argument registers."""
+        regs = self.callconv.arg_regs
+        if len(args) > len(regs):
+            raise ValueError(f"{self.name} takes at most {len(regs)} program arguments")
+        for r, v in zip(regs, args, strict=False):
+            self.write_reg(uc, r, v)
+
+    word_size: ClassVar[int] = 4
+
+    def step_count(self, uc: Uc, pc: int) -> int:
+        """Instructions to run as one indivisible guest step at `pc` (sparc64 delay slots)."""
+        return 1
+
+    def check_guest_asm(self, text: str, name: str) -> None:
+        """Refuse guest assembly this arch cannot run restartably (sparc64 delay slots)."""
+
+    def guest_asm_prelude(self) -> str:
+        """Assembly text prepended to every guest program (macros, equates)."""
+        return ""
+
+    def mmap_hint(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,245 @@
+"""The `ptemu` command line (argparse + rich). The core never imports rich.
+
+Exit status: 0 clean, 1 a violation / deadlock / crash was found, 2 bad
+input (malformed scenario, unknown arch or variant, bad schedule string).
+Bad input is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+def _width() -> int | None:
+    # rich falls back to 80 columns when not on a terminal; tables need more
+    return None if sys.stdout.isatty() else 160
+
+
+console = Console(highlight=False, width=_width())
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DEMOS: dict[str, str] = {
+    "touch": "touch: two vCPUs fault in 1,024 pages over several PMDs, then verify them",
+}
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from arch import UnknownArch
+    from emu.kernel.variants import VariantError
+    from emu.scenario import ScenarioError
+    from emu.sched.schedule import ScheduleError
+    from guest.asm import AsmError
+    return (UsageError, ScenarioError, UnknownArch, VariantError, ScheduleError, AsmError)
+
+
+# ---- shared helpers -----------------------------------------------------------
+
+
+def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
+    from emu import scenario
+    from emu.machine import Machine
+    sc = scenario.load(args.scenario)
+    return Machine(sc, arch=args.arch, trace=trace)
+
+
+def make_strategy(args: argparse.Namespace):  # noqa: ANN201
+    from emu.sched import RandomStrategy, RoundRobin
+    if args.strategy == "rr":
+        return RoundRobin(args.quantum)
+    return RandomStrategy(args.seed)
+
+
+def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
+    if trace_last:
+        console.rule(f"last {trace_last} steps")
+        for line in m.trace_lines(trace_last):
+            console.print(line, markup=False)
+    t = Table(title=f"{m.scenario.source} on {m.arch.name}", show_header=False)
+    t.add_row("steps", str(r.steps))
+    for cpu, code in r.exit_codes.items():
+        t.add_row(f"cpu{cpu}", r.crashes.get(cpu) or f"exit({code})")
+    t.add_row("nr_ptes", str(m.mm.nr_ptes))
+    t.add_row("rss", ", ".join(f"{k}={v}" for k, v in m.mm.rss.items()))
+    t.add_row("trace hash", r.trace_digest)
+    t.add_row("memory hash", r.memory_digest)
+    sched = r.schedule if len(r.schedule) <= 200 else r.schedule[:200] + f"... ({len(r.schedule)} chars)"
+    t.add_row("schedule", sched)
+    console.print(t)
+    if r.violation:
+        console.print(f"[bold red]violation[/] {r.violation}")
+    if r.deadlock:
+        console.print(f"[bold red]{r.deadlock}[/]")
+    if r.step_limit:
+        console.print("[bold red]step limit reached[/]")
+    bad_exit = any(code not in (0, None) for code in r.exit_codes.values())
+    return EXIT_OK if r.ok and not bad_exit else EXIT_FOUND
+
+
+# ---- commands -------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    m = load_machine(args)
+    r = m.run(make_strategy(args), max_steps=args.max_steps)
+    return print_result(m, r, args.trace)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.name not in DEMOS:
+        raise UsageError(f"unknown demo {args.name!r}; demos: {', '.join(DEMOS)}")
+    args.scenario = args.name
+    console.print(f"[bold]demo[/] {DEMOS[args.name]}")
+    return cmd_run(args)
+
+
+def cmd_pgtable_dump(args: argparse.Namespace) -> int:
+    from emu.pgdump import dump_rows
+    from emu.scenario import eval_int
+    m = load_machine(args, trace=False)
+    if not args.no_run:
+        r = m.run(make_strategy(args), max_steps=args.max_steps)
+        if not r.ok:
+            console.print(f"[yellow]note: run did not finish cleanly: {r.violation or r.deadlock or r.crashes}[/]")
+    names = m.names()
+    start = eval_int(args.start, names, "--start", "--start") if args.start else 0
+    end = eval_int(args.end, names, "--end", "--end") if args.end else 1 << m.arch.va_bits
+    if start >= end:
+        raise UsageError(f"--start {start:#x} is not below --end {end:#x}")
+    rows = dump_rows(m.arch, m.mem, m.frames, m.root, start, end)
+    t = Table(title=f"{m.arch.name} page tables [{start:#x}, {end:#x}) root {m.root:#x}")
+    for col in ("level", "table", "idx", "entry pa", "va", "raw", "decoded", "frame"):
+        t.add_column(col)
+    shown = 0
+    for row in rows:
+        if args.limit and shown >= args.limit:
+            break
+        width = 2 * m.arch.level(row.level).entry_size
+        t.add_row(row.level, f"{row.table_pa:#x}", str(row.index), f"{row.entry_pa:#x}",
+                  f"{row.va:#x}", f"{row.raw:0{width}x}", row.decoded, row.frame_note)
+        shown += 1
+    console.print(t)
+    if len(rows) > shown:
+        console.print(f"({len(rows) - shown} more entries; raise --limit or narrow --start/--end)")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from arch import arch_names, available_arch_names
+    from emu import hypercall
+    from emu.kernel.variants import VARIANTS, build_kernel_class
+    from emu.scenario import builtin_names
+    build_kernel_class([])  # registers the built-in variants
+    what = args.what
+    if what == "arches":
+        avail = set(available_arch_names())
+        for n in arch_names():
+            console.print(f"{n}{'' if n in avail else '  (not built in yet)'}")
+    elif what == "scenarios":
+        for n in builtin_names():
+            console.print(n)
+    elif what == "variants":
+        for v in sorted(VARIANTS.values(), key=lambda v: v.name):
+            console.print(f"[bold]{v.name}[/]: {v.doc}")
+    elif what == "hypercalls":
+        for hc in sorted(hypercall.HYPERCALLS.values(), key=lambda h: h.nr):
+            console.print(f"{hc.nr:>3} {hc.name}({hc.nargs} args): {hc.doc}")
+    return EXIT_OK
+
+
+# ---- parser ------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, scenario: bool = True) -> None:
+    if scenario:
+        p.add_argument("scenario", help="scenario TOML file, or the name of a built-in one")
+    p.add_argument("--arch", help="override the scenario's [machine] arch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
+    p.add_argument("--strategy", choices=("random", "rr"), default="random",
+                   help="who runs next: seeded random (default) or round-robin")
+    p.add_argument("--quantum", type=int, default=1, help="round-robin slice in steps")
+    p.add_argument("--max-steps", type=int, default=2_000_000, help="give up after this many steps")
+
+
+# Extra subcommands: name -> function adding its parser to the subparsers.
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ptemu",
+        description="Find, replay and explain races between page-table walkers and "
+                    "page-table freeing in the Linux mm, on x86-PAE, arm, powerpc, s390 "
+                    "and sparc64.",
+        epilog="Exit status: 0 clean, 1 violation/deadlock/crash found, 2 bad input.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a scenario once under one schedule",
+                       description="Run a scenario once: real guest code on every vCPU, "
+                                   "our MMU, the kernel model; prints the outcome, the "
+                                   "trace hash and the schedule string.")
+    _common(r)
+    r.add_argument("--trace", type=int, default=0, metavar="N", help="print the last N trace lines")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="run a built-in demonstration",
+                       description="Run a built-in demonstration. Demos: " +
+                                   "; ".join(DEMOS.values()))
+    d.add_argument("name", help="demo name: " + ", ".join(DEMOS))
+    _common(d, scenario=False)
+    d.add_argument("--trace", type=int, default=20, metavar="N", help="print the last N trace lines")
+    d.set_defaults(func=cmd_demo)
+
+    pg = sub.add_parser("pgtable", help="inspect page tables",
+                        description="Inspect page tables as the arch lays them out.")
+    pgsub = pg.add_subparsers(dest="pgcommand", metavar="SUBCOMMAND")
+    dump = pgsub.add_parser("dump", help="run a scenario, then dump its tables for a range",
+                            description="Run a scenario (unless --no-run), then print every "
+                                        "non-empty entry of every level for the range, with "
+                                        "the frame each table lives in.")
+    dump.add_argument("scenario", nargs="?", default="touch",
+                      help="scenario file or built-in name (default: touch)")
+    _common(dump, scenario=False)
+    dump.add_argument("--start", help="first virtual address (int or expression)")
+    dump.add_argument("--end", help="end virtual address, exclusive")
+    dump.add_argument("--limit", type=int, default=200, help="print at most this many rows (0: all)")
+    dump.add_argument("--no-run", action="store_true", help="dump the tables as set up, before running")
+    dump.set_defaults(func=cmd_pgtable_dump)
+
+    ls = sub.add_parser("list", help="list arches, scenarios, variants or hypercalls")
+    ls.add_argument("what", choices=("arches", "scenarios", "variants", "hypercalls"))
+    ls.set_defaults(func=cmd_list)
+
+    for add_parser in COMMANDS.values():
+        add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except _input_errors() as exc:
+        err_console.print(f"ptemu: error: {exc}", markup=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err_console.print("ptemu: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,269 @@
+"""One virtual CPU: a Unicorn instance whose MMU is ptemu's.
+
+Owns the Unicorn instance (UC_TLB_VIRTUAL, the shared RAM mapped at
+physical 0), the model of what this CPU's TLB holds, and the CPU's mode:
+running guest code, in the middle of a hardware walk, in a kernel routine
+(hypercall or fault), done, or crashed.
+
+Unicorn's own TLB is only a cache of ours: the fill hook answers from our
+TLB model when it can (a hit), otherwise a miss starts a walk. Under the
+scheduler a walk is interleavable: the hook stops the instruction (nothing
+is committed), each entry read is then one step, and the instruction is
+re-executed once the walk has filled our TLB. Flushing our model flushes
+Unicorn's whole TLB (it has no per-page flush), which is cheap: refills
+come from our model.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import unicorn
+from unicorn import UcError
+
+from arch.base import Access, Fault, Translation, Walk, perm_allows
+from emu.kernel.task import KernelTask
+
+if TYPE_CHECKING:
+    from emu.machine import Machine
+
+TCG_BUFFER = 32 << 20  # per instance; Unicorn's default is 1 GiB of address space
+
+
+class Mode(enum.Enum):
+    GUEST = "guest"
+    WALK = "walk"
+    KERNEL = "kernel"
+    DONE = "done"
+    CRASHED = "crashed"
+
+
+@dataclass
+class TlbEntry:
+    """What one CPU's TLB holds for one mapping (a page or a huge page)."""
+
+    tr: Translation
+    fill_step: int
+    # frame generation of every table and the target when filled: a change
+    # means the entry outlived what it was built from
+    gens: tuple[tuple[int, int], ...] = ()
+
+
+class GuestCrash(Exception):
+    pass
+
+
+class VCpu:
+    def __init__(self, machine: Machine, index: int) -> None:
+        self.m = machine
+        self.index = index
+        arch = machine.arch
+        self.arch = arch
+        uc = unicorn.Uc(arch.uc_arch, arch.uc_mode)
+        self.uc = uc
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
+        uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
+        uc.mem_map_ptr(0, machine.mem.size, unicorn.UC_PROT_ALL, machine.mem.address)
+        # `until` is never reached: exits list empty, slices bounded by count
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+        uc.hook_add(unicorn.UC_HOOK_TLB_FILL, self._fill)
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._intr)
+        self.tlb: dict[int, TlbEntry] = {}
+        self._tlb_sizes = sorted({arch.uc_page_size, arch.page_size, arch.pmd_size})
+        self.mode = Mode.GUEST
+        self.walk: Walk | None = None
+        self.walk_msg: Any = None
+        self.walk_req: tuple[int, Access] | None = None
+        self.task: KernelTask | None = None
+        self.task_kind = ""
+        self.pc = 0
+        self.exit_code: int | None = None
+        self.crash: str | None = None
+        self._miss: tuple[int, Access] | None = None
+        self._trap: int | None = None
+        self._hook_error: BaseException | None = None
+        self.sync_walks = False  # walk inside the hook (no interleaving): fast mode
+        self.quantum = 1
+
+    # ---- TLB model -------------------------------------------------------------
+    def tlb_lookup(self, va: int) -> TlbEntry | None:
+        for size in self._tlb_sizes:
+            e = self.tlb.get(va & ~(size - 1))
+            if e is not None and e.tr.size == size:
+                return e
+        return None
+
+    def tlb_insert(self, tr: Translation) -> None:
+        self.tlb[tr.va_base] = TlbEntry(tr, self.m.step, self.m.frame_gens(tr))
+
+    def flush_range(self, start: int, end: int) -> bool:
+        gone = [va for va, e in self.tlb.items() if va < end and start < va + e.tr.size]
+        for va in gone:
+            del self.tlb[va]
+        if gone:
+            self.flush_uc_tlb()
+        return bool(gone)
+
+    def flush_all(self) -> None:
+        self.tlb.clear()
+        self.flush_uc_tlb()
+
+    def flush_uc_tlb(self) -> None:
+        self.uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+
+    # ---- Unicorn hooks (exceptions must not escape into C) ---------------------
+    def _fill(self, uc: unicorn.Uc, va: int, access: int, entry: Any, _ud: Any) -> bool:
+        try:
+            acc = Access(access - unicorn.UC_MEM_READ)
+            e = self.tlb_lookup(va)
+            if e is not None and perm_allows(e.tr.perms, acc):
+                self.m.on_tlb_use(self, e, va, acc)
+                entry.paddr = e.tr.pa(va)
+                entry.perms = e.tr.perms
+                return True
+            if self.sync_walks:
+                res = self.m.run_walk_now(self, va, acc)
+                if isinstance(res, Translation):
+                    self.tlb_insert(res)
+                    entry.paddr = res.pa(va)
+                    entry.perms = res.perms
+                    return True
+            self._miss = (va, acc)
+        except BaseException as exc:  # noqa: BLE001 - re-raised after emu_start
+            self._hook_error = exc
+        uc.emu_stop()
+        return False
+
+    def _intr(self, uc: unicorn.Uc, intno: int, _ud: Any) -> None:
+        self._trap = intno
+        uc.emu_stop()
+
+    # ---- scheduling interface -------------------------------------------------------
+    def runnable(self) -> bool:
+        if self.mode is Mode.GUEST or self.mode is Mode.WALK:
+            return True
+        if self.mode is Mode.KERNEL:
+            return self.task.runnable()
+        return False
+
+    def alive(self) -> bool:
+        return self.mode not in (Mode.DONE, Mode.CRASHED)
+
+    def step(self) -> None:
+        mode = self.mode
+        if mode is Mode.GUEST:
+            self._guest_step()
+        elif mode is Mode.WALK:
+            self._walk_step()
+        elif mode is Mode.KERNEL:
+            self._kernel_step()
+        else:
+            raise RuntimeError(f"cpu{self.index} stepped while {mode.value}")
+
+    # ---- guest -------------------------------------------------------------------
+    def _guest_step(self) -> None:
+        m = self.m
+        uc = self.uc
+        pc = self.pc
+        m.trace_guest(self, pc)
+        count = self.arch.step_count(uc, pc) if self.quantum == 1 else self.quantum
+        self._miss = None
+        self._trap = None
+        try:
+            uc.emu_start(pc, 0, 0, count)
+            err = None
+        except UcError as exc:
+            err = exc
+        if self._hook_error is not None:
+            exc, self._hook_error = self._hook_error, None
+            raise exc
+        self.pc = self.arch.get_pc(uc)
+        if self._trap is not None:
+            intno, self._trap = self._trap, None
+            if intno == self.arch.callconv.intno:
+                self.arch.after_trap(uc)
+                self.pc = self.arch.get_pc(uc)
+                m.hypercall(self)
+                return
+            self._crash(f"unexpected interrupt {intno:#x} at {pc:#x}")
+            return
+        if err is not None:
+            if self._miss is not None:
+                va, acc = self._miss
+                self._miss = None
+                self.start_walk(va, acc)
+                return
+            self._crash(f"guest exception at {self.pc:#x}: {err}")
+            return
+        m.guest_quiescent(self)
+
+    # ---- walks -------------------------------------------------------------------------
+    def start_walk(self, va: int, acc: Access) -> None:
+        self.walk = self.arch.walk(self.m.root, va, acc, True)
+        self.walk_req = (va, acc)
+        self.walk_msg = next(self.walk)
+        self.mode = Mode.WALK
+
+    def _walk_step(self) -> None:
+        msg = self.walk_msg
+        value = self.m.walker_access(self, msg)
+        try:
+            self.walk_msg = self.walk.send(value)
+        except StopIteration as stop:
+            self.walk = None
+            self._walk_done(stop.value)
+
+    def _walk_done(self, res: Translation | Fault) -> None:
+        va, acc = self.walk_req
+        self.walk_req = None
+        if isinstance(res, Translation):
+            self.tlb_insert(res)
+            self.mode = Mode.GUEST
+            return
+        self.m.trace_note(self, f"walk fault: {acc.name.lower()} {va:#x} at {res.level} ({res.reason})")
+        self.start_kernel(self.m.kernel.handle_mm_fault(va, acc), "fault")
+
+    # ---- kernel ------------------------------------------------------------------------
+    def start_kernel(self, gen: Any, kind: str, name: str = "") -> None:
+        self.task = KernelTask(self.m.kernel, self.index, gen, name or kind)
+        self.task_kind = kind
+        self.mode = Mode.KERNEL
+        if self.task.done:
+            self._kernel_done()
+
+    def _kernel_step(self) -> None:
+        op = self.task.step()
+        self.m.trace_kernel(self, op)
+        if self.task.done:
+            self._kernel_done()
+
+    def _kernel_done(self) -> None:
+        result = self.task.result
+        kind = self.task_kind
+        self.task = None
+        self.mode = Mode.GUEST
+        self.m.kernel_returned(self, kind, result)
+
+    def _crash(self, why: str) -> None:
+        self.mode = Mode.CRASHED
+        self.crash = why
+        self.m.cpu_stopped(self)
+
+    def finish(self, code: int) -> None:
+        self.mode = Mode.DONE
+        self.exit_code = code
+        self.m.cpu_stopped(self)
+
+    # ---- snapshot ----------------------------------------------------------------------
+    def context(self) -> Any:
+        return self.uc.context_save()
+
+    def restore(self, ctx: Any) -> None:
+        self.uc.context_restore(ctx)
+
+    def close(self) -> None:
+        pass
+

@@ -1,0 +1,159 @@
+"""Page faults: handle_mm_fault and the anonymous / text fault paths.
+
+Models mm/memory.c as of v6.12: `handle_pte_fault()` maps the PTE with
+`pte_offset_map_rw_nolock()` (seed 001) and, for a present entry, takes the
+ptl and rechecks `pte_same()` before making it young/dirty; a fault that
+finds no page table (the pmd changed under it) returns 0 and the guest
+retries the access, as Linux does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from arch.base import Access
+from emu.kernel import steps as s
+from emu.physmem import FrameState
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+    from emu.kernel.mm import MM, VMA
+
+VM_FAULT_RETRY_ACCESS = 0  # handled (or raced): re-execute the access
+VM_FAULT_SIGSEGV = -14  # -EFAULT: no VMA or no permission
+VM_FAULT_OOM = -12
+
+
+@dataclass
+class Vmf:
+    """struct vm_fault, trimmed to what the model uses."""
+
+    vma: VMA
+    addr: int
+    access: Access
+    pmd_pa: int
+    orig_pte: int = 0
+
+
+class FaultMixin:
+    def handle_mm_fault(self: Kernel, addr: int, access: Access) -> s.KernelGen:
+        """A guest access missed: fix it up or say SIGSEGV."""
+        mm = self.mm
+        yield s.DownRead(mm.mmap_lock)
+        vma = mm.find_vma(addr)
+        if vma is None or not vma.allows(access):
+            yield s.UpRead(mm.mmap_lock)
+            why = "no vma" if vma is None else f"{access.name.lower()} not allowed in {vma}"
+            yield s.Note(f"fault at {addr:#x}: SIGSEGV ({why})")
+            return VM_FAULT_SIGSEGV
+        ret = yield from self._handle_mm_fault(mm, vma, addr, access)
+        yield s.UpRead(mm.mmap_lock)
+        return ret
+
+    def _handle_mm_fault(self: Kernel, mm: MM, vma: VMA, addr: int, access: Access) -> s.KernelGen:
+        """Linux's __handle_mm_fault(): allocate the path, then the PTE fault."""
+        pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=True)
+        vmf = Vmf(vma, addr, access, pmd_pa)
+        pmdval = yield from self.pmdp_get_lockless(pmd_pa)
+        if self.arch.pmd_trans_huge(pmdval):
+            return (yield from self.huge_pmd_fault(vmf, pmdval))
+        if self.arch.entry_none("pmd", pmdval):
+            done = yield from self.maybe_map_huge_pmd(vmf)
+            if done:
+                return VM_FAULT_RETRY_ACCESS
+            yield from self.pte_alloc(mm, pmd_pa, addr)
+        return (yield from self.handle_pte_fault(vmf))
+
+    def huge_pmd_fault(self: Kernel, vmf: Vmf, pmdval: int) -> s.KernelGen:
+        """A fault on a PMD-mapped huge page: present means spurious; retry."""
+        return VM_FAULT_RETRY_ACCESS
+        yield
+
+    def maybe_map_huge_pmd(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """Map a PMD-sized folio directly where the VMA allows (file THP); False otherwise."""
+        return False
+        yield
+
+    def handle_pte_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        mm = self.mm
+        a = self.arch
+        r = yield from self.pte_offset_map_rw_nolock(mm, vmf.pmd_pa, vmf.addr)
+        if r is None:
+            return VM_FAULT_RETRY_ACCESS
+        ptep, pmdval, ptl = r
+        vmf.orig_pte = yield from self.read_entry("pte", ptep, "handle_pte_fault read pte")
+        yield from self.pte_unmap(ptep)
+        if a.pte_none(vmf.orig_pte):
+            return (yield from self.do_pte_missing(vmf))
+        if not a.pte_present(vmf.orig_pte):
+            return VM_FAULT_SIGSEGV  # swap and migration entries are not modelled
+        # Present: make it young (and dirty on a write) under ptl, if still the same.
+        r = yield from self.pte_offset_map_lock(mm, vmf.pmd_pa, vmf.addr)
+        if r is None:
+            return VM_FAULT_RETRY_ACCESS
+        ptep, ptl = r
+        cur = yield from self.read_entry("pte", ptep)
+        if cur == vmf.orig_pte:
+            if vmf.access == Access.WRITE and not a.pte_write(cur):
+                yield from self.pte_unmap_unlock(ptep, ptl)
+                return VM_FAULT_SIGSEGV  # no COW in this model: write to read-only
+            new = a.pte_mkyoung(cur)
+            if vmf.access == Access.WRITE:
+                new = a.pte_mkdirty(new)
+            if new != cur:
+                yield from self.set_entry("pte", ptep, new, "ptep_set_access_flags")
+        yield from self.pte_unmap_unlock(ptep, ptl)
+        yield from self.flush_after_access_flags(vmf)
+        return VM_FAULT_RETRY_ACCESS
+
+    def flush_after_access_flags(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """update_mmu_cache / local flush so the CPU re-walks the changed entry."""
+        yield s.TlbFlushRange(vmf.addr & ~(self.arch.page_size - 1),
+                              (vmf.addr & ~(self.arch.page_size - 1)) + self.arch.page_size)
+
+    def do_pte_missing(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        if vmf.vma.kind in ("anon", "text"):
+            return (yield from self.do_anonymous_page(vmf))
+        return (yield from self.do_shared_fault(vmf))
+
+    def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """shmem/file fault: provided by the page-cache model."""
+        return VM_FAULT_SIGSEGV
+        yield
+
+    def new_data_page(self: Kernel, vmf: Vmf) -> int:
+        """A zeroed page (or, for text, a copy of the program image)."""
+        vma = vmf.vma
+        page = self.frames.alloc(f"{vma.kind} page for {vmf.addr & ~(self.arch.page_size - 1):#x}",
+                                 self.cpu, FrameState.DATA)
+        if vma.kind == "text":
+            off = (vmf.addr & ~(self.arch.page_size - 1)) - vma.start
+            chunk = vma.image[off: off + self.arch.page_size]
+            if chunk:
+                self.mem.write(page, chunk)
+        return page
+
+    def do_anonymous_page(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        mm = self.mm
+        page = self.new_data_page(vmf)
+        r = yield from self.pte_offset_map_lock(mm, vmf.pmd_pa, vmf.addr)
+        if r is None:
+            self.frames.free(page, self.cpu, "unused: pmd changed under the fault")
+            return VM_FAULT_RETRY_ACCESS
+        ptep, ptl = r
+        cur = yield from self.read_entry("pte", ptep)
+        if not self.arch.pte_none(cur):
+            yield from self.pte_unmap_unlock(ptep, ptl)
+            self.frames.free(page, self.cpu, "unused: raced with another fault")
+            return VM_FAULT_RETRY_ACCESS
+        pte = self.arch.mk_pte(page, vmf.vma.prot)
+        pte = self.arch.pte_mkyoung(pte)
+        if vmf.access == Access.WRITE:
+            pte = self.arch.pte_mkdirty(pte)
+        if vmf.vma.kind == "anon":
+            vmf.vma.anon_vma = True
+        mm.rss["anon" if vmf.vma.kind == "anon" else "file"] += 1
+        yield from self.set_entry("pte", ptep, pte, "set_pte_at (new page)")
+        yield from self.pte_unmap_unlock(ptep, ptl)
+        return VM_FAULT_RETRY_ACCESS

@@ -1,0 +1,72 @@
+"""The address space: `MM` (mm_struct) and `VMA` (vm_area_struct).
+
+Owns the VMA list, the mm's locks (mmap_lock, page_table_lock) and its
+counters (nr_ptes, rss by kind). Page-table contents live in guest
+physical memory, never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from arch.base import Access, Prot
+from emu.kernel.sync import RwSem, Spinlock
+
+VMA_KINDS = ("anon", "shmem", "file", "text")
+
+
+@dataclass
+class VMA:
+    start: int
+    end: int
+    kind: str
+    prot: Prot
+    name: str = ""
+    # text VMAs: the program image the pages are filled from
+    image: bytes = b""
+    # shmem/file VMAs: the backing page cache and the page offset of start
+    file: object | None = None
+    pgoff: int = 0
+    anon_vma: bool = False  # set once an anon page is mapped (khugepaged skips those)
+    uffd_wp: bool = False
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+    def allows(self, access: Access) -> bool:
+        if access == Access.WRITE:
+            return self.prot.write
+        if access == Access.FETCH:
+            return self.prot.exec
+        return True
+
+    def __str__(self) -> str:
+        return f"{self.kind} vma [{self.start:#x}, {self.end:#x}){' ' + self.name if self.name else ''}"
+
+
+@dataclass
+class MM:
+    root: int
+    vmas: list[VMA] = field(default_factory=list)
+    mmap_lock: RwSem = field(default_factory=lambda: RwSem("mmap_lock"))
+    page_table_lock: Spinlock = field(default_factory=lambda: Spinlock("page_table_lock"))
+    nr_ptes: int = 0
+    rss: dict[str, int] = field(default_factory=lambda: {"anon": 0, "file": 0, "shmem": 0})
+    # arch allocation state (powerpc pte_frag cache, s390 pgtable_list)
+    context: dict[str, object] = field(default_factory=dict)
+
+    def find_vma(self, addr: int) -> VMA | None:
+        for vma in self.vmas:
+            if vma.contains(addr):
+                return vma
+        return None
+
+    def overlaps(self, start: int, end: int) -> VMA | None:
+        for vma in self.vmas:
+            if vma.start < end and start < vma.end:
+                return vma
+        return None
+
+    def insert_vma(self, vma: VMA) -> None:
+        self.vmas.append(vma)
+        self.vmas.sort(key=lambda v: v.start)

@@ -1,0 +1,80 @@
+"""Page-table allocation and freeing: pte_alloc_one, pte_free, pte_free_defer.
+
+Owns the allocation *policies* (Linux's algorithms for handing out table
+memory) and the generic entry points the rest of the model calls. The
+default policy is Linux's generic one: one table per page, freed at once
+(`pte_free`) or after an RCU grace period (`pte_free_defer`, 6.6 "mm/pgtable:
+add pte_free_defer() for pgtable as page"). Arches that share a page between
+tables select another policy by name (`Arch.pgtable_policy`); policies
+register themselves in `POLICIES`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.kernel import steps as s
+from emu.physmem import FrameState
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+    from emu.kernel.mm import MM
+
+
+class TablePolicy:
+    """One table per frame: Linux's generic page-table allocator."""
+
+    name = "page"
+
+    def alloc(self, k: Kernel, mm: MM, level: str) -> s.KernelGen:
+        pa = k.frames.alloc(f"{level} table", k.cpu, FrameState.PGTABLE, level=level)
+        return pa
+        yield  # a generator with no step: page allocation is not a shared access
+
+    def free(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
+        k.release_table_frame(pa, level, deferred=False)
+        return
+        yield
+
+    def free_defer(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
+        frame = k.frames.frame_base(pa)
+        k.frames.set_state(frame, FrameState.RCU_PENDING, k.cpu, f"{level} table pte_free_defer")
+        yield s.CallRcu(lambda: k.release_table_frame(frame, level, deferred=True),
+                        f"pte_free_defer callback: free {level} table {frame:#x}")
+
+
+POLICIES: dict[str, type[TablePolicy]] = {"page": TablePolicy}
+
+
+def register_policy(cls: type[TablePolicy]) -> type[TablePolicy]:
+    """Class decorator: make a policy selectable by its `name`."""
+    POLICIES[cls.name] = cls
+    return cls
+
+
+class PgAllocMixin:
+    """Allocation entry points with Linux's names."""
+
+    def release_table_frame(self: Kernel, pa: int, level: str, deferred: bool) -> None:
+        """Give a whole table frame back to the allocator (no scheduling point)."""
+        self.hooks.on_table_free(self.cpu, pa, self.frames.frame_size, deferred)
+        self.frames.free(pa, self.cpu, f"{level} table freed" + (" after RCU grace period" if deferred else ""))
+
+    def alloc_table(self: Kernel, mm: MM, level: str) -> s.KernelGen:
+        pa = yield from self.policy.alloc(self, mm, level)
+        return pa
+
+    def pte_alloc_one(self: Kernel, mm: MM) -> s.KernelGen:
+        return (yield from self.alloc_table(mm, "pte"))
+
+    def pte_free(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
+        yield from self.policy.free(self, mm, pa, "pte")
+
+    def pte_free_defer(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
+        yield from self.policy.free_defer(self, mm, pa, "pte")
+
+    def mm_inc_nr_ptes(self: Kernel, mm: MM) -> None:
+        mm.nr_ptes += 1
+
+    def mm_dec_nr_ptes(self: Kernel, mm: MM) -> None:
+        mm.nr_ptes -= 1

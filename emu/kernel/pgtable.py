@@ -1,0 +1,213 @@
+"""The pte_offset_map family, pmdp_get_lockless and entry accessors.
+
+Models mm/pgtable-generic.c and include/linux/pgtable.h as changed by the
+seed series: `__pte_offset_map()` validates the pmd for itself and may fail
+(seed 000, "mm/pgtable: allow pte_offset_map[_lock]() to fail"); it takes
+rcu_read_lock(), dropped by `pte_unmap()` (seed 002, "mm/pgtable: add
+rcu_read_lock() and rcu_read_unlock()s"); on PAE the pmd read is bracketed
+by `pmdp_get_lockless_start/end()` (seed 002, "add PAE safety to
+__pte_offset_map()"); `pte_offset_map_ro_nolock()` / `_rw_nolock()` replace
+`pte_offset_map_nolock()` (seed 001, Qi Zheng's v4).
+
+Split reads: where a pmd entry is wider than the CPU word (x86-PAE), a
+lockless read is two loads, and `pmdp_get_lockless()` re-reads the low half
+until it is stable; elsewhere it is one load.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.kernel import steps as s
+from emu.kernel.sync import Spinlock
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+    from emu.kernel.mm import MM
+
+
+class PgtableMixin:
+    # ---- entry access ------------------------------------------------------
+    def entry_size(self: Kernel, level: str) -> int:
+        return self.arch.level(level).entry_size
+
+    def split_entry_reads(self: Kernel) -> bool:
+        """True where a pmd/pte is wider than a word (PAE): lockless reads tear."""
+        return self.arch.level("pmd").entry_size > self.arch.word_size
+
+    def read_entry(self: Kernel, level: str, pa: int, what: str = "") -> s.KernelGen:
+        """An ordinary (READ_ONCE or locked) read of an entry."""
+        return (yield s.Load(pa, self.entry_size(level), what or f"read {level}"))
+
+    def set_entry(self: Kernel, level: str, pa: int, val: int, what: str = "") -> s.KernelGen:
+        for op in self.arch.set_entry_ops(level, pa, val):
+            yield s.Store(op.pa, op.size, op.value, what or f"set {level}")
+
+    def clear_entry(self: Kernel, level: str, pa: int, what: str = "") -> s.KernelGen:
+        for op in self.arch.clear_entry_ops(level, pa):
+            yield s.Store(op.pa, op.size, op.value, what or f"clear {level}")
+
+    def entry_addr(self: Kernel, level: str, table_pa: int, addr: int) -> int:
+        return self.arch.entry_pa(table_pa, self.arch.level(level), addr)
+
+    # ---- pmdp_get_lockless ------------------------------------------------------
+    def _halves(self: Kernel, pa: int) -> tuple[int, int]:
+        """(low, high) word addresses of a split entry."""
+        w = self.arch.word_size
+        return (pa, pa + w) if self.arch.byteorder == "little" else (pa + w, pa)
+
+    def pmdp_get_lockless(self: Kernel, pmd_pa: int) -> s.KernelGen:
+        if not self.split_entry_reads():
+            return (yield s.Load(pmd_pa, self.entry_size("pmd"), "pmdp_get_lockless"))
+        lo_pa, hi_pa = self._halves(pmd_pa)
+        w = self.arch.word_size
+        while True:
+            low = yield s.Load(lo_pa, w, "pmdp_get_lockless low")
+            high = yield s.Load(hi_pa, w, "pmdp_get_lockless high")
+            again = yield s.Load(lo_pa, w, "pmdp_get_lockless re-read low")
+            if again == low:
+                return (high << (8 * w)) | low
+
+    def pmdp_get_lockless_start(self: Kernel) -> s.KernelGen:
+        if self.split_entry_reads():
+            yield s.IrqDisable()
+
+    def pmdp_get_lockless_end(self: Kernel) -> s.KernelGen:
+        if self.split_entry_reads():
+            yield s.IrqEnable()
+
+    def pmdp_get_lockless_sync(self: Kernel) -> s.KernelGen:
+        """Wait out IRQs-off lockless readers of a pmd just cleared (PAE only)."""
+        if self.split_entry_reads():
+            yield s.TlbRemoveTableSyncOne()
+
+    # ---- locks -------------------------------------------------------------------
+    def pte_lockptr(self: Kernel, mm: MM, pmdval: int) -> Spinlock:
+        if not self.arch.split_pte_ptlocks:
+            return mm.page_table_lock
+        table = self.arch.table_pa("pmd", pmdval)
+        return self.lock_for(table, f"ptl {table:#x}")
+
+    def pmd_lockptr(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> Spinlock:
+        if not self.arch.split_pmd_ptlocks:
+            return mm.page_table_lock
+        lv = self.arch.level("pmd")
+        table = pmd_pa - lv.index(addr) * lv.entry_size
+        return self.lock_for(table, f"pml {table:#x}")
+
+    def pmd_lock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
+        ptl = self.pmd_lockptr(mm, pmd_pa, addr)
+        yield s.SpinLock(ptl)
+        return ptl
+
+    # ---- the pte_offset_map family ---------------------------------------------------
+    def _pte_offset_map(self: Kernel, pmd_pa: int, addr: int) -> s.KernelGen:
+        """Linux's __pte_offset_map(): (ptep, pmdval) with rcu_read_lock held, or None."""
+        a = self.arch
+        yield s.RcuReadLock()
+        yield from self.pmdp_get_lockless_start()
+        pmdval = yield from self.pmdp_get_lockless(pmd_pa)
+        yield from self.pmdp_get_lockless_end()
+        if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval) \
+                or not a.entry_present("pmd", pmdval):
+            yield s.RcuReadUnlock()
+            return None
+        if a.entry_bad("pmd", pmdval):
+            # pmd_clear_bad(): the live entry is cleared, not just the snapshot.
+            yield s.Note(f"pmd_clear_bad: bad pmd {pmdval:#x} at {pmd_pa:#x}")
+            yield from self.clear_entry("pmd", pmd_pa, "pmd_clear_bad")
+            yield s.RcuReadUnlock()
+            return None
+        ptep = self.entry_addr("pte", a.table_pa("pmd", pmdval), addr)
+        return (ptep, pmdval)
+
+    def pte_offset_map(self: Kernel, pmd_pa: int, addr: int) -> s.KernelGen:
+        r = yield from self._pte_offset_map(pmd_pa, addr)
+        return None if r is None else r[0]
+
+    def pte_unmap(self: Kernel, ptep: int) -> s.KernelGen:
+        yield s.RcuReadUnlock()
+
+    def pte_offset_map_ro_nolock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
+        """(ptep, ptl) for read-only use after taking ptl, or None."""
+        r = yield from self._pte_offset_map(pmd_pa, addr)
+        if r is None:
+            return None
+        ptep, pmdval = r
+        return (ptep, self.pte_lockptr(mm, pmdval))
+
+    def pte_offset_map_rw_nolock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
+        """(ptep, pmdval, ptl), or None. Callers recheck pmd_same/pte_same under ptl."""
+        r = yield from self._pte_offset_map(pmd_pa, addr)
+        if r is None:
+            return None
+        ptep, pmdval = r
+        return (ptep, pmdval, self.pte_lockptr(mm, pmdval))
+
+    def pte_offset_map_lock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
+        """(ptep, ptl) with ptl held and the pmd rechecked, or None."""
+        while True:
+            r = yield from self._pte_offset_map(pmd_pa, addr)
+            if r is None:
+                return None
+            ptep, pmdval = r
+            ptl = self.pte_lockptr(mm, pmdval)
+            yield s.SpinLock(ptl)
+            now = yield from self.pmdp_get_lockless(pmd_pa)
+            if now == pmdval:
+                return (ptep, ptl)
+            yield s.SpinUnlock(ptl)
+            yield from self.pte_unmap(ptep)
+
+    def pte_unmap_unlock(self: Kernel, ptep: int, ptl: Spinlock) -> s.KernelGen:
+        yield s.SpinUnlock(ptl)
+        yield from self.pte_unmap(ptep)
+
+    # ---- upper levels -----------------------------------------------------------------
+    def upper_levels(self: Kernel) -> list[str]:
+        names = [lv.name for lv in self.arch.levels]
+        return names[: names.index("pmd")]
+
+    def pmd_offset_alloc(self: Kernel, mm: MM, addr: int, alloc: bool) -> s.KernelGen:
+        """Walk pgd..pud to the pmd entry for `addr`, allocating missing tables.
+
+        Returns the pmd entry's physical address, or None (alloc=False and a
+        level is empty). Upper tables are never freed while the mm lives, so
+        these reads need no lock; populating takes page_table_lock.
+        """
+        a = self.arch
+        table = mm.root
+        names = [lv.name for lv in a.levels]
+        for i, name in enumerate(self.upper_levels()):
+            epa = self.entry_addr(name, table, addr)
+            val = yield from self.read_entry(name, epa)
+            if a.entry_none(name, val):
+                if not alloc:
+                    return None
+                child = names[i + 1]
+                new = yield from self.alloc_table(mm, child)
+                yield s.SpinLock(mm.page_table_lock)
+                val = yield from self.read_entry(name, epa)
+                if a.entry_none(name, val):
+                    val = a.mk_table_entry(name, new)
+                    yield from self.set_entry(name, epa, val, f"{name}_populate")
+                    new = None
+                yield s.SpinUnlock(mm.page_table_lock)
+                if new is not None:
+                    yield from self.policy.free(self, mm, new, child)
+            table = a.table_pa(name, val)
+        return self.entry_addr("pmd", table, addr)
+
+    def pte_alloc(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
+        """__pte_alloc(): give an empty pmd a PTE table (racing allocators lose)."""
+        new = yield from self.pte_alloc_one(mm)
+        ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
+        cur = yield from self.read_entry("pmd", pmd_pa)
+        if self.arch.entry_none("pmd", cur):
+            self.mm_inc_nr_ptes(mm)
+            yield from self.set_entry("pmd", pmd_pa, self.arch.mk_table_entry("pmd", new),
+                                      "pmd_populate")
+            new = None
+        yield s.SpinUnlock(ptl)
+        if new is not None:
+            yield from self.pte_free(mm, new)

@@ -1,0 +1,151 @@
+"""Every object a kernel routine may yield is defined here.
+
+A kernel routine is a generator. Each `yield` hands one of these messages to
+the executor (`emu/kernel/task.py`) and is one scheduling point: the
+scheduler may run any other vCPU, walker or RCU callback between two of
+them. Plain Python between two yields is atomic, so a routine must yield at
+every shared-memory access and every synchronisation operation it models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---- memory ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Load:
+    """Read `size` bytes at physical `pa` (one access: atomic for its size)."""
+
+    pa: int
+    size: int
+    what: str = ""
+
+
+@dataclass(frozen=True)
+class Store:
+    pa: int
+    size: int
+    value: int
+    what: str = ""
+
+
+@dataclass(frozen=True)
+class Cmpxchg:
+    """Atomic compare-and-exchange; the result is the value found."""
+
+    pa: int
+    size: int
+    old: int
+    new: int
+    what: str = ""
+
+
+@dataclass(frozen=True)
+class Xchg:
+    """Atomic exchange; the result is the old value."""
+
+    pa: int
+    size: int
+    new: int
+    what: str = ""
+
+
+# ---- locks ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpinLock:
+    lock: Any  # emu.kernel.sync.Spinlock
+    nested: bool = False  # spin_lock_nested(): a second lock of the same class
+
+
+@dataclass(frozen=True)
+class SpinUnlock:
+    lock: Any
+
+
+@dataclass(frozen=True)
+class DownRead:
+    sem: Any  # emu.kernel.sync.RwSem
+
+
+@dataclass(frozen=True)
+class UpRead:
+    sem: Any
+
+
+@dataclass(frozen=True)
+class DownWrite:
+    sem: Any
+
+
+@dataclass(frozen=True)
+class UpWrite:
+    sem: Any
+
+
+# ---- RCU, IRQs, IPIs, TLB ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RcuReadLock:
+    pass
+
+
+@dataclass(frozen=True)
+class RcuReadUnlock:
+    pass
+
+
+@dataclass(frozen=True)
+class IrqDisable:
+    """local_irq_save(): also an RCU read-side section for the IPI sync."""
+
+
+@dataclass(frozen=True)
+class IrqEnable:
+    pass
+
+
+@dataclass(frozen=True)
+class CallRcu:
+    """Queue `fn()` to run after a grace period that starts after this step."""
+
+    fn: Callable[[], None]
+    what: str
+
+
+@dataclass(frozen=True)
+class SynchronizeRcu:
+    """Block until a full grace period has elapsed."""
+
+
+@dataclass(frozen=True)
+class TlbFlushRange:
+    """flush_tlb_range(): every CPU drops translations in [start, end).
+
+    Delivered by IPI, so it waits for each other CPU to have IRQs enabled
+    (unless the arch's invalidation is a hardware broadcast).
+    """
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class TlbRemoveTableSyncOne:
+    """tlb_remove_table_sync_one(): an empty IPI to every CPU, waited for."""
+
+
+@dataclass(frozen=True)
+class Note:
+    """A trace line, not a step of its own (it costs no scheduling point)."""
+
+    text: str = field(default="")
+
+
+KernelGen = Generator[Any, Any, Any]

@@ -1,0 +1,432 @@
+"""The machine: physical memory, vCPUs, the kernel model, and the step loop.
+
+Owns building a machine from a scenario (address space, programs, vCPU
+registers), the loop that asks a strategy which task steps next, the
+events every checker sees, the trace, and snapshot/restore so exploring
+many schedules never rebuilds Unicorn instances.
+
+Tasks: vCPU i is task i; the RCU callback runner is task `RCU_TASK`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import capstone
+
+from arch import get_arch
+from arch.base import Access, Fault, Prot, PteRead, PteSetBits, Translation
+from emu import hypercall
+from emu.check.base import Checker, Violation
+from emu.cpu import Mode, TlbEntry, VCpu
+from emu.kernel import steps as ks
+from emu.kernel.core import KernelBug, KernelHooks
+from emu.kernel.fault import VM_FAULT_SIGSEGV
+from emu.kernel.mm import MM, VMA
+from emu.kernel.task import KernelTask
+from emu.kernel.variants import build_kernel_class
+from emu.physmem import FrameAllocator, FrameState, PhysMem, PhysMemError
+from emu.scenario import Scenario, ScenarioError, eval_int
+from emu.sched.schedule import RCU_TASK, encode, task_name
+from emu.sched.strategies import Strategy
+from emu.trace import Trace, describe_op
+from guest.asm import Program, load_program
+
+CODE_SLOT = 0x10000  # bytes of text VMA per vCPU
+STACK_SIZE = 0x10000
+PROT_OF = {"r": Prot(write=False), "rw": Prot(), "rx": Prot(write=False, exec=True),
+           "rwx": Prot(exec=True)}
+
+
+@dataclass
+class RunResult:
+    steps: int
+    schedule: str
+    violation: Violation | None = None
+    deadlock: str | None = None
+    step_limit: bool = False
+    exit_codes: dict[int, int | None] = field(default_factory=dict)
+    crashes: dict[int, str] = field(default_factory=dict)
+    trace_digest: str = ""
+    memory_digest: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None and self.deadlock is None and not self.crashes \
+            and not self.step_limit
+
+
+class Machine(KernelHooks):
+    def __init__(self, scenario: Scenario, arch: str | None = None,
+                 checkers: list[Checker] | None = None, trace: bool = True) -> None:
+        self.scenario = scenario
+        self.arch = get_arch(arch or scenario.arch, **scenario.options)
+        self.ncpus = scenario.cpus
+        self.mem = PhysMem(scenario.memory_mib << 20)
+        self.frames = FrameAllocator(self.mem, self.arch.page_size)
+        kcls = build_kernel_class(scenario.variants, scenario.override, scenario.base_dir)
+        self.kernel = kcls(self.arch, self.mem, self.frames, self.ncpus)
+        self.kernel.hooks = self
+        self.kernel.tlb_flush = self.tlb_flush
+        self.step = 0
+        self.trace = Trace(trace)
+        self.choices: list[int] = []
+        self.checkers: list[Checker] = []
+        self.programs: dict[int, Program] = {}
+        self.cpus: list[VCpu] = []
+        self._cs = capstone.Cs(self.arch.cs_arch, self.arch.cs_mode)
+        self._build()
+        for c in checkers or []:
+            self.add_checker(c)
+        self._snapshot: Any = None
+
+    # ---- building -----------------------------------------------------------
+    def names(self) -> dict[str, int]:
+        return {"page_size": self.arch.page_size, "pmd_size": self.arch.pmd_size,
+                "cpus": self.ncpus}
+
+    def _build(self) -> None:
+        a = self.arch
+        k = self.kernel
+        sc = self.scenario
+
+        def alloc_table(level: str, nbytes: int) -> int:
+            return self.frames.alloc(f"{level} table", None, FrameState.PGTABLE, level=level)
+
+        root = a.alloc_root(alloc_table, lambda pa, size, v: self.mem.write_int(pa, size, v, a.byteorder))
+        self.mm = k.mm = MM(root)
+        self.root = root
+        names = self.names()
+        for i, v in enumerate(sc.vmas):
+            start = eval_int(v.start, names, sc.source, f"vma[{i}].start")
+            size = eval_int(v.size, names, sc.source, f"vma[{i}].size")
+            self._check_vma(start, size, f"vma[{i}]")
+            k.mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
+            k.setup_vma(k.mm.find_vma(start), v)
+        for i in range(self.ncpus):
+            self.cpus.append(VCpu(self, i))
+        for i, spec in enumerate(sc.programs):
+            base = a.code_base + i * CODE_SLOT
+            try:
+                prog = load_program(a, spec.program, base)
+            except ValueError as exc:
+                raise ScenarioError(sc.source, f"cpu[{i}].program", str(exc)) from None
+            if len(prog.code) > CODE_SLOT:
+                raise ScenarioError(sc.source, f"cpu[{i}].program", "program larger than 64 KiB")
+            self.programs[i] = prog
+            pages = -(-len(prog.code) // a.page_size) * a.page_size
+            self._check_vma(base, pages, f"cpu[{i}] text")
+            k.mm.insert_vma(VMA(base, base + pages, "text", Prot(write=False, exec=True),
+                                f"cpu{i} text", image=prog.code))
+            stack_top = a.stack_top - i * 2 * STACK_SIZE
+            self._check_vma(stack_top - STACK_SIZE, STACK_SIZE, f"cpu[{i}] stack")
+            k.mm.insert_vma(VMA(stack_top - STACK_SIZE, stack_top, "anon", Prot(), f"cpu{i} stack"))
+            cpu = self.cpus[i]
+            a.setup_cpu(cpu.uc, i, root)
+            a.set_pc(cpu.uc, base)
+            a.set_sp(cpu.uc, stack_top - 64)
+            args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(spec.args)]
+            try:
+                a.set_args(cpu.uc, args)
+            except ValueError as exc:
+                raise ScenarioError(sc.source, f"cpu[{i}].args", str(exc)) from None
+            cpu.pc = base
+        for i in range(len(sc.programs), self.ncpus):
+            self.cpus[i].mode = Mode.DONE
+            k.cpus[i].online = False
+        # populate = fault every page of the VMA in, before any CPU runs
+        for i, v in enumerate(sc.vmas):
+            if v.populate:
+                vma = k.mm.find_vma(eval_int(v.start, names, sc.source, f"vma[{i}].start"))
+                self.populate(vma)
+        self.frames.step = 0
+
+    def _check_vma(self, start: int, size: int, key: str) -> None:
+        a = self.arch
+        src = self.scenario.source
+        if size <= 0 or start % a.page_size or size % a.page_size:
+            raise ScenarioError(src, key, f"start {start:#x} and size {size:#x} must be positive "
+                                f"multiples of the {a.name} page size {a.page_size:#x}")
+        if start < a.page_size or start + size > (1 << a.va_bits):
+            raise ScenarioError(src, key, f"[{start:#x}, {start + size:#x}) outside the "
+                                f"{a.va_bits}-bit user address space")
+        other = self.kernel.mm.overlaps(start, start + size)
+        if other is not None:
+            raise ScenarioError(src, key, f"[{start:#x}, {start + size:#x}) overlaps {other}")
+
+    def populate(self, vma: VMA) -> None:
+        for addr in range(vma.start, vma.end, self.arch.page_size):
+            acc = Access.WRITE if vma.prot.write else Access.READ
+            self.run_kernel_now(self.kernel.handle_mm_fault(addr, acc), f"populate {addr:#x}")
+
+    def run_kernel_now(self, gen: Any, name: str) -> Any:
+        """Run a kernel routine to completion outside the schedule (setup, tools)."""
+        task = KernelTask(self.kernel, 0, gen, name)
+        return task.run_to_completion()
+
+    # ---- tasks and the step loop --------------------------------------------------
+    def runnable_tasks(self) -> list[int]:
+        out = []
+        for cpu in self.cpus:
+            if cpu.runnable():
+                out.append(cpu.index)
+            elif cpu.mode is Mode.KERNEL:
+                self._maybe_sleeping_qs(cpu)
+        if self.kernel.rcu.ready_callbacks():
+            out.append(RCU_TASK)
+        return out
+
+    def _maybe_sleeping_qs(self, cpu: VCpu) -> None:
+        op = cpu.task.pending
+        if isinstance(op, (ks.DownRead, ks.DownWrite)) or type(op).__name__ == "_WaitGp":
+            st = self.kernel.cpus[cpu.index]
+            if not st.in_read_side():
+                self.kernel.rcu.quiescent(cpu.index, self.step, self.kernel.online_cpus())
+
+    def run(self, strategy: Strategy, max_steps: int = 2_000_000) -> RunResult:
+        strategy.new_execution()
+        viol = deadlock = None
+        limit = False
+        try:
+            while True:
+                runnable = self.runnable_tasks()
+                if not runnable:
+                    alive = [c for c in self.cpus if c.alive()]
+                    if alive:
+                        deadlock = self.deadlock_report()
+                    break
+                if self.step >= max_steps:
+                    limit = True
+                    break
+                t = strategy.choose(runnable, self.step)
+                self.choices.append(t)
+                self.frames.step = self.kernel.step = self.step
+                if t == RCU_TASK:
+                    what = self.kernel.run_one_rcu_callback()
+                    self.trace.add(self.step, "rcu", "rcu", what)
+                else:
+                    self.cpus[t].step()
+                self.step += 1
+            for c in self.checkers:
+                c.on_run_end()
+        except Violation as v:
+            viol = v
+            self.step += 1
+        except KernelBug as exc:
+            viol = Violation("kernel-bug", str(exc), self.step)
+            self.step += 1
+        except PhysMemError as exc:
+            name = "double-free" if "double free" in str(exc) else "physmem"
+            viol = Violation(name, str(exc), self.step)
+            self.step += 1
+        return RunResult(
+            steps=self.step, schedule=encode(self.choices), violation=viol, deadlock=deadlock,
+            step_limit=limit,
+            exit_codes={c.index: c.exit_code for c in self.cpus if c.index in self.programs},
+            crashes={c.index: c.crash for c in self.cpus if c.crash},
+            trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
+
+    def deadlock_report(self) -> str:
+        parts = []
+        for c in self.cpus:
+            if c.mode is Mode.KERNEL:
+                held = ", ".join(getattr(h, "name", None) or f"{h[0].name}({h[1]})"
+                                 for h in self.kernel.cpus[c.index].held) or "nothing"
+                parts.append(f"cpu{c.index} in {c.task.name}: blocked on {c.task.blocked_on()}; "
+                             f"holds {held}")
+        return "deadlock: " + "; ".join(parts)
+
+    def memory_digest(self) -> str:
+        return hashlib.sha256(self.mem.buf).hexdigest()[:16]
+
+    # ---- snapshot / restore ----------------------------------------------------------
+    def snapshot(self) -> None:
+        """Remember the pre-run state so `reset()` can return to it cheaply.
+
+        Memory is copied as bytes, registers as Unicorn contexts, and the
+        kernel model's and allocator's Python state by one deepcopy (so the
+        objects they share stay shared); the Unicorn instances, translated
+        code and the arch are kept.
+        """
+        self._snapshot = (self.mem.snapshot(), [c.context() for c in self.cpus],
+                          self._copy_state((self.kernel.__dict__, self.frames.__dict__)),
+                          [(c.pc, c.mode, c.exit_code, c.crash) for c in self.cpus])
+
+    def _copy_state(self, state: Any) -> Any:
+        import copy
+        keep = (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
+                self.kernel.tlb_flush)
+        return copy.deepcopy(state, {id(x): x for x in keep})
+
+    def reset(self) -> None:
+        if self._snapshot is None:
+            raise RuntimeError("reset() before snapshot()")
+        image, ctxs, py, cpus = self._snapshot
+        kstate, fstate = self._copy_state(py)
+        self.mem.restore(image)
+        self.kernel.__dict__.update(kstate)
+        self.kernel.tlb_flush = self.tlb_flush
+        self.frames.__dict__.update(fstate)
+        self.mm = self.kernel.mm
+        for c, ctx, (pc, mode, code, crash) in zip(self.cpus, ctxs, cpus, strict=True):
+            c.restore(ctx)
+            c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
+            c.task = c.walk = c.walk_req = None
+            c.flush_all()
+        self.step = 0
+        self.choices = []
+        self.trace = Trace(self.trace.enabled)
+        for ch in self.checkers:
+            ch.attach(self)
+
+    def add_checker(self, c: Checker) -> None:
+        c.attach(self)
+        self.checkers.append(c)
+
+    # ---- vCPU callbacks ------------------------------------------------------------------
+    def frame_gens(self, tr: Translation) -> tuple[tuple[int, int], ...]:
+        out = []
+        for pa in (*tr.tables, tr.pa_base):
+            try:
+                fi = self.frames.info(pa)
+            except PhysMemError:
+                continue
+            out.append((fi.pfn, fi.generation))
+        return tuple(out)
+
+    def on_tlb_use(self, cpu: VCpu, entry: TlbEntry, va: int, acc: Access) -> None:
+        for c in self.checkers:
+            c.on_tlb_use(cpu.index, entry, va, acc)
+
+    def walker_access(self, cpu: VCpu, msg: PteRead | PteSetBits) -> int:
+        bo = self.arch.byteorder
+        idx = cpu.index
+        try:
+            value = self.mem.read_int(msg.pa, msg.size, bo)
+        except PhysMemError:
+            self.trace.add(self.step, f"cpu{idx}", "walk", f"{msg.level} read {msg.pa:#x} outside RAM")
+            return 0
+        if type(msg) is PteRead:
+            self.trace.add(self.step, f"cpu{idx}", "walk", f"read {msg.level} [{msg.pa:#x}] = {value:#x}")
+            for c in self.checkers:
+                c.on_walker_read(idx, msg.pa, msg.size, value, msg.level)
+            return value
+        new = value | msg.bits
+        self.trace.add(self.step, f"cpu{idx}", "walk", f"set A/D {msg.level} [{msg.pa:#x}] |= {msg.bits:#x}")
+        for c in self.checkers:
+            c.on_walker_write(idx, msg.pa, msg.size, new, msg.level)
+        self.mem.write_int(msg.pa, msg.size, new, bo)
+        return new
+
+    def run_walk_now(self, cpu: VCpu, va: int, acc: Access) -> Translation | Fault:
+        gen = self.arch.walk(self.root, va, acc, True)
+        try:
+            msg = next(gen)
+            while True:
+                msg = gen.send(self.walker_access(cpu, msg))
+        except StopIteration as stop:
+            return stop.value
+
+    def guest_quiescent(self, cpu: VCpu) -> None:
+        """A user-mode instruction is a quiescent state for RCU."""
+        rcu = self.kernel.rcu
+        if rcu.need_qs and cpu.index in rcu.need_qs:
+            rcu.quiescent(cpu.index, self.step, self.kernel.online_cpus())
+
+    def hypercall(self, cpu: VCpu) -> None:
+        nr, args = self.arch.hypercall_args(cpu.uc)
+        result = hypercall.dispatch(self, cpu, nr, args)
+        if isinstance(result, int):
+            self.arch.set_return(cpu.uc, result)
+            self._after_service(cpu, "hypercall")
+        else:
+            cpu.start_kernel(result, "hypercall", f"hypercall {nr}")
+        if getattr(cpu, "_exit_code", None) is not None:
+            code = cpu._exit_code
+            cpu._exit_code = None
+            cpu.finish(code)
+
+    def request_exit(self, cpu: VCpu, code: int) -> None:
+        cpu._exit_code = code
+
+    def kernel_returned(self, cpu: VCpu, kind: str, result: Any) -> None:
+        if kind == "fault":
+            if result == VM_FAULT_SIGSEGV:
+                va = cpu.pc
+                cpu._crash(f"SIGSEGV: unresolvable fault (guest pc {va:#x})")
+                return
+        elif kind == "hypercall":
+            self.arch.set_return(cpu.uc, result if isinstance(result, int) else 0)
+        self._after_service(cpu, kind)
+
+    def _after_service(self, cpu: VCpu, kind: str) -> None:
+        st = self.kernel.cpus[cpu.index]
+        if st.held or st.rcu_nesting or st.irq_off:
+            held = [getattr(h, "name", None) or h[0].name for h in st.held]
+            raise Violation("imbalance", f"cpu{cpu.index} returns to user from {kind} with "
+                            f"rcu_nesting={st.rcu_nesting} irq_off={st.irq_off} locks={held}",
+                            self.step, cpu.index)
+        for c in self.checkers:
+            c.on_service_end(cpu.index, kind)
+
+    def cpu_stopped(self, cpu: VCpu) -> None:
+        self.kernel.cpus[cpu.index].online = False
+        self.kernel.rcu.offline(cpu.index, self.step, self.kernel.online_cpus())
+        what = f"exit({cpu.exit_code})" if cpu.mode is Mode.DONE else f"crashed: {cpu.crash}"
+        self.trace.add(self.step, f"cpu{cpu.index}", "note", what)
+
+    def tlb_flush(self, start: int, end: int) -> None:
+        for c in self.cpus:
+            c.flush_range(start, end)
+
+    def flush_uc_tlbs(self) -> None:
+        for c in self.cpus:
+            c.flush_uc_tlb()
+
+    # ---- kernel hooks (KernelHooks) ---------------------------------------------------------
+    def on_kernel_load(self, cpu: int, op: ks.Load, value: int) -> None:
+        for c in self.checkers:
+            c.on_kernel_load(cpu, op.pa, op.size, value, op.what)
+
+    def on_kernel_store(self, cpu: int, pa: int, size: int, value: int, what: str) -> None:
+        for c in self.checkers:
+            c.on_kernel_store(cpu, pa, size, value, what)
+
+    def on_table_free(self, cpu: int | None, pa: int, size: int, deferred: bool) -> None:
+        for c in self.checkers:
+            c.on_table_free(cpu, pa, size, deferred)
+        # Unicorn may cache a translation through this frame: make the next
+        # use come back through our TLB model, where checkers see it.
+        self.flush_uc_tlbs()
+
+    def on_note(self, cpu: int | None, text: str) -> None:
+        self.trace.add(self.step, f"cpu{cpu}" if cpu is not None else "-", "note", text)
+
+    # ---- trace helpers ---------------------------------------------------------------------
+    def trace_guest(self, cpu: VCpu, pc: int) -> None:
+        self.trace.add(self.step, f"cpu{cpu.index}", "guest", pc)
+
+    def trace_kernel(self, cpu: VCpu, op: Any) -> None:
+        if self.trace.enabled:
+            self.trace.add(self.step, f"cpu{cpu.index}", "kernel", f"{cpu.task.name}: {describe_op(op)}")
+
+    def trace_note(self, cpu: VCpu, text: str) -> None:
+        self.trace.add(self.step, f"cpu{cpu.index}", "note", text)
+
+    def disasm(self, task: str, pc: int) -> str:
+        """Capstone disassembly of the guest instruction at `pc` for trace lines."""
+        for prog in self.programs.values():
+            off = pc - prog.base
+            if 0 <= off < len(prog.code):
+                for insn in self._cs.disasm(prog.code[off: off + 16], pc, 1):
+                    return f"{pc:#x}: {insn.mnemonic} {insn.op_str}".rstrip()
+        return f"{pc:#x}: ?"
+
+    def trace_lines(self, last: int | None = None) -> list[str]:
+        recs = self.trace.records if last is None else self.trace.records[-last:]
+        return self.trace.lines(self.disasm, recs)
+
+    def task_names(self) -> list[str]:
+        return [task_name(i) for i in range(self.ncpus)]

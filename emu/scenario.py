@@ -1,0 +1,225 @@
+"""The scenario format: TOML describing a machine, an address space and programs.
+
+```toml
+[machine]
+arch = "x86-pae"        # overridable with --arch
+cpus = 2
+memory_mib = 64
+
+[kernel]
+variants = []           # named bug variants, see `ptemu variants`
+override = ""           # "file.py:Class": a user's own mixin or policy
+
+[[vma]]
+start = 0x10000000      # integers, or expressions over page_size/pmd_size
+size = "4 * pmd_size"
+kind = "anon"           # anon | shmem | file
+prot = "rw"             # r, rw, rx, rwx
+populate = false        # fault every page in at setup
+
+[[cpu]]
+program = "touch"       # guest/programs/<arch>/<program>.S
+args = [0x10000000, 512, "page_size"]
+```
+
+Every problem is a `ScenarioError` naming the file, the key and the reason.
+Integer fields accept small arithmetic over `page_size` and `pmd_size` so
+one scenario fits every arch.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emu.kernel.mm import VMA_KINDS
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "guest" / "scenarios"
+
+
+class ScenarioError(ValueError):
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
+@dataclass
+class VmaSpec:
+    start: Any
+    size: Any
+    kind: str
+    prot: str = "rw"
+    populate: bool = False
+    thp: bool = False  # shmem/file: back with one PMD-sized folio
+    name: str = ""
+
+
+@dataclass
+class CpuSpec:
+    program: str
+    args: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Scenario:
+    source: str
+    arch: str
+    cpus: int
+    memory_mib: int
+    vmas: list[VmaSpec]
+    programs: list[CpuSpec]
+    variants: list[str] = field(default_factory=list)
+    override: str = ""
+    base_dir: Path = field(default_factory=Path.cwd)
+    options: dict[str, Any] = field(default_factory=dict)  # arch policy knobs
+    explore: dict[str, Any] = field(default_factory=dict)
+    expect: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.LShift: operator.lshift,
+           ast.RShift: operator.rshift, ast.BitOr: operator.or_, ast.BitAnd: operator.and_}
+
+
+def eval_int(value: Any, names: dict[str, int], source: str, key: str) -> int:
+    """An int field: an integer, or arithmetic over `names` in a string."""
+    if isinstance(value, bool):
+        raise ScenarioError(source, key, "expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ScenarioError(source, key, f"expected an integer or expression, got {type(value).__name__}")
+    try:
+        tree = ast.parse(value, mode="eval")
+    except SyntaxError:
+        raise ScenarioError(source, key, f"cannot parse expression {value!r}") from None
+
+    def ev(node: ast.AST) -> int:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) \
+                and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in names:
+                raise ScenarioError(source, key, f"unknown name {node.id!r} (known: {', '.join(sorted(names))})")
+            return names[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            right = ev(node.right)
+            if isinstance(node.op, (ast.FloorDiv, ast.Mod)) and right == 0:
+                raise ScenarioError(source, key, "division by zero")
+            return _BINOPS[type(node.op)](ev(node.left), right)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        raise ScenarioError(source, key, f"unsupported expression {value!r}")
+
+    return ev(tree)
+
+
+def _get(tbl: dict[str, Any], key: str, typ: type | tuple[type, ...], source: str, path: str,
+         default: Any = ...) -> Any:
+    if key not in tbl:
+        if default is ...:
+            raise ScenarioError(source, f"{path}.{key}" if path else key, "missing")
+        return default
+    v = tbl[key]
+    if typ is int and isinstance(v, bool) or not isinstance(v, typ):
+        want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise ScenarioError(source, f"{path}.{key}" if path else key,
+                            f"expected {want}, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _check_keys(tbl: dict[str, Any], allowed: set[str], source: str, path: str) -> None:
+    for k in tbl:
+        if k not in allowed:
+            raise ScenarioError(source, f"{path}.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(source, "<toml>", str(exc)) from None
+    _check_keys(doc, {"machine", "kernel", "vma", "cpu", "explore", "expect", "description",
+                      "arch_options"}, source, "")
+    mach = _get(doc, "machine", dict, source, "")
+    _check_keys(mach, {"arch", "cpus", "memory_mib"}, source, "machine")
+    arch = _get(mach, "arch", str, source, "machine")
+    cpus = _get(mach, "cpus", int, source, "machine")
+    if not 1 <= cpus <= 16:
+        raise ScenarioError(source, "machine.cpus", f"must be 1..16, got {cpus}")
+    mem = _get(mach, "memory_mib", int, source, "machine", 64)
+    if not 1 <= mem <= 2048:
+        raise ScenarioError(source, "machine.memory_mib", f"must be 1..2048, got {mem}")
+    kern = _get(doc, "kernel", dict, source, "", {})
+    _check_keys(kern, {"variants", "override"}, source, "kernel")
+    variants = _get(kern, "variants", list, source, "kernel", [])
+    for i, v in enumerate(variants):
+        if not isinstance(v, str):
+            raise ScenarioError(source, f"kernel.variants[{i}]", "expected a variant name")
+    override = _get(kern, "override", str, source, "kernel", "")
+    vmas = []
+    for i, v in enumerate(_get(doc, "vma", list, source, "", [])):
+        path = f"vma[{i}]"
+        if not isinstance(v, dict):
+            raise ScenarioError(source, path, "expected a table")
+        _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "name"}, source, path)
+        kind = _get(v, "kind", str, source, path, "anon")
+        if kind not in VMA_KINDS or kind == "text":
+            raise ScenarioError(source, f"{path}.kind", f"must be anon, shmem or file, got {kind!r}")
+        prot = _get(v, "prot", str, source, path, "rw")
+        if prot not in ("r", "rw", "rx", "rwx"):
+            raise ScenarioError(source, f"{path}.prot", f"must be r, rw, rx or rwx, got {prot!r}")
+        vmas.append(VmaSpec(_get(v, "start", (int, str), source, path),
+                            _get(v, "size", (int, str), source, path), kind, prot,
+                            _get(v, "populate", bool, source, path, False),
+                            _get(v, "thp", bool, source, path, False),
+                            _get(v, "name", str, source, path, "")))
+    programs = []
+    for i, c in enumerate(_get(doc, "cpu", list, source, "", [])):
+        path = f"cpu[{i}]"
+        if not isinstance(c, dict):
+            raise ScenarioError(source, path, "expected a table")
+        _check_keys(c, {"program", "args"}, source, path)
+        args = _get(c, "args", list, source, path, [])
+        for j, a in enumerate(args):
+            if isinstance(a, bool) or not isinstance(a, (int, str)):
+                raise ScenarioError(source, f"{path}.args[{j}]", "expected an integer or expression")
+        programs.append(CpuSpec(_get(c, "program", str, source, path), args))
+    if len(programs) > cpus:
+        raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
+    if not programs:
+        raise ScenarioError(source, "cpu", "no [[cpu]] program given")
+    return Scenario(source, arch, cpus, mem, vmas, programs, list(variants), override,
+                    base_dir or Path.cwd(),
+                    options=_get(doc, "arch_options", dict, source, "", {}),
+                    explore=_get(doc, "explore", dict, source, "", {}),
+                    expect=_get(doc, "expect", dict, source, "", {}),
+                    description=_get(doc, "description", str, source, "", ""))
+
+
+def load(path: str | Path) -> Scenario:
+    p = Path(path)
+    if not p.is_file():
+        builtin = SCENARIOS / f"{p.name}.toml" if p.suffix == "" else SCENARIOS / p.name
+        if builtin.is_file() and len(p.parts) == 1:
+            p = builtin
+        else:
+            raise ScenarioError(str(path), "<file>", "no such file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(str(path), "<file>", f"cannot read: {exc}") from None
+    return parse(text, str(path), p.resolve().parent)
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in SCENARIOS.glob("*.toml"))

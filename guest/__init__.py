@@ -1,0 +1,1 @@
+"""Guest programs (assembly per arch) and the scenario files that place them."""
