@@ -282,6 +282,13 @@ class Arch(ABC):
     split_pte_ptlocks: ClassVar[bool] = True
     split_pmd_ptlocks: ClassVar[bool] = False
 
+    def table_init(self, level: str) -> bytes | None:
+        """Initial contents of a new table of `level` (None: all zero bytes).
+
+        s390 needs this: its empty entries are not zero (PTE 0x400, segment 0x20).
+        """
+        return None
+
     def table_alloc_bytes(self, level: str) -> int:
         """Bytes a new table of `level` takes (may be less than a frame)."""
         return self.level(level).table_bytes

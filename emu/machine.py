@@ -93,7 +93,11 @@ class Machine(KernelHooks):
         sc = self.scenario
 
         def alloc_table(level: str, nbytes: int) -> int:
-            return self.frames.alloc(f"{level} table", None, FrameState.PGTABLE, level=level)
+            nframes = -(-nbytes // self.frames.frame_size)
+            pa = self.frames.alloc(f"{level} table", None, FrameState.PGTABLE, level=level,
+                                   nframes=nframes)
+            k.init_table(pa, level)
+            return pa
 
         root = a.alloc_root(alloc_table, lambda pa, size, v: self.mem.write_int(pa, size, v, a.byteorder))
         self.mm = k.mm = MM(root)

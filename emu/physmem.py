@@ -148,26 +148,46 @@ class FrameAllocator:
 
     # -- allocation --------------------------------------------------------
     def alloc(self, purpose: str, cpu: int | None, state: FrameState = FrameState.DATA,
-              level: str | None = None, zero: bool = True) -> int:
-        """Allocate one frame; returns its physical address."""
-        if not self._free:
-            self._drain_quarantine(all_of_it=True)
-        if not self._free:
-            raise PhysMemError("out of guest physical memory")
-        pfn = self._free.pop()
-        fi = self.frames[pfn]
-        fi.state = state
-        fi.purpose = purpose
-        fi.level = level
-        fi.generation += 1
-        fi.alloc_step, fi.alloc_cpu = self.step, cpu
-        fi.free_step = fi.free_cpu = None
-        fi.subtables = {}
-        fi.history.append(FrameEvent(self.step, cpu, f"allocated as {purpose}"))
-        pa = pfn * self.frame_size
+              level: str | None = None, zero: bool = True, nframes: int = 1) -> int:
+        """Allocate `nframes` contiguous frames, naturally aligned; returns the first's address.
+
+        Each frame of a multi-frame block gets its own metadata (s390's
+        16 KiB region/segment tables are four 4 KiB frames).
+        """
+        pfns = self._take(nframes)
+        for pfn in pfns:
+            fi = self.frames[pfn]
+            fi.state = state
+            fi.purpose = purpose
+            fi.level = level
+            fi.generation += 1
+            fi.alloc_step, fi.alloc_cpu = self.step, cpu
+            fi.free_step = fi.free_cpu = None
+            fi.subtables = {}
+            fi.history.append(FrameEvent(self.step, cpu, f"allocated as {purpose}"))
+        pa = pfns[0] * self.frame_size
         if zero:
-            self.mem.zero(pa, self.frame_size)
+            self.mem.zero(pa, self.frame_size * nframes)
         return pa
+
+    def _take(self, nframes: int) -> list[int]:
+        if nframes == 1:
+            if not self._free:
+                self._drain_quarantine(all_of_it=True)
+            if not self._free:
+                raise PhysMemError("out of guest physical memory")
+            return [self._free.pop()]
+        for attempt in range(2):
+            free = set(self._free)
+            for pfn in sorted(free):
+                if pfn % nframes == 0 and all(pfn + i in free for i in range(nframes)):
+                    block = list(range(pfn, pfn + nframes))
+                    taken = set(block)
+                    self._free = [p for p in self._free if p not in taken]
+                    return block
+            if attempt == 0:
+                self._drain_quarantine(all_of_it=True)
+        raise PhysMemError(f"no {nframes} contiguous free frames")
 
     def set_state(self, pa: int, state: FrameState, cpu: int | None, what: str) -> None:
         fi = self.info(pa)

@@ -61,6 +61,8 @@ USER_MODE: dict[str, bool] = {}  # does the oracle CPU run in user mode?
 
 def compare(arch_name: str, n: int, seed: int = 1) -> tuple[int, list[str]]:
     """Translate n random (va, access) pairs both ways; returns (agreements, mismatches)."""
+    if arch_name not in BUILDERS:
+        load_plugins()
     rng = random.Random(seed)
     arch = get_arch(arch_name)
     mem_size = 16 << 20
@@ -154,7 +156,15 @@ SETUPS["x86-pae"] = _setup_x86_pae
 USER_MODE["x86-pae"] = False  # Unicorn runs at CPL0: no U/S check
 
 
+def load_plugins() -> None:
+    """Per-arch oracle modules (tools/oracle_<arch>.py) register themselves on import."""
+    import importlib
+    for path in sorted(Path(__file__).resolve().parent.glob("oracle_*.py")):
+        importlib.import_module(path.stem)
+
+
 def main(argv: list[str]) -> int:
+    load_plugins()
     arches = [argv[0]] if argv else sorted(BUILDERS)
     n = int(argv[1]) if len(argv) > 1 else 10000
     rc = 0

@@ -28,6 +28,7 @@ class TablePolicy:
 
     def alloc(self, k: Kernel, mm: MM, level: str) -> s.KernelGen:
         pa = k.frames.alloc(f"{level} table", k.cpu, FrameState.PGTABLE, level=level)
+        k.init_table(pa, level)
         return pa
         yield  # a generator with no step: page allocation is not a shared access
 
@@ -59,6 +60,12 @@ class PgAllocMixin:
         """Give a whole table frame back to the allocator (no scheduling point)."""
         self.hooks.on_table_free(self.cpu, pa, self.frames.frame_size, deferred)
         self.frames.free(pa, self.cpu, f"{level} table freed" + (" after RCU grace period" if deferred else ""))
+
+    def init_table(self: Kernel, pa: int, level: str) -> None:
+        """Fill a new (private) table with the arch's empty entries."""
+        init = self.arch.table_init(level)
+        if init is not None:
+            self.mem.write(pa, init)
 
     def alloc_table(self: Kernel, mm: MM, level: str) -> s.KernelGen:
         pa = yield from self.policy.alloc(self, mm, level)
