@@ -328,9 +328,19 @@ class Arch(ABC):
             return stop.value
 
     # ---- TLB invalidation model ----------------------------------------------
-    def flush_is_global(self) -> bool:
-        """True where one invalidation purges every CPU's TLB (s390 IPTE)."""
-        return False
+    # How flush_tlb_range() reaches other CPUs:
+    #   "ipi"       an interrupt to each CPU: waits while a CPU has IRQs off or
+    #               is mid-walk (interrupts are taken at instruction boundaries)
+    #   "broadcast" a hardware broadcast (s390 IPTE/IDTE, powerpc tlbie): no wait
+    #   "paravirt"  the hypervisor flushes remote TLBs itself (x86 with
+    #               PARAVIRT, the configuration that needs RCU table freeing)
+    tlb_flush_kind: ClassVar[str] = "ipi"
+    # True where TLB misses are refilled by a software handler running with
+    # IRQs off (sparc64 TSB miss, powerpc hash_page), not by a hardware walker.
+    software_walker: ClassVar[bool] = False
+    # Does a lockless read of a pmd need two loads (x86-PAE's 64-bit entries
+    # on a 32-bit CPU)? None: decide from entry and word size.
+    pmd_read_tears: ClassVar[bool | None] = None
 
     # ---- Unicorn glue -------------------------------------------------------
     @abstractmethod

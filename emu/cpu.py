@@ -206,6 +206,9 @@ class VCpu:
         self.walk_req = (va, acc)
         self.walk_msg = next(self.walk)
         self.mode = Mode.WALK
+        st = self.m.kernel.cpus[self.index]
+        st.in_walk = True
+        st.walk_start_step = self.m.step
 
     def _walk_step(self) -> None:
         msg = self.walk_msg
@@ -219,6 +222,9 @@ class VCpu:
     def _walk_done(self, res: Translation | Fault) -> None:
         va, acc = self.walk_req
         self.walk_req = None
+        st = self.m.kernel.cpus[self.index]
+        st.in_walk = False
+        st.walk_start_step = None
         if isinstance(res, Translation):
             self.tlb_insert(res)
             self.mode = Mode.GUEST

@@ -38,6 +38,8 @@ class CpuKernelState:
     rcu_start_step: int | None = None  # step of the outermost rcu_read_lock
     held: list[Any] = field(default_factory=list)  # Spinlocks and (RwSem, mode)
     online: bool = True
+    in_walk: bool = False  # mid-walk: an instruction in flight, no interrupt taken
+    walk_start_step: int | None = None
 
     @property
     def preempt_count(self) -> int:
@@ -49,8 +51,13 @@ class CpuKernelState:
 
     def reader_since(self) -> int | None:
         """Earliest step from which this CPU has been protected against frees."""
-        starts = [x for x in (self.rcu_start_step, self.irq_off_step) if x is not None]
+        starts = [x for x in (self.rcu_start_step, self.irq_off_step, self.walk_start_step)
+                  if x is not None]
         return min(starts) if starts else None
+
+    def takes_ipi(self) -> bool:
+        """Would an IPI be handled now (IRQs on, at an instruction boundary)?"""
+        return self.irq_off == 0 and not self.in_walk
 
 
 class KernelHooks:
@@ -108,9 +115,9 @@ class KernelCore:
         if t is _WaitGp:
             return self.rcu.completed >= op.target
         if t in (s.TlbFlushRange, s.TlbRemoveTableSyncOne):
-            if t is s.TlbFlushRange and self.arch.flush_is_global():
+            if t is s.TlbFlushRange and self.arch.tlb_flush_kind != "ipi":
                 return True
-            return all(c.irq_off == 0 for c in self.cpus if c.cpu != cpu and c.online)
+            return all(c.takes_ipi() for c in self.cpus if c.cpu != cpu and c.online)
         return True
 
     def blocked_on(self, cpu: int, op: Any) -> str:
@@ -122,7 +129,7 @@ class KernelCore:
                 f"readers {[f'cpu{r}' for r in op.sem.readers]}"
             return f"{type(op).__name__}({op.sem.name}) held by {who}"
         if isinstance(op, (s.TlbFlushRange, s.TlbRemoveTableSyncOne)):
-            offs = [f"cpu{c.cpu}" for c in self.cpus if c.irq_off and c.cpu != cpu]
+            offs = [f"cpu{c.cpu}" for c in self.cpus if not c.takes_ipi() and c.cpu != cpu]
             return f"{type(op).__name__} IPI waiting for IRQs on at {', '.join(offs)}"
         if isinstance(op, _WaitGp):
             return f"synchronize_rcu waiting for grace period {op.target}"

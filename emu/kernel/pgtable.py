@@ -33,6 +33,8 @@ class PgtableMixin:
 
     def split_entry_reads(self: Kernel) -> bool:
         """True where a pmd/pte is wider than a word (PAE): lockless reads tear."""
+        if self.arch.pmd_read_tears is not None:
+            return self.arch.pmd_read_tears
         return self.arch.level("pmd").entry_size > self.arch.word_size
 
     def read_entry(self: Kernel, level: str, pa: int, what: str = "") -> s.KernelGen:
