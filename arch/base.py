@@ -253,6 +253,10 @@ class Arch(ABC):
         """A PMD mapping a huge page; arches without THP keep the default."""
         return False
 
+    def supports_huge_pmd(self) -> bool:
+        """Can a PMD map a PMD-sized page directly (THP)?"""
+        return type(self).mk_pmd_huge is not Arch.mk_pmd_huge
+
     def mk_pmd_huge(self, pa: int, prot: Prot) -> int:
         raise NotImplementedError(f"{self.name} has no PMD-sized pages")
 
@@ -338,6 +342,9 @@ class Arch(ABC):
     # True where TLB misses are refilled by a software handler running with
     # IRQs off (sparc64 TSB miss, powerpc hash_page), not by a hardware walker.
     software_walker: ClassVar[bool] = False
+    # MMU_GATHER_RCU_TABLE_FREE: detached tables are freed after an RCU grace
+    # period (ppc, s390, sparc64 SMP, x86 PARAVIRT), not right after the flush.
+    rcu_table_free: ClassVar[bool] = True
     # Does a lockless read of a pmd need two loads (x86-PAE's 64-bit entries
     # on a 32-bit CPU)? None: decide from entry and word size.
     pmd_read_tears: ClassVar[bool | None] = None

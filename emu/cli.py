@@ -135,7 +135,7 @@ def cmd_pgtable_dump(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from arch import arch_names, available_arch_names
-    from emu import hypercall
+    from emu import hypercall, services  # noqa: F401 - services register hypercalls
     from emu.kernel.variants import VARIANTS, build_kernel_class
     from emu.scenario import builtin_names
     build_kernel_class([])  # registers the built-in variants

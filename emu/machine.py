@@ -18,7 +18,7 @@ import capstone
 
 from arch import get_arch
 from arch.base import Access, Fault, Prot, PteRead, PteSetBits, Translation
-from emu import hypercall
+from emu import hypercall, services  # noqa: F401 - services register hypercalls
 from emu.check.base import Checker, Violation
 from emu.cpu import Mode, TlbEntry, VCpu
 from emu.kernel import steps as ks
@@ -184,7 +184,7 @@ class Machine(KernelHooks):
 
     def _maybe_sleeping_qs(self, cpu: VCpu) -> None:
         op = cpu.task.pending
-        if isinstance(op, (ks.DownRead, ks.DownWrite)) or type(op).__name__ == "_WaitGp":
+        if isinstance(op, (ks.DownRead, ks.DownWrite, ks.RcuBarrier)) or type(op).__name__ == "_WaitGp":
             st = self.kernel.cpus[cpu.index]
             if not st.in_read_side():
                 self.kernel.rcu.quiescent(cpu.index, self.step, self.kernel.online_cpus())

@@ -44,7 +44,7 @@ def describe_op(op: Any) -> str:
         return f"flush_tlb_range({op.start:#x}, {op.end:#x})"
     simple = {s.RcuReadLock: "rcu_read_lock()", s.RcuReadUnlock: "rcu_read_unlock()",
               s.IrqDisable: "local_irq_save()", s.IrqEnable: "local_irq_restore()",
-              s.SynchronizeRcu: "synchronize_rcu()",
+              s.SynchronizeRcu: "synchronize_rcu()", s.RcuBarrier: "rcu_barrier()",
               s.TlbRemoveTableSyncOne: "tlb_remove_table_sync_one()"}
     if t in simple:
         return simple[t]

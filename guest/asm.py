@@ -42,6 +42,7 @@ def list_programs(arch: Arch) -> list[str]:
 
 
 def constants(arch: Arch) -> dict[str, int]:
+    import emu.services  # noqa: F401 - registers the mm services' numbers
     consts = {f"SYS_{name}": nr for name, nr in hypercall.by_name().items()}
     consts["PAGE_SIZE"] = arch.page_size
     consts["PMD_SIZE"] = arch.pmd_size

@@ -10,16 +10,27 @@ from __future__ import annotations
 
 from emu.kernel.core import KernelCore
 from emu.kernel.fault import FaultMixin
-from emu.kernel.pgalloc import POLICIES, PgAllocMixin
+from emu.kernel.filemap import FilemapMixin
+from emu.kernel.folio import Folio
+from emu.kernel.gup import GupMixin
+from emu.kernel.khugepaged import KhugepagedMixin
+from emu.kernel.memory import MemoryMixin
+from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
 
 
-class Kernel(FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
+class Kernel(KhugepagedMixin, GupMixin, FilemapMixin, MemoryMixin, FaultMixin, PgtableMixin,
+             PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
-        self.policy = POLICIES[self.arch.pgtable_policy]()
+        self.folios: dict[int, Folio] = {}  # page pa -> folio holding it
+        self.policy = self.make_policy()
+
+    def make_policy(self) -> TablePolicy:
+        """The arch's page-table allocation policy (variants may substitute one)."""
+        return POLICIES[self.arch.pgtable_policy]()
 
 
 __all__ = ["Kernel"]

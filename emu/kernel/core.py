@@ -114,6 +114,8 @@ class KernelCore:
             return True
         if t is _WaitGp:
             return self.rcu.completed >= op.target
+        if t is s.RcuBarrier:
+            return not self.rcu.callbacks
         if t in (s.TlbFlushRange, s.TlbRemoveTableSyncOne):
             if t is s.TlbFlushRange and self.arch.tlb_flush_kind != "ipi":
                 return True
@@ -133,6 +135,8 @@ class KernelCore:
             return f"{type(op).__name__} IPI waiting for IRQs on at {', '.join(offs)}"
         if isinstance(op, _WaitGp):
             return f"synchronize_rcu waiting for grace period {op.target}"
+        if isinstance(op, s.RcuBarrier):
+            return f"rcu_barrier waiting for {len(self.rcu.callbacks)} callbacks"
         return repr(op)
 
     # ---- performing -------------------------------------------------------------
@@ -223,7 +227,7 @@ class KernelCore:
             return None
         if t is s.SynchronizeRcu:
             return _WaitGp(self.rcu.request_gp(self.step, self.online_cpus()))
-        if t is _WaitGp:
+        if t is _WaitGp or t is s.RcuBarrier:
             return None
         if t is s.TlbFlushRange:
             self.tlb_flush(op.start, op.end)

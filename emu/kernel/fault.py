@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from arch.base import Access
 from emu.kernel import steps as s
-from emu.physmem import FrameState
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
+    from emu.kernel.folio import Folio
     from emu.kernel.mm import MM, VMA
 
 VM_FAULT_RETRY_ACCESS = 0  # handled (or raced): re-execute the access
@@ -70,29 +70,23 @@ class FaultMixin:
         return VM_FAULT_RETRY_ACCESS
         yield
 
-    def maybe_map_huge_pmd(self: Kernel, vmf: Vmf) -> s.KernelGen:
-        """Map a PMD-sized folio directly where the VMA allows (file THP); False otherwise."""
-        return False
-        yield
-
     def handle_pte_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """v6.12: map with _rw_nolock; a present pte is rechecked with pte_same under ptl."""
         mm = self.mm
         a = self.arch
         r = yield from self.pte_offset_map_rw_nolock(mm, vmf.pmd_pa, vmf.addr)
         if r is None:
             return VM_FAULT_RETRY_ACCESS
-        ptep, pmdval, ptl = r
-        vmf.orig_pte = yield from self.read_entry("pte", ptep, "handle_pte_fault read pte")
-        yield from self.pte_unmap(ptep)
+        ptep, _pmdval, ptl = r
+        vmf.orig_pte = yield from self.ptep_get_lockless(ptep)
         if a.pte_none(vmf.orig_pte):
-            return (yield from self.do_pte_missing(vmf))
+            return (yield from self.handle_pte_none(vmf, ptep))
         if not a.pte_present(vmf.orig_pte):
+            yield from self.pte_unmap(ptep)
             return VM_FAULT_SIGSEGV  # swap and migration entries are not modelled
-        # Present: make it young (and dirty on a write) under ptl, if still the same.
-        r = yield from self.pte_offset_map_lock(mm, vmf.pmd_pa, vmf.addr)
-        if r is None:
-            return VM_FAULT_RETRY_ACCESS
-        ptep, ptl = r
+        # Present: make it young (and dirty on a write) if it is still the same
+        # pte; pte_same() is what makes the _rw_nolock mapping safe here.
+        yield s.SpinLock(ptl)
         cur = yield from self.read_entry("pte", ptep)
         if cur == vmf.orig_pte:
             if vmf.access == Access.WRITE and not a.pte_write(cur):
@@ -107,6 +101,11 @@ class FaultMixin:
         yield from self.flush_after_access_flags(vmf)
         return VM_FAULT_RETRY_ACCESS
 
+    def handle_pte_none(self: Kernel, vmf: Vmf, ptep: int) -> s.KernelGen:
+        """An empty pte: unmap it (the table may go away now) and fault the page in."""
+        yield from self.pte_unmap(ptep)
+        return (yield from self.do_pte_missing(vmf))
+
     def flush_after_access_flags(self: Kernel, vmf: Vmf) -> s.KernelGen:
         """update_mmu_cache / local flush so the CPU re-walks the changed entry."""
         yield s.TlbFlushRange(vmf.addr & ~(self.arch.page_size - 1),
@@ -117,43 +116,38 @@ class FaultMixin:
             return (yield from self.do_anonymous_page(vmf))
         return (yield from self.do_shared_fault(vmf))
 
-    def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
-        """shmem/file fault: provided by the page-cache model."""
-        return VM_FAULT_SIGSEGV
-        yield
-
-    def new_data_page(self: Kernel, vmf: Vmf) -> int:
-        """A zeroed page (or, for text, a copy of the program image)."""
+    def new_private_folio(self: Kernel, vmf: Vmf) -> Folio:
+        """A zeroed anon page (or, for text, a copy of the program image)."""
         vma = vmf.vma
-        page = self.frames.alloc(f"{vma.kind} page for {vmf.addr & ~(self.arch.page_size - 1):#x}",
-                                 self.cpu, FrameState.DATA)
+        page_addr = vmf.addr - vmf.addr % self.arch.page_size
+        folio = self.new_folio(vma.kind, 1, f"{vma.kind} page for {page_addr:#x}")
         if vma.kind == "text":
-            off = (vmf.addr & ~(self.arch.page_size - 1)) - vma.start
-            chunk = vma.image[off: off + self.arch.page_size]
+            chunk = vma.image[page_addr - vma.start: page_addr - vma.start + self.arch.page_size]
             if chunk:
-                self.mem.write(page, chunk)
-        return page
+                self.mem.write(folio.pa, chunk)
+        return folio
 
     def do_anonymous_page(self: Kernel, vmf: Vmf) -> s.KernelGen:
         mm = self.mm
-        page = self.new_data_page(vmf)
+        folio = self.new_private_folio(vmf)
         r = yield from self.pte_offset_map_lock(mm, vmf.pmd_pa, vmf.addr)
         if r is None:
-            self.frames.free(page, self.cpu, "unused: pmd changed under the fault")
+            self.free_folio(folio, "unused: pmd changed under the fault")
             return VM_FAULT_RETRY_ACCESS
         ptep, ptl = r
         cur = yield from self.read_entry("pte", ptep)
         if not self.arch.pte_none(cur):
             yield from self.pte_unmap_unlock(ptep, ptl)
-            self.frames.free(page, self.cpu, "unused: raced with another fault")
+            self.free_folio(folio, "unused: raced with another fault")
             return VM_FAULT_RETRY_ACCESS
-        pte = self.arch.mk_pte(page, vmf.vma.prot)
+        folio.map()
+        pte = self.arch.mk_pte(folio.pa, vmf.vma.prot)
         pte = self.arch.pte_mkyoung(pte)
         if vmf.access == Access.WRITE:
             pte = self.arch.pte_mkdirty(pte)
         if vmf.vma.kind == "anon":
             vmf.vma.anon_vma = True
-        mm.rss["anon" if vmf.vma.kind == "anon" else "file"] += 1
+        mm.rss[self.mm_counter_kind(folio)] += 1
         yield from self.set_entry("pte", ptep, pte, "set_pte_at (new page)")
         yield from self.pte_unmap_unlock(ptep, ptl)
         return VM_FAULT_RETRY_ACCESS

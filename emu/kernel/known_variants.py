@@ -1,5 +1,66 @@
-"""The built-in bug variants (each a mixin overriding one correct routine).
+"""The built-in bug variants: each a mixin overriding one correct routine.
 
-Filled in by the kernel-model work; every variant names the review thread
-or commit that describes the mistake it models.
+Every variant is a way to get the seed series wrong that the series, its
+review threads or its follow-ups name. Select them per scenario with
+`[kernel] variants = ["name", ...]`; correct code is the default.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.kernel import steps as s
+from emu.kernel.variants import variant
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+    from emu.kernel.fault import Vmf
+    from emu.kernel.mm import MM
+
+
+@variant("pte_free_immediate",
+         "retract/collapse free the detached PTE table with pte_free() instead of "
+         "pte_free_defer(): lockless walkers (hardware, GUP-fast, pte_offset_map users) "
+         "may still be reading it (seed 004's reason for pte_free_defer)")
+class PteFreeImmediate:
+    def pte_free_defer(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
+        yield from self.pte_free(mm, pa)
+
+
+@variant("no_pmd_same_recheck",
+         "a pte_offset_map_rw_nolock() caller takes the ptl but skips the pmd_same() "
+         "recheck, so it may write to a table retract_page_tables() detached "
+         "(seed 001 v3: 'also perform a pmd_same() check')")
+class NoPmdSameRecheck:
+    def rw_nolock_pmd_same(self: Kernel, pmd_pa: int, pmdval: int) -> s.KernelGen:
+        return True
+        yield
+
+
+@variant("missing_pte_unmap",
+         "handle_pte_fault() maps the PTE with pte_offset_map_rw_nolock() and, finding "
+         "it none, forgets pte_unmap(): the rcu_read_lock() taken by __pte_offset_map() "
+         "is never dropped (seed 000: callers that never called pte_unmap())")
+class MissingPteUnmap:
+    def handle_pte_none(self: Kernel, vmf: Vmf, ptep: int) -> s.KernelGen:
+        return (yield from self.do_pte_missing(vmf))
+
+
+@variant("no_lockless_sync",
+         "on x86-PAE, retract/collapse skip pmdp_get_lockless_sync() after "
+         "pmdp_collapse_flush(): an IRQs-off pmdp_get_lockless() reader may pair a "
+         "stale half with a new one and walk into the freed table (seed 002/004)")
+class NoLocklessSync:
+    def pmdp_get_lockless_sync(self: Kernel) -> s.KernelGen:
+        return
+        yield
+
+
+@variant("collapse_no_clear",
+         "collapse_pte_mapped_thp() step 2 removes the rmap but leaves the PTEs, as "
+         "before seed 004 when i_mmap_lock_write kept truncate out: a racing truncate "
+         "finds them and removes them again (double put)")
+class CollapseNoClear:
+    def collapse_clear_pte(self: Kernel, ptep: int) -> s.KernelGen:
+        return
+        yield

@@ -58,17 +58,27 @@ class PgtableMixin:
         w = self.arch.word_size
         return (pa, pa + w) if self.arch.byteorder == "little" else (pa + w, pa)
 
-    def pmdp_get_lockless(self: Kernel, pmd_pa: int) -> s.KernelGen:
+    def entry_get_lockless(self: Kernel, level: str, pa: int) -> s.KernelGen:
+        """p{te,md}p_get_lockless(): low, high, re-read low until stable where entries tear."""
+        name = f"{level}p_get_lockless"
         if not self.split_entry_reads():
-            return (yield s.Load(pmd_pa, self.entry_size("pmd"), "pmdp_get_lockless"))
-        lo_pa, hi_pa = self._halves(pmd_pa)
+            return (yield s.Load(pa, self.entry_size(level), name))
+        lo_pa, hi_pa = self._halves(pa)
         w = self.arch.word_size
         while True:
-            low = yield s.Load(lo_pa, w, "pmdp_get_lockless low")
-            high = yield s.Load(hi_pa, w, "pmdp_get_lockless high")
-            again = yield s.Load(lo_pa, w, "pmdp_get_lockless re-read low")
+            low = yield s.Load(lo_pa, w, f"{name} low")
+            high = yield s.Load(hi_pa, w, f"{name} high")
+            again = yield s.Load(lo_pa, w, f"{name} re-read low")
             if again == low:
-                return (high << (8 * w)) | low
+                value = (high << (8 * w)) | low
+                yield s.Note(f"{name} [{pa:#x}] = {value:#x}")
+                return value
+
+    def pmdp_get_lockless(self: Kernel, pmd_pa: int) -> s.KernelGen:
+        return (yield from self.entry_get_lockless("pmd", pmd_pa))
+
+    def ptep_get_lockless(self: Kernel, ptep: int) -> s.KernelGen:
+        return (yield from self.entry_get_lockless("pte", ptep))
 
     def pmdp_get_lockless_start(self: Kernel) -> s.KernelGen:
         if self.split_entry_reads():

@@ -125,6 +125,11 @@ class SynchronizeRcu:
 
 
 @dataclass(frozen=True)
+class RcuBarrier:
+    """rcu_barrier(): wait until every callback queued so far has run."""
+
+
+@dataclass(frozen=True)
 class TlbFlushRange:
     """flush_tlb_range(): every CPU drops translations in [start, end).
 

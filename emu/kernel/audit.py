@@ -1,0 +1,121 @@
+"""Accounting truth: recount everything from the page tables themselves.
+
+`audit()` walks the live tables from the mm's root (Linux's view, through
+the arch) and compares what it finds with the kernel model's books: nr_ptes,
+rss per kind, every folio's mapcount and refcount (page cache reference +
+mappings + pins), and the state of every page-table frame. Used by tests and
+by the accounting checker at quiescence.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from emu.physmem import FrameState, PhysMemError
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+
+
+def reachable_tables(k: Kernel) -> dict[str, list[int]]:
+    """Physical addresses of every live table, by level (root included)."""
+    a = k.arch
+    out: dict[str, list[int]] = {lv.name: [] for lv in a.levels}
+
+    def visit(depth: int, table: int) -> None:
+        lv = a.levels[depth]
+        out[lv.name].append(table)
+        if lv.name == "pte":
+            return
+        for i in range(lv.entries):
+            val = k.read_entry_now(table + i * lv.entry_size, lv.entry_size)
+            if a.entry_none(lv.name, val) or not a.entry_present(lv.name, val):
+                continue
+            if lv.name == "pmd" and a.pmd_trans_huge(val):
+                continue
+            visit(depth + 1, a.table_pa(lv.name, val))
+
+    visit(0, k.mm.root)
+    return out
+
+
+def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
+    """(mappings per folio, pages mapped per rss kind) found in the tables."""
+    a = k.arch
+    maps: Counter = Counter()
+    rss: Counter = Counter()
+    tables = reachable_tables(k)
+    lv = a.level("pmd")
+    for t in tables["pmd"]:
+        for i in range(lv.entries):
+            val = k.read_entry_now(t + i * lv.entry_size, lv.entry_size)
+            if a.pmd_trans_huge(val):
+                folio = k.folio_of(a.pmd_huge_pa(val))
+                maps[id(folio)] += 1
+                if folio is not None:
+                    rss[k.mm_counter_kind(folio)] += folio.nr_pages
+    pl = a.level("pte")
+    for t in tables["pte"]:
+        for i in range(pl.entries):
+            val = k.read_entry_now(t + i * pl.entry_size, pl.entry_size)
+            if a.pte_present(val) and not a.pte_none(val):
+                folio = k.folio_of(a.pte_pa(val))
+                maps[id(folio)] += 1
+                if folio is not None:
+                    rss[k.mm_counter_kind(folio)] += 1
+    return maps, rss
+
+
+def audit(k: Kernel, pins: int = 0) -> list[str]:
+    """Every discrepancy between the books and the tables (empty: all exact)."""
+    problems: list[str] = []
+    tables = reachable_tables(k)
+    nr_ptes = len(set(tables["pte"]))
+    if nr_ptes != k.mm.nr_ptes:
+        problems.append(f"mm.nr_ptes is {k.mm.nr_ptes} but {nr_ptes} PTE tables are reachable")
+    maps, rss = count_mappings(k)
+    if maps.get(id(None)):
+        problems.append(f"{maps[id(None)]} entries map pages that belong to no folio")
+    for kind in sorted(k.mm.rss):
+        if k.mm.rss[kind] != rss.get(kind, 0):
+            problems.append(f"rss[{kind}] is {k.mm.rss[kind]} but {rss.get(kind, 0)} pages are mapped")
+    seen: set[int] = set()
+    for pa in sorted(k.folios):
+        folio = k.folios[pa]
+        if id(folio) in seen:
+            continue
+        seen.add(id(folio))
+        mapped = maps.get(id(folio), 0)
+        if folio.mapcount != mapped:
+            problems.append(f"{folio!r}: mapcount {folio.mapcount} but mapped {mapped} times")
+        want = mapped + (1 if folio.in_cache else 0)
+        if pins == 0 and folio.refcount != want:
+            problems.append(f"{folio!r}: refcount {folio.refcount}, expected {want} "
+                            f"(mappings {mapped} + page cache {int(folio.in_cache)})")
+        if k.frames.info(folio.pa).state is not FrameState.DATA:
+            problems.append(f"{folio!r} lives in a frame that is {k.frames.info(folio.pa).state.value}")
+    fs = k.frames.frame_size
+    live = set()
+    for name, lst in tables.items():
+        nbytes = k.arch.level(name).table_bytes
+        for t in lst:
+            live.update(range(k.frames.frame_base(t), t + nbytes, fs))
+    for fi in k.frames.frames:
+        pa = fi.pfn * fs
+        # A frame shared by sub-tables may be held by its allocator with no live
+        # table in it (powerpc's current pte_frag page): only whole-frame tables
+        # and frames whose every sub-table is live must be reachable.
+        managed = fi.subtables and any(st != "live" for st in fi.subtables.values())
+        if fi.state is FrameState.PGTABLE and pa not in live and not managed:
+            problems.append(f"frame {pa:#x} is a {fi.level} table but unreachable and not RCU-pending")
+        if pa in live and fi.state not in (FrameState.PGTABLE,):
+            problems.append(f"frame {pa:#x} is reachable as a table but is {fi.state.value}")
+    return problems
+
+
+def safe_audit(k: Kernel) -> list[str]:
+    try:
+        return audit(k)
+    except PhysMemError as exc:
+        return [f"tables point outside RAM: {exc}"]

@@ -1,0 +1,107 @@
+"""GUP-fast: the lockless software page-table walker.
+
+Models mm/gup.c's gup_fast (v6.6+): IRQs off for the whole walk (which holds
+off the IPI of tlb_remove_table_sync_one() and, on arches freeing tables by
+RCU, the grace period), every pmd read with `pmdp_get_lockless()`, the PTE
+table mapped from the pmd value already read (`pte_offset_map(&pmd)`), the
+pte read with `ptep_get_lockless()`, and after grabbing the folio a recheck
+that neither the pmd nor the pte changed (70cbc3cc78a9), else the reference
+is dropped and the walk stops. It is the adversary of retract and collapse.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.kernel import steps as s
+from emu.kernel.folio import Folio
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+    from emu.kernel.mm import MM
+
+
+class GupMixin:
+    def gup_fast(self: Kernel, mm: MM, start: int, nr_pages: int, write: bool) -> s.KernelGen:
+        """Pin up to nr_pages pages from start; returns [(page pa, folio)] pinned."""
+        a = self.arch
+        ps = a.page_size
+        pinned: list[tuple[int, Folio]] = []
+        yield s.IrqDisable()
+        addr = start
+        end = start + nr_pages * ps
+        while addr < end:
+            pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
+            if pmd_pa is None:
+                break
+            pmd = yield from self.pmdp_get_lockless(pmd_pa)
+            if a.entry_none("pmd", pmd) or not a.entry_present("pmd", pmd):
+                break
+            if a.pmd_trans_huge(pmd):
+                ok = yield from self.gup_huge_pmd(pmd, pmd_pa, addr, end, write, pinned)
+                if not ok:
+                    break
+                addr = addr - addr % a.pmd_size + a.pmd_size
+                continue
+            if a.entry_bad("pmd", pmd):
+                break
+            next_pmd = min(end, addr - addr % a.pmd_size + a.pmd_size)
+            ok = yield from self.gup_pte_range(pmd, pmd_pa, addr, next_pmd, write, pinned)
+            if not ok:
+                break
+            addr = next_pmd
+        yield s.IrqEnable()
+        return pinned
+
+    def gup_pte_range(self: Kernel, pmd: int, pmd_pa: int, addr: int, end: int, write: bool,
+                      pinned: list) -> s.KernelGen:
+        a = self.arch
+        lv = a.level("pte")
+        yield s.RcuReadLock()  # pte_offset_map(&pmd, addr): from the value, not the entry
+        base = self.entry_addr("pte", a.table_pa("pmd", pmd), addr)
+        ok = True
+        for va in range(addr, end, a.page_size):
+            ptep = base + (lv.index(va) - lv.index(addr)) * lv.entry_size
+            pte = yield from self.ptep_get_lockless(ptep)
+            if not a.pte_present(pte) or (write and not a.pte_write(pte)):
+                ok = False
+                break
+            folio = self.folio_of(a.pte_pa(pte))
+            if folio is None:
+                ok = False
+                break
+            folio.get()  # try_grab_folio()
+            pmd_now = yield from self.pmdp_get_lockless(pmd_pa)
+            pte_now = yield from self.read_entry("pte", ptep, "gup_fast recheck pte")
+            if pmd_now != pmd or pte_now != pte:
+                self.put_folio(folio)
+                ok = False
+                break
+            pinned.append((a.pte_pa(pte), folio))
+        yield from self.gup_pte_unmap(base)
+        return ok
+
+    def gup_pte_unmap(self: Kernel, ptep: int) -> s.KernelGen:
+        yield from self.pte_unmap(ptep)
+
+    def gup_huge_pmd(self: Kernel, pmd: int, pmd_pa: int, addr: int, end: int, write: bool,
+                     pinned: list) -> s.KernelGen:
+        a = self.arch
+        folio = self.folio_of(a.pmd_huge_pa(pmd))
+        if folio is None:
+            return False
+        folio.get()
+        pmd_now = yield from self.pmdp_get_lockless(pmd_pa)
+        if pmd_now != pmd:
+            self.put_folio(folio)
+            return False
+        stop = min(end, addr - addr % a.pmd_size + a.pmd_size)
+        for va in range(addr, stop, a.page_size):
+            pinned.append((a.pmd_huge_pa(pmd) + va % a.pmd_size, folio))
+        # one reference per page pinned, as try_grab_folio(folio, refs) takes
+        folio.get(len(range(addr, stop, a.page_size)) - 1)
+        return True
+
+    def unpin_user_pages(self: Kernel, pinned: list) -> None:
+        for _pa, folio in pinned:
+            self.put_folio(folio)

@@ -1,0 +1,313 @@
+"""khugepaged and MADV_COLLAPSE for shmem/file: collapse, retract, install.
+
+Models mm/khugepaged.c after seed 004 ("mm: free retracted page table by
+RCU", Hugh Dickins, v2 2023-06-20) and seed 001 (Qi Zheng's
+`pte_offset_map_rw_nolock()` conversion of `collapse_pte_mapped_thp()`):
+
+- `retract_page_tables()` takes no mmap or VMA lock: i_mmap_rwsem for read,
+  then per VMA `pmd_lock` + the ptl nested, repeating the skip checks under
+  the ptl, `pmdp_collapse_flush`, `pmdp_get_lockless_sync`, and the table is
+  freed by `pte_free_defer` once the locks are dropped.
+- `collapse_pte_mapped_thp()` runs under `mmap_read_lock` in five steps: the
+  VMA check first; step 1 verifies the PTEs under the ptl; step 2 re-maps
+  with `_rw_nolock`, rechecks `pmd_same` under the ptl and clears every
+  entry (a racing truncate must not find them again); step 3 fixes the
+  refcount and counters; step 4 takes `pmd_lock` then the ptl nested,
+  flushes, syncs and defers the free; step 5 installs the PMD. The abort
+  path gives back what step 2 took.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from arch.base import Access
+from emu.kernel import steps as s
+from emu.kernel.fault import Vmf
+from emu.kernel.folio import Folio, PageCache
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+    from emu.kernel.mm import MM
+
+SCAN_FAIL = 0
+SCAN_SUCCEED = 1
+SCAN_PMD_NULL = 2
+SCAN_PMD_NONE = 3
+SCAN_PMD_MAPPED = 4
+SCAN_VMA_CHECK = 5
+SCAN_PTE_NON_PRESENT = 6
+SCAN_PTE_MAPPED_HUGEPAGE = 7
+SCAN_PAGE_COMPOUND = 8
+
+SCAN_NAMES = {v: k for k, v in dict(globals()).items() if k.startswith("SCAN_")}
+
+
+class KhugepagedMixin:
+    # ---- helpers ------------------------------------------------------------------
+    def find_pmd_or_thp_or_none(self: Kernel, mm: MM, addr: int) -> s.KernelGen:
+        """(result, pmd entry address) by a lockless walk."""
+        pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
+        if pmd_pa is None:
+            return SCAN_PMD_NULL, None
+        pmdval = yield from self.pmdp_get_lockless(pmd_pa)
+        a = self.arch
+        if a.entry_none("pmd", pmdval):
+            return SCAN_PMD_NONE, pmd_pa
+        if a.pmd_trans_huge(pmdval):
+            return SCAN_PMD_MAPPED, pmd_pa
+        if a.entry_bad("pmd", pmdval) or not a.entry_present("pmd", pmdval):
+            return SCAN_PMD_NULL, pmd_pa
+        return SCAN_SUCCEED, pmd_pa
+
+    def pmdp_collapse_flush(self: Kernel, haddr: int, pmd_pa: int) -> s.KernelGen:
+        """Clear a pmd that points to a page table and flush the range; returns the old pmd."""
+        old = yield from self.read_entry("pmd", pmd_pa, "pmdp_collapse_flush")
+        yield from self.clear_entry("pmd", pmd_pa, "pmdp_collapse_flush")
+        yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size)
+        return old
+
+    def rw_nolock_pmd_same(self: Kernel, pmd_pa: int, pmdval: int) -> s.KernelGen:
+        """The recheck a pte_offset_map_rw_nolock() caller owes before writing."""
+        now = yield from self.pmdp_get_lockless(pmd_pa)
+        return now == pmdval
+
+    def collapse_clear_pte(self: Kernel, ptep: int) -> s.KernelGen:
+        """Step 2's pte_clear(): "must clear entry, or a racing truncate may re-remove it"."""
+        yield from self.clear_entry("pte", ptep, "collapse_pte_mapped_thp: pte_clear")
+
+    # ---- retract_page_tables ---------------------------------------------------------
+    def retract_page_tables(self: Kernel, cache: PageCache, pgoff: int) -> s.KernelGen:
+        a = self.arch
+        ps, pmd_size = a.page_size, a.pmd_size
+        yield s.DownRead(cache.i_mmap_rwsem)
+        for vma in list(cache.vmas):
+            addr = vma.start + (pgoff - vma.pgoff) * ps
+            if addr % pmd_size or addr < vma.start or addr + pmd_size > vma.end:
+                continue
+            if vma.anon_vma or vma.uffd_wp:
+                continue
+            mm = self.mm
+            result, pmd_pa = yield from self.find_pmd_or_thp_or_none(mm, addr)
+            if result != SCAN_SUCCEED:
+                continue
+            yield s.Note(f"retract_page_tables {addr:#x}: mmu_notifier_invalidate_range_start")
+            pml = yield from self.pmd_lock(mm, pmd_pa, addr)
+            pmdval = yield from self.read_entry("pmd", pmd_pa)
+            if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
+                yield s.SpinUnlock(pml)
+                continue
+            ptl = self.pte_lockptr(mm, pmdval)
+            if ptl is not pml:
+                yield s.SpinLock(ptl, nested=True)
+            # Repeat the checks under ptl: no mmap_lock is held, so a racing
+            # fault may have added an anon_vma or userfaultfd may have armed.
+            success = False
+            if not vma.anon_vma and not vma.uffd_wp:
+                pgt_pmd = yield from self.pmdp_collapse_flush(addr, pmd_pa)
+                yield from self.pmdp_get_lockless_sync()
+                success = True
+            if ptl is not pml:
+                yield s.SpinUnlock(ptl)
+            yield s.SpinUnlock(pml)
+            yield s.Note("retract_page_tables: mmu_notifier_invalidate_range_end")
+            if success:
+                self.mm_dec_nr_ptes(mm)
+                yield from self.pte_free_defer(mm, a.table_pa("pmd", pgt_pmd))
+        yield s.UpRead(cache.i_mmap_rwsem)
+
+    # ---- collapse_pte_mapped_thp ---------------------------------------------------------
+    def collapse_pte_mapped_thp(self: Kernel, mm: MM, addr: int, install_pmd: bool) -> s.KernelGen:
+        a = self.arch
+        ps, pmd_size = a.page_size, a.pmd_size
+        haddr = addr - addr % pmd_size
+        vma = mm.find_vma(haddr)
+        # First check VMA found, in case page tables are being torn down.
+        if vma is None or vma.file is None or not (vma.start <= haddr and haddr + pmd_size <= vma.end):
+            return SCAN_VMA_CHECK
+        result, pmd_pa = yield from self.find_pmd_or_thp_or_none(mm, haddr)
+        if result == SCAN_PMD_MAPPED:
+            return result
+        if vma.uffd_wp:
+            return SCAN_FAIL
+        index = self.vma_index(vma, haddr)
+        folio: Folio | None = vma.file.lookup(index)
+        if folio is None or not folio.large or folio.index != index or not folio.in_cache:
+            return SCAN_PAGE_COMPOUND
+        yield s.DownWrite(folio.lock)  # find_lock_page()
+        folio.get()
+        result, pmd_pa = yield from self.find_pmd_or_thp_or_none(mm, haddr)
+        if result in (SCAN_PMD_NONE, SCAN_PMD_NULL):
+            return (yield from self._collapse_install(mm, vma, haddr, folio, install_pmd))
+        if result != SCAN_SUCCEED:
+            return (yield from self._collapse_drop(folio, result))
+
+        r = yield from self.pte_offset_map_lock(mm, pmd_pa, haddr)
+        if r is None:
+            return (yield from self._collapse_drop(folio, SCAN_FAIL))
+        start_pte, ptl = r
+        lv = a.level("pte")
+        nr = pmd_size // ps
+        # step 1: check all mapped PTEs are to the right huge page
+        for i in range(nr):
+            pte = yield from self.read_entry("pte", start_pte + i * lv.entry_size, "collapse step 1")
+            if a.pte_none(pte):
+                continue
+            if not a.pte_present(pte) or a.pte_pa(pte) != folio.pa + i * ps:
+                yield from self.pte_unmap_unlock(start_pte, ptl)
+                return (yield from self._collapse_drop(folio, SCAN_FAIL))
+        yield from self.pte_unmap_unlock(start_pte, ptl)
+        yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_start")
+
+        # step 2: clear page table and adjust rmap, after re-taking the ptl
+        nr_ptes = 0
+        r = yield from self.pte_offset_map_rw_nolock(mm, pmd_pa, haddr)
+        if r is None:
+            return (yield from self._collapse_abort(mm, folio, nr_ptes, None, None, SCAN_FAIL))
+        start_pte, pgt_pmd, ptl = r
+        yield s.SpinLock(ptl)
+        same = yield from self.rw_nolock_pmd_same(pmd_pa, pgt_pmd)
+        if not same:
+            return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl, SCAN_FAIL))
+        for i in range(nr):
+            ptep = start_pte + i * lv.entry_size
+            pte = yield from self.read_entry("pte", ptep, "collapse step 2")
+            if a.pte_none(pte):
+                continue
+            if not a.pte_present(pte):
+                return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl,
+                                                        SCAN_PTE_NON_PRESENT))
+            if a.pte_pa(pte) != folio.pa + i * ps:
+                return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl, SCAN_FAIL))
+            yield from self.collapse_clear_pte(ptep)
+            folio.unmap()
+            nr_ptes += 1
+        yield from self.pte_unmap_unlock(start_pte, ptl)
+
+        # step 3: set proper refcount and mm_counters
+        if nr_ptes:
+            folio.put(nr_ptes)
+            mm.rss[self.mm_counter_kind(folio)] -= nr_ptes
+
+        # step 4: remove the page table; the huge page lock keeps it empty
+        pml = yield from self.pmd_lock(mm, pmd_pa, haddr)
+        if ptl is not pml:
+            yield s.SpinLock(ptl, nested=True)
+        old = yield from self.pmdp_collapse_flush(haddr, pmd_pa)
+        yield from self.pmdp_get_lockless_sync()
+        if ptl is not pml:
+            yield s.SpinUnlock(ptl)
+        yield s.SpinUnlock(pml)
+        yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_end")
+        self.mm_dec_nr_ptes(mm)
+        yield from self.pte_free_defer(mm, a.table_pa("pmd", old))
+        return (yield from self._collapse_install(mm, vma, haddr, folio, install_pmd))
+
+    def _collapse_install(self: Kernel, mm: MM, vma, haddr: int, folio: Folio,
+                          install_pmd: bool) -> s.KernelGen:
+        """Step 5: install the PMD (set_huge_pmd) if asked; then drop the folio."""
+        result = SCAN_SUCCEED
+        if install_pmd:
+            pmd_pa = yield from self.pmd_offset_alloc(mm, haddr, alloc=True)
+            done = yield from self.do_set_pmd(Vmf(vma, haddr, Access.READ, pmd_pa), folio)
+            result = SCAN_SUCCEED if done else SCAN_FAIL
+        return (yield from self._collapse_drop(folio, result))
+
+    def _collapse_abort(self: Kernel, mm: MM, folio: Folio, nr_ptes: int, start_pte: int | None,
+                        ptl, result: int) -> s.KernelGen:
+        if nr_ptes:
+            yield s.TlbFlushRange(0, 1 << self.arch.va_bits)  # flush_tlb_mm()
+            folio.put(nr_ptes)
+            mm.rss[self.mm_counter_kind(folio)] -= nr_ptes
+        if start_pte is not None:
+            yield from self.pte_unmap_unlock(start_pte, ptl)
+        yield s.Note("collapse_pte_mapped_thp abort: mmu_notifier_invalidate_range_end")
+        return (yield from self._collapse_drop(folio, result))
+
+    def _collapse_drop(self: Kernel, folio: Folio, result: int) -> s.KernelGen:
+        yield s.UpWrite(folio.lock)
+        self.put_folio(folio)
+        yield s.Note(f"collapse_pte_mapped_thp: {SCAN_NAMES.get(result, result)}")
+        return result
+
+    # ---- collapse_file (the page-cache half) -----------------------------------------------
+    def collapse_file(self: Kernel, cache: PageCache, index: int) -> s.KernelGen:
+        """Replace the small folios of one PMD range with a huge one, then retract.
+
+        Returns SCAN_PTE_MAPPED_HUGEPAGE so MADV_COLLAPSE goes on to
+        collapse_pte_mapped_thp(), as 6.6's collapse_file() does.
+        """
+        nr = self.arch.pmd_size // self.arch.page_size
+        cur = cache.lookup(index)
+        if cur is not None and cur.large:
+            return SCAN_PTE_MAPPED_HUGEPAGE
+        if index + nr > cache.size_pages:
+            return SCAN_FAIL
+        huge = self.new_folio(cache.kind, nr, f"{cache.kind} THP folio of {cache.name}")
+        huge.index = index
+        yield s.DownWrite(huge.lock)
+        ps = self.arch.page_size
+        # The locked new folio goes into every hole first, so a racing fault
+        # waits on it instead of adding a page collapse would not see.
+        holes = [i for i in range(nr) if cache.lookup(index + i) is None]
+        for i in holes:
+            cache.slots[index + i] = huge
+        for i in range(nr):
+            if i in holes:
+                continue  # the new folio's page stays zero
+            old = cache.lookup(index + i)
+            yield s.DownWrite(old.lock)
+            # try_to_unmap(): no PTE may map the old page once it is copied
+            yield from self.unmap_mapping_range(cache, index + i, index + i + 1)
+            self.mem.write(huge.pa + i * ps, self.mem.read(old.pa, ps))
+            cache.slots.pop(index + i)
+            old.in_cache = False
+            yield s.UpWrite(old.lock)
+            self.put_folio(old)
+        for i in range(nr):
+            cache.slots[index + i] = huge
+        huge.in_cache = True
+        huge.get()  # the page cache's reference
+        yield from self.retract_page_tables(cache, index)
+        yield s.UpWrite(huge.lock)
+        return SCAN_PTE_MAPPED_HUGEPAGE
+
+    # ---- entry points for services -----------------------------------------------------------
+    def madvise_collapse(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
+        """MADV_COLLAPSE on a shmem/file range: 0, or a negative errno."""
+        a = self.arch
+        pmd_size = a.pmd_size
+        yield s.DownRead(mm.mmap_lock)
+        vma = mm.find_vma(start)
+        if vma is None or vma.kind not in ("shmem", "file") or end > vma.end:
+            yield s.UpRead(mm.mmap_lock)
+            return -22
+        yield s.UpRead(mm.mmap_lock)
+        failed = 0
+        haddr = -(-start // pmd_size) * pmd_size
+        while haddr + pmd_size <= end:
+            result = yield from self.collapse_file(vma.file, self.vma_index(vma, haddr))
+            if result == SCAN_PTE_MAPPED_HUGEPAGE:
+                yield s.DownRead(mm.mmap_lock)
+                result = yield from self.collapse_pte_mapped_thp(mm, haddr, True)
+                yield s.UpRead(mm.mmap_lock)
+            if result not in (SCAN_SUCCEED, SCAN_PMD_MAPPED):
+                failed += 1
+            haddr += pmd_size
+        return -11 if failed else 0  # -EAGAIN, as madvise_collapse() reports
+
+    def khugepaged_scan_file(self: Kernel, mm: MM, addr: int) -> s.KernelGen:
+        """One khugepaged pass over the PMD range at addr: collapse_file + retract only."""
+        vma = mm.find_vma(addr)
+        if vma is None or vma.kind not in ("shmem", "file"):
+            return -22
+        haddr = addr - addr % self.arch.pmd_size
+        result = yield from self.collapse_file(vma.file, self.vma_index(vma, haddr))
+        if result == SCAN_PTE_MAPPED_HUGEPAGE and vma.file.lookup(self.vma_index(vma, haddr)).large:
+            # Already huge in the page cache but still PTE-mapped here:
+            # khugepaged collapses it under mmap_read_lock, without installing
+            # the PMD (the next fault maps it).
+            yield s.DownRead(mm.mmap_lock)
+            result = yield from self.collapse_pte_mapped_thp(mm, haddr, False)
+            yield s.UpRead(mm.mmap_lock)
+        return 0 if result in (SCAN_SUCCEED, SCAN_PMD_MAPPED, SCAN_PMD_NONE) else -11

@@ -1,0 +1,135 @@
+"""Unmapping: zap_page_range, munmap and free_pgtables.
+
+Models mm/memory.c's zap path (`zap_pte_range` under `pte_offset_map_lock`,
+`zap_huge_pmd` under `pmd_lock`, a TLB flush before pages are released) and
+mm/mmap.c's munmap: detach the VMA first, so lockless walkers that start
+later find nothing, then zap, then free the now-empty page tables
+(`free_pgtables`). Page tables of a detached range are freed through
+`tlb_remove_table`: deferred by RCU where the arch frees tables by RCU, at
+once after the IPI flush where it does not (arm 2-level).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emu.kernel import steps as s
+from emu.kernel.folio import Folio
+
+if TYPE_CHECKING:
+    from emu.kernel import Kernel
+    from emu.kernel.mm import MM, VMA
+
+
+class MemoryMixin:
+    def mm_counter_kind(self: Kernel, folio: Folio) -> str:
+        return "anon" if folio.kind == "anon" else ("shmem" if folio.kind == "shmem" else "file")
+
+    def zap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int) -> s.KernelGen:
+        """Remove every mapping in [start, end) of `vma`; leaves the page tables."""
+        a = self.arch
+        pmd_size = a.pmd_size
+        addr = start
+        while addr < end:
+            next_pmd = min(end, addr - addr % pmd_size + pmd_size)
+            pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
+            if pmd_pa is not None:
+                pmdval = yield from self.pmdp_get_lockless(pmd_pa)
+                if a.pmd_trans_huge(pmdval):
+                    yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr)
+                elif not a.entry_none("pmd", pmdval):
+                    yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd)
+            addr = next_pmd
+
+    def zap_huge_pmd(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int) -> s.KernelGen:
+        a = self.arch
+        ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
+        cur = yield from self.read_entry("pmd", pmd_pa)
+        folio = None
+        if a.pmd_trans_huge(cur):
+            yield from self.clear_entry("pmd", pmd_pa, "zap_huge_pmd: pmdp_huge_get_and_clear")
+            folio = self.folio_of(a.pmd_huge_pa(cur))
+        yield s.SpinUnlock(ptl)
+        if folio is not None:
+            start = addr - addr % a.pmd_size
+            yield s.TlbFlushRange(start, start + a.pmd_size)
+            folio.unmap()
+            mm.rss[self.mm_counter_kind(folio)] -= folio.nr_pages
+            self.put_folio(folio)
+
+    def zap_pte_range(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, start: int,
+                      end: int) -> s.KernelGen:
+        a = self.arch
+        r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
+        if r is None:
+            return
+        ptep0, ptl = r
+        ps = a.page_size
+        lv = a.level("pte")
+        released: list[Folio] = []
+        for addr in range(start, end, ps):
+            ptep = ptep0 + (lv.index(addr) - lv.index(start)) * lv.entry_size
+            cur = yield from self.read_entry("pte", ptep, "zap_pte_range")
+            if a.pte_none(cur):
+                continue
+            yield from self.clear_entry("pte", ptep, "zap_pte_range: ptep_get_and_clear")
+            if not a.pte_present(cur):
+                continue
+            folio = self.folio_of(a.pte_pa(cur))
+            if folio is None:
+                continue
+            folio.unmap()
+            mm.rss[self.mm_counter_kind(folio)] -= 1
+            released.append(folio)
+        yield from self.pte_unmap_unlock(ptep0, ptl)
+        # tlb_finish_mmu(): flush before the pages can be reused
+        yield s.TlbFlushRange(start, end)
+        for folio in released:
+            self.put_folio(folio)
+
+    def free_pgtables(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
+        """Free the PTE tables wholly inside [start, end) (the VMA is already detached)."""
+        a = self.arch
+        pmd_size = a.pmd_size
+        first = -(-start // pmd_size) * pmd_size
+        for addr in range(first, end - pmd_size + 1, pmd_size):
+            if mm.overlaps(addr, addr + pmd_size):
+                continue  # another VMA still uses this table
+            pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
+            if pmd_pa is None:
+                continue
+            pmdval = yield from self.read_entry("pmd", pmd_pa, "free_pgtables")
+            if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
+                continue
+            table = a.table_pa("pmd", pmdval)
+            yield from self.clear_entry("pmd", pmd_pa, "free_pgtables: pmd_clear")
+            yield s.TlbFlushRange(addr, addr + pmd_size)
+            self.mm_dec_nr_ptes(mm)
+            yield from self.tlb_remove_table(mm, table)
+
+    def tlb_remove_table(self: Kernel, mm: MM, table: int) -> s.KernelGen:
+        """Free a detached PTE table the way the arch's mmu_gather does."""
+        # Through the policy, not pte_free_defer(): mmu_gather is its own path
+        # (and the pte_free_immediate variant is about khugepaged's callers).
+        if self.arch.rcu_table_free:
+            yield from self.policy.free_defer(self, mm, table, "pte")
+        else:
+            yield from self.policy.free(self, mm, table, "pte")
+
+    def do_munmap(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
+        """munmap(): detach VMAs under mmap_write_lock, zap, free tables."""
+        yield s.DownWrite(mm.mmap_lock)
+        victims = [v for v in mm.vmas if v.start < end and start < v.end and v.kind != "text"]
+        if any(v.start < start or v.end > end for v in victims):
+            yield s.UpWrite(mm.mmap_lock)
+            return -22  # partial VMA unmap (split) is not modelled: -EINVAL
+        for v in victims:
+            mm.vmas.remove(v)
+            if v.file is not None:
+                v.file.vmas.remove(v)
+        for v in victims:
+            yield from self.zap_page_range(mm, v, v.start, v.end)
+        for v in victims:
+            yield from self.free_pgtables(mm, v.start, v.end)
+        yield s.UpWrite(mm.mmap_lock)
+        return 0

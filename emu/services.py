@@ -1,0 +1,153 @@
+"""The mm services guests call: mmap, munmap, truncate, fault-around, madvise,
+GUP-fast, a khugepaged pass, rcu_barrier, and a few probes for experiments.
+
+Owns argument validation (a bad argument is -EINVAL / -EFAULT / -EEXIST and
+a trace line, never a host exception) and the glue from a hypercall to the
+kernel routine that does the work. The routines themselves live in
+emu/kernel/.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from arch.base import Access, Prot, Translation
+from emu.hypercall import (
+    EEXIST,
+    EFAULT,
+    EINVAL,
+    HypercallError,
+    check_user_range,
+    hypercall,
+)
+from emu.kernel import steps as s
+from emu.kernel.filemap import PageCache
+from emu.kernel.mm import VMA
+
+if TYPE_CHECKING:
+    from emu.cpu import VCpu
+    from emu.machine import Machine
+
+MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
+MADV_COLLAPSE = 25  # include/uapi/asm-generic/mman-common.h
+GUP_MAX_PAGES = 4096
+
+
+def copy_to_user(m: Machine, addr: int, values: list[int], width: int) -> None:
+    """Write words to guest memory through the guest's own mapping, or -EFAULT."""
+    a = m.arch
+    data = b"".join(v.to_bytes(width, a.byteorder) for v in values)
+    check_user_range(m, addr, max(len(data), 1))
+    off = 0
+    while off < len(data):
+        va = addr + off
+        tr = a.translate_functional(m.mem.buf, m.root, va, Access.WRITE, True)
+        if not isinstance(tr, Translation):
+            raise HypercallError(EFAULT, f"output buffer {va:#x} not mapped writable ({tr.reason})")
+        chunk = min(len(data) - off, a.page_size - va % a.page_size)
+        m.mem.write(tr.pa(va), data[off: off + chunk])
+        off += chunk
+
+
+@hypercall(3, "mmap", 3)
+def sys_mmap(m: Machine, cpu: VCpu, addr: int, length: int, kind: int) -> s.KernelGen:
+    """mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file."""
+    check_user_range(m, addr, length, m.arch.page_size)
+    if kind not in MAP_KINDS:
+        raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem) or 2 (file)")
+    return _mmap(m, addr, length, MAP_KINDS[kind])
+
+
+def _mmap(m: Machine, addr: int, length: int, kind: str) -> s.KernelGen:
+    mm = m.mm
+    yield s.DownWrite(mm.mmap_lock)
+    if mm.overlaps(addr, addr + length):
+        yield s.UpWrite(mm.mmap_lock)
+        return -EEXIST
+    vma = VMA(addr, addr + length, kind, Prot(), f"mmap@{addr:#x}")
+    mm.insert_vma(vma)
+    if kind != "anon":
+        cache = PageCache(vma.name, kind, length // m.arch.page_size)
+        vma.file = cache
+        cache.vmas.append(vma)
+    yield s.UpWrite(mm.mmap_lock)
+    return 0
+
+
+@hypercall(4, "munmap", 2)
+def sys_munmap(m: Machine, cpu: VCpu, addr: int, length: int) -> s.KernelGen:
+    """munmap(addr, len): remove whole VMAs in the range, zap, free page tables."""
+    check_user_range(m, addr, length, m.arch.page_size)
+    return m.kernel.do_munmap(m.mm, addr, addr + length)
+
+
+@hypercall(5, "truncate", 2)
+def sys_truncate(m: Machine, cpu: VCpu, addr: int, new_size: int) -> s.KernelGen:
+    """truncate(addr, size): truncate the shmem/file object mapped at addr to size bytes."""
+    cache = m.kernel.cache_of(m.mm, addr)
+    if cache is None:
+        raise HypercallError(EINVAL, f"{addr:#x} is not in a shmem or file mapping")
+    if new_size < 0 or new_size % m.arch.page_size:
+        raise HypercallError(EINVAL, f"size {new_size:#x} not a multiple of the page size")
+    return m.kernel.truncate(cache, new_size // m.arch.page_size)
+
+
+@hypercall(6, "fault_around", 1)
+def sys_fault_around(m: Machine, cpu: VCpu, addr: int) -> s.KernelGen:
+    """fault_around(addr): map the page-cache pages around addr (filemap_map_pages)."""
+    check_user_range(m, addr, 1)
+    if m.kernel.cache_of(m.mm, addr) is None:
+        raise HypercallError(EINVAL, f"{addr:#x} is not in a shmem or file mapping")
+    return m.kernel.handle_mm_fault(addr, Access.READ)
+
+
+@hypercall(7, "madvise", 3)
+def sys_madvise(m: Machine, cpu: VCpu, addr: int, length: int, advice: int) -> s.KernelGen:
+    """madvise(addr, len, advice): MADV_COLLAPSE (25) on shmem/file ranges."""
+    check_user_range(m, addr, length, m.arch.page_size)
+    if advice != MADV_COLLAPSE:
+        raise HypercallError(EINVAL, f"advice {advice} not modelled (only MADV_COLLAPSE=25)")
+    return m.kernel.madvise_collapse(m.mm, addr, addr + length)
+
+
+@hypercall(8, "gup_fast", 4)
+def sys_gup_fast(m: Machine, cpu: VCpu, addr: int, nr_pages: int, out: int,
+                 write: int) -> s.KernelGen:
+    """gup_fast(addr, nr, out, write): pin pages locklessly, write their physical
+    addresses (one word each) to out, unpin; returns the number pinned."""
+    check_user_range(m, addr, max(nr_pages, 1) * m.arch.page_size)
+    if not 0 < nr_pages <= GUP_MAX_PAGES:
+        raise HypercallError(EINVAL, f"nr_pages {nr_pages} not in 1..{GUP_MAX_PAGES}")
+    check_user_range(m, out, nr_pages * m.arch.word_size)
+    return _gup(m, addr, nr_pages, out, bool(write))
+
+
+def _gup(m: Machine, addr: int, nr: int, out: int, write: bool) -> s.KernelGen:
+    pinned = yield from m.kernel.gup_fast(m.mm, addr, nr, write)
+    try:
+        if pinned:
+            copy_to_user(m, out, [pa for pa, _ in pinned], m.arch.word_size)
+    except HypercallError as exc:
+        m.kernel.unpin_user_pages(pinned)
+        yield s.Note(f"gup_fast: -{exc.errno} ({exc.why})")
+        return -exc.errno
+    m.kernel.unpin_user_pages(pinned)
+    return len(pinned)
+
+
+@hypercall(9, "khugepaged_scan", 1)
+def sys_khugepaged_scan(m: Machine, cpu: VCpu, addr: int) -> s.KernelGen:
+    """khugepaged_scan(addr): one khugepaged pass over the PMD range at addr (no mmap_lock)."""
+    check_user_range(m, addr, 1)
+    return m.kernel.khugepaged_scan_file(m.mm, addr)
+
+
+@hypercall(10, "rcu_barrier", 0)
+def sys_rcu_barrier(m: Machine, cpu: VCpu) -> s.KernelGen:
+    """rcu_barrier(): wait until every queued RCU callback has run."""
+    return _barrier()
+
+
+def _barrier() -> s.KernelGen:
+    yield s.RcuBarrier()
+    return 0
