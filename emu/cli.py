@@ -45,11 +45,19 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 # ---- shared helpers -----------------------------------------------------------
 
 
+class SetupFailure(Exception):
+    """The kernel model failed while building the scenario (a variant's bug at setup)."""
+
+
 def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     from emu import scenario
+    from emu.kernel.core import KernelBug
     from emu.machine import Machine
     sc = scenario.load(args.scenario)
-    return Machine(sc, arch=args.arch, trace=trace)
+    try:
+        return Machine(sc, arch=args.arch, trace=trace)
+    except KernelBug as exc:
+        raise SetupFailure(f"{sc.source}: kernel model failed during setup: {exc}") from None
 
 
 def make_strategy(args: argparse.Namespace):  # noqa: ANN201
@@ -235,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _input_errors() as exc:
         err_console.print(f"ptemu: error: {exc}", markup=False)
         return EXIT_USAGE
+    except SetupFailure as exc:
+        err_console.print(f"ptemu: {exc}", markup=False)
+        return EXIT_FOUND
     except KeyboardInterrupt:
         err_console.print("ptemu: interrupted")
         return 130

@@ -168,7 +168,12 @@ class Machine(KernelHooks):
     def run_kernel_now(self, gen: Any, name: str) -> Any:
         """Run a kernel routine to completion outside the schedule (setup, tools)."""
         task = KernelTask(self.kernel, 0, gen, name)
-        return task.run_to_completion()
+        result = task.run_to_completion()
+        st = self.kernel.cpus[0]
+        if st.held or st.rcu_nesting or st.irq_off:
+            raise KernelBug(f"{name} left rcu_nesting={st.rcu_nesting} irq_off={st.irq_off} "
+                            f"locks={[getattr(h, 'name', h) for h in st.held]}")
+        return result
 
     # ---- tasks and the step loop --------------------------------------------------
     def runnable_tasks(self) -> list[int]:

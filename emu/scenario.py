@@ -57,6 +57,9 @@ class VmaSpec:
     prot: str = "rw"
     populate: bool = False
     thp: bool = False  # shmem/file: back with one PMD-sized folio
+    # False: faults map even a PMD-sized folio with PTEs (as when khugepaged's
+    # retract had to skip the VMA), leaving it for collapse_pte_mapped_thp()
+    pmd_mapping: bool = True
     name: str = ""
 
 
@@ -171,7 +174,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"vma[{i}]"
         if not isinstance(v, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "name"}, source, path)
+        _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "pmd_mapping", "name"},
+                    source, path)
         kind = _get(v, "kind", str, source, path, "anon")
         if kind not in VMA_KINDS or kind == "text":
             raise ScenarioError(source, f"{path}.kind", f"must be anon, shmem or file, got {kind!r}")
@@ -182,6 +186,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                             _get(v, "size", (int, str), source, path), kind, prot,
                             _get(v, "populate", bool, source, path, False),
                             _get(v, "thp", bool, source, path, False),
+                            _get(v, "pmd_mapping", bool, source, path, True),
                             _get(v, "name", str, source, path, "")))
     programs = []
     for i, c in enumerate(_get(doc, "cpu", list, source, "", [])):

@@ -34,6 +34,7 @@ class FilemapMixin:
         vma.file = cache
         vma.pgoff = 0
         cache.vmas.append(vma)
+        vma.pmd_mapping = getattr(spec, "pmd_mapping", True)
         if getattr(spec, "thp", False):
             ps, pmd = self.arch.page_size, self.arch.pmd_size
             first = -(-vma.start // pmd) * pmd
@@ -94,7 +95,8 @@ class FilemapMixin:
 
     def maybe_map_huge_pmd(self: Kernel, vmf: Vmf) -> s.KernelGen:
         vma = vmf.vma
-        if vma.kind not in ("shmem", "file") or not self.thp_suitable(vma, vmf.addr):
+        if vma.kind not in ("shmem", "file") or not vma.pmd_mapping \
+                or not self.thp_suitable(vma, vmf.addr):
             return False
         folio = vma.file.lookup(self.vma_index(vma, vmf.addr))
         if folio is None or not folio.large:

@@ -28,6 +28,7 @@ class VMA:
     file: object | None = None
     pgoff: int = 0
     anon_vma: bool = False  # set once an anon page is mapped (khugepaged skips those)
+    pmd_mapping: bool = True  # may faults map a PMD-sized folio with one PMD?
     uffd_wp: bool = False
 
     def contains(self, addr: int) -> bool:

@@ -1,0 +1,215 @@
+"""Contracts of the seed series' routines, under interleavings stated by hand.
+
+Each test runs kernel routines on two CPUs of a real machine (x86-PAE tables
+in guest memory) in an explicit order (emu.testing.Interleaving), and checks
+what Linux promises: pte_offset_map_lock() fails rather than lock a table
+that went away, _rw_nolock callers' pmd_same() recheck refuses a stale
+table, pte_free_defer() waits for earlier readers, and each named variant
+breaks its contract under the same interleaving.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from emu import scenario
+from emu.kernel import steps as s
+from emu.kernel.audit import audit
+from emu.kernel.core import KernelBug
+from emu.machine import Machine
+from emu.physmem import FrameState
+from emu.testing import Interleaving
+
+BASE = 0x1000_0000  # 2 MiB aligned on every arch whose PMD is <= 8 MiB... x86 here
+
+
+def machine(variants=(), thp=False, pmd_mapping=True, arch="x86-pae", populate=True) -> Machine:
+    text = f"""
+    [machine]
+    arch = "{arch}"
+    cpus = 2
+    memory_mib = 32
+
+    [kernel]
+    variants = {list(variants)!r}
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "shmem"
+    populate = {str(populate).lower()}
+    thp = {str(thp).lower()}
+    pmd_mapping = {str(pmd_mapping).lower()}
+
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    return Machine(scenario.parse(textwrap.dedent(text).replace("'", '"'), "<test>"))
+
+
+def pmd_of(m: Machine, addr: int = BASE) -> int:
+    """The pmd entry's address (computed outside the schedule, before tasks start)."""
+    return m.run_kernel_now(m.kernel.pmd_offset_alloc(m.mm, addr, alloc=False), "pmd")
+
+
+def clear_pmd(m: Machine, pmd_pa: int, addr: int = BASE):
+    """What retract_page_tables() does to the pmd, as one routine (no free)."""
+    k = m.kernel
+    ptl = yield from k.pmd_lock(m.mm, pmd_pa, addr)
+    old = yield from k.pmdp_collapse_flush(addr, pmd_pa)
+    yield s.SpinUnlock(ptl)
+    return old
+
+
+def is_op(kind, lock=None):
+    return lambda op: isinstance(op, kind) and (lock is None or op.lock is lock)
+
+
+def test_pte_offset_map_lock_fails_when_pmd_cleared_between_read_and_lock():
+    m = machine()
+    k = m.kernel
+    pmd_pa = pmd_of(m)
+    il = Interleaving(m)
+    il.start(0, k.pte_offset_map_lock(m.mm, pmd_pa, BASE))
+    il.start(1, clear_pmd(m, pmd_pa))
+    il.run_until(0, is_op(s.SpinLock))  # the lockless read is done; the ptl is next
+    il.run_while_runnable(1)  # the pmd goes away
+    il.finish()
+    assert il.tasks[0].result is None
+    assert k.cpus[0].rcu_nesting == 0 and not k.cpus[0].held
+
+
+def test_pte_offset_map_lock_fails_when_pmd_became_huge():
+    m = machine()
+    k, a = m.kernel, m.arch
+    pmd_pa = pmd_of(m)
+    il = Interleaving(m)
+    il.start(0, k.pte_offset_map_lock(m.mm, pmd_pa, BASE))
+
+    def make_huge():
+        old = yield from clear_pmd(m, pmd_pa)
+        yield from k.set_entry("pmd", pmd_pa, a.mk_pmd_huge(0x400000, m.mm.find_vma(BASE).prot))
+        return old
+
+    il.start(1, make_huge())
+    il.run_until(0, is_op(s.SpinLock))
+    il.run_while_runnable(1)
+    il.finish()
+    assert il.tasks[0].result is None
+
+
+def test_pte_offset_map_lock_succeeds_without_interference():
+    m = machine()
+    il = Interleaving(m)
+    il.start(0, m.kernel.pte_offset_map_lock(m.mm, pmd_of(m), BASE))
+    il.finish()
+    ptep, ptl = il.tasks[0].result
+    assert ptl.owner == 0 and m.kernel.cpus[0].rcu_nesting == 1
+
+
+@pytest.mark.parametrize("variant,stale_accepted", [((), False), (("no_pmd_same_recheck",), True)])
+def test_rw_nolock_pmd_same_refuses_a_stale_table(variant, stale_accepted):
+    m = machine(variant)
+    k = m.kernel
+    pmd_pa = pmd_of(m)
+
+    def rw_nolock_user():
+        ptep, pmdval, ptl = yield from k.pte_offset_map_rw_nolock(m.mm, pmd_pa, BASE)
+        yield s.SpinLock(ptl)
+        same = yield from k.rw_nolock_pmd_same(pmd_pa, pmdval)
+        yield s.SpinUnlock(ptl)
+        yield from k.pte_unmap(ptep)
+        return same
+
+    il = Interleaving(m)
+    il.start(0, rw_nolock_user())
+    il.start(1, clear_pmd(m, pmd_pa))
+    il.run_until(0, is_op(s.SpinLock))
+    il.run_while_runnable(1)
+    il.finish()
+    assert il.tasks[0].result is stale_accepted
+
+
+@pytest.mark.parametrize("variant", [(), ("pte_free_immediate",)])
+def test_deferred_table_free_waits_for_earlier_reader(variant):
+    """A table retracted while cpu0 is inside pte_offset_map() stays allocated
+    until cpu0's pte_unmap(); pte_free_immediate frees it under the reader."""
+    m = machine(variant, thp=True, pmd_mapping=False)
+    k = m.kernel
+    pmd_pa = pmd_of(m)
+    table = m.arch.table_pa("pmd", k.read_entry_now(pmd_pa, 8))
+    cache = m.mm.find_vma(BASE).file
+
+    def reader():
+        ptep = yield from k.pte_offset_map(pmd_pa, BASE)
+        yield s.Note("reader holds the table")
+        value = yield s.Load(ptep, 8, "read pte under rcu")
+        yield from k.pte_unmap(ptep)
+        return value
+
+    def retract():
+        # zap first, as collapse_file() does before retracting
+        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
+        yield from k.retract_page_tables(cache, 0)
+
+    il = Interleaving(m)
+    il.start(0, reader())
+    il.start(1, retract())
+    # the reader has mapped the table and is about to read it
+    il.run_until(0, lambda op: isinstance(op, s.Load) and op.what == "read pte under rcu")
+    il.run_while_runnable(1)
+    il.pass_grace_period()  # cpu0 is in a read-side section: the GP cannot end
+    state = m.frames.info(table).state
+    if variant:
+        assert state is FrameState.FREE, "pte_free_immediate frees under the reader"
+    else:
+        assert state is FrameState.RCU_PENDING
+        il.finish()  # the reader unmaps
+        il.pass_grace_period()
+        assert m.frames.info(table).state is FrameState.FREE
+
+
+def test_missing_pte_unmap_leaves_rcu_held():
+    from arch.base import Access
+    for variant, held in (((), 0), (("missing_pte_unmap",), 1)):
+        m = machine(variant, populate=False)
+        k = m.kernel
+        il = Interleaving(m)
+        il.start(0, k.handle_mm_fault(BASE, Access.READ))  # the pte is none
+        il.finish()
+        assert il.tasks[0].result == 0
+        assert k.cpus[0].rcu_nesting == held
+
+
+@pytest.mark.parametrize("variant", [(), ("collapse_no_clear",)])
+def test_truncate_racing_collapse_step_2(variant):
+    """Truncate's first unmap pass (no folio lock, no mmap_lock) runs between
+    collapse_pte_mapped_thp()'s step 2 and step 4: with the entries cleared it
+    finds nothing; left in place, it removes them a second time."""
+    m = machine(variant, thp=True, pmd_mapping=False)
+    k = m.kernel
+    pmd_pa = pmd_of(m)
+    pml = k.pmd_lockptr(m.mm, pmd_pa, BASE)
+    cache = m.mm.find_vma(BASE).file
+    il = Interleaving(m)
+
+    def collapse():
+        yield s.DownRead(m.mm.mmap_lock)
+        r = yield from k.collapse_pte_mapped_thp(m.mm, BASE, True)
+        yield s.UpRead(m.mm.mmap_lock)
+        return r
+
+    il.start(0, collapse())
+    il.start(1, k.truncate(cache, 0))
+    il.run_until(0, is_op(s.SpinLock, pml))  # steps 1-3 done, step 4 next
+    if variant:
+        with pytest.raises(KernelBug, match="underflow"):
+            il.run_while_runnable(1)
+        return
+    il.run_while_runnable(1)
+    il.finish()
+    il.pass_grace_period()
+    assert audit(k) == []
