@@ -246,6 +246,10 @@ class Arch(ABC):
     def pte_mkyoung(self, val: int) -> int:
         return val
 
+    def pte_mkuncached(self, val: int) -> int:
+        """The same mapping with caching off (only aliasing-cache arches care)."""
+        return val
+
     def pte_mkdirty(self, val: int) -> int:
         return val
 
@@ -345,6 +349,9 @@ class Arch(ABC):
     # MMU_GATHER_RCU_TABLE_FREE: detached tables are freed after an RCU grace
     # period (ppc, s390, sparc64 SMP, x86 PARAVIRT), not right after the flush.
     rcu_table_free: ClassVar[bool] = True
+    # VIVT/aliasing caches (arm pre-v7): a shared page's other user mappings
+    # are made uncached when it is mapped again (fault-armv.c make_coherent).
+    vivt_cache_aliasing: ClassVar[bool] = False
     # Does a lockless read of a pmd need two loads (x86-PAE's 64-bit entries
     # on a 32-bit CPU)? None: decide from entry and word size.
     pmd_read_tears: ClassVar[bool | None] = None

@@ -40,6 +40,14 @@ PROT_OF = {"r": Prot(write=False), "rw": Prot(), "rx": Prot(write=False, exec=Tr
            "rwx": Prot(exec=True)}
 
 
+def _with_shares(spec: Any, vma: VMA) -> Any:
+    """The scenario's VMA spec with the VMA object it shares a file with."""
+    import dataclasses
+    out = dataclasses.replace(spec)
+    out.shares = vma
+    return out
+
+
 @dataclass
 class RunResult:
     steps: int
@@ -103,12 +111,17 @@ class Machine(KernelHooks):
         self.mm = k.mm = MM(root)
         self.root = root
         names = self.names()
+        named: dict[str, VMA] = {}
         for i, v in enumerate(sc.vmas):
             start = eval_int(v.start, names, sc.source, f"vma[{i}].start")
             size = eval_int(v.size, names, sc.source, f"vma[{i}].size")
             self._check_vma(start, size, f"vma[{i}]")
             k.mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
-            k.setup_vma(k.mm.find_vma(start), v)
+            vma = k.mm.find_vma(start)
+            named[vma.name] = vma
+            if v.share:
+                v = _with_shares(v, named[v.share])
+            k.setup_vma(vma, v)
         for i in range(self.ncpus):
             self.cpus.append(VCpu(self, i))
         for i, spec in enumerate(sc.programs):

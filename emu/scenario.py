@@ -61,6 +61,7 @@ class VmaSpec:
     # retract had to skip the VMA), leaving it for collapse_pte_mapped_thp()
     pmd_mapping: bool = True
     name: str = ""
+    share: str = ""  # name of an earlier shmem/file VMA whose file this one maps too
 
 
 @dataclass
@@ -174,8 +175,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"vma[{i}]"
         if not isinstance(v, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "pmd_mapping", "name"},
-                    source, path)
+        _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "pmd_mapping", "name",
+                        "share"}, source, path)
         kind = _get(v, "kind", str, source, path, "anon")
         if kind not in VMA_KINDS or kind == "text":
             raise ScenarioError(source, f"{path}.kind", f"must be anon, shmem or file, got {kind!r}")
@@ -187,7 +188,16 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                             _get(v, "populate", bool, source, path, False),
                             _get(v, "thp", bool, source, path, False),
                             _get(v, "pmd_mapping", bool, source, path, True),
-                            _get(v, "name", str, source, path, "")))
+                            _get(v, "name", str, source, path, ""),
+                            _get(v, "share", str, source, path, "")))
+        if vmas[-1].share:
+            earlier = {x.name: x for x in vmas[:-1] if x.name}
+            target = earlier.get(vmas[-1].share)
+            if target is None or target.kind not in ("shmem", "file"):
+                raise ScenarioError(source, f"{path}.share",
+                                    f"{vmas[-1].share!r} is not an earlier named shmem/file vma")
+            if kind != target.kind:
+                raise ScenarioError(source, f"{path}.kind", f"must be {target.kind!r} like the vma it shares")
     programs = []
     for i, c in enumerate(_get(doc, "cpu", list, source, "", [])):
         path = f"cpu[{i}]"

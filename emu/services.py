@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from emu.machine import Machine
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
-MADV_COLLAPSE = 25  # include/uapi/asm-generic/mman-common.h
+MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
+MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
 
 
@@ -103,10 +104,13 @@ def sys_fault_around(m: Machine, cpu: VCpu, addr: int) -> s.KernelGen:
 
 @hypercall(7, "madvise", 3)
 def sys_madvise(m: Machine, cpu: VCpu, addr: int, length: int, advice: int) -> s.KernelGen:
-    """madvise(addr, len, advice): MADV_COLLAPSE (25) on shmem/file ranges."""
+    """madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table reclaim) or
+    MADV_COLLAPSE (25, shmem/file)."""
     check_user_range(m, addr, length, m.arch.page_size)
+    if advice == MADV_DONTNEED:
+        return m.kernel.madvise_dontneed(m.mm, addr, addr + length)
     if advice != MADV_COLLAPSE:
-        raise HypercallError(EINVAL, f"advice {advice} not modelled (only MADV_COLLAPSE=25)")
+        raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, MADV_COLLAPSE=25)")
     return m.kernel.madvise_collapse(m.mm, addr, addr + length)
 
 

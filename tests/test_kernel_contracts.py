@@ -213,3 +213,86 @@ def test_truncate_racing_collapse_step_2(variant):
     il.finish()
     il.pass_grace_period()
     assert audit(k) == []
+
+
+def two_mappings(variants=()) -> Machine:
+    """A file mapped twice in one mm (A unpopulated, B populated), on x86-PAE tables
+    with aliasing caches switched on, so a fault in A runs make_coherent on B."""
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 2
+    memory_mib = 32
+
+    [kernel]
+    variants = {list(variants)!r}
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "file"
+    name = "A"
+
+    [[vma]]
+    start = "{BASE} + 2 * pmd_size"
+    size = "pmd_size"
+    kind = "file"
+    name = "B"
+    share = "A"
+    populate = true
+
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    m = Machine(scenario.parse(textwrap.dedent(text).replace("'", '"'), "<test>"))
+    from arch import x86_pae
+    m.arch.vivt_cache_aliasing = True
+    m.arch.pte_mkuncached = lambda v: v | x86_pae.PCD
+    return m
+
+
+class AccessesToDeadTables:
+    """Test-local observer: kernel accesses to frames that are no longer live tables."""
+
+    def __init__(self, m: Machine) -> None:
+        self.m = m
+        self.bad: list[str] = []
+
+    def attach(self, m):  # noqa: D102
+        self.m = m
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def on_kernel_load(self, cpu, pa, size, value, what):
+        fi = self.m.frames.info(pa)
+        if fi.state is not FrameState.PGTABLE and fi.state is not FrameState.DATA:
+            self.bad.append(f"cpu{cpu} {what} from {fi.state.value} frame {pa:#x}")
+
+    on_kernel_store = on_kernel_load
+
+
+@pytest.mark.parametrize("variant", [(), ("no_pmd_same_recheck",)])
+def test_adjust_pte_rechecks_pmd_against_empty_table_reclaim(variant):
+    from arch.base import Access
+    m = two_mappings(variant)
+    k = m.kernel
+    b = BASE + 2 * m.arch.pmd_size
+    obs = AccessesToDeadTables(m)
+    m.add_checker(obs)
+    b_pmd = pmd_of(m, b)
+    b_ptl = k.pte_lockptr(m.mm, k.read_entry_now(b_pmd, 8))
+    il = Interleaving(m)
+    il.start(0, k.handle_mm_fault(BASE, Access.READ))
+    il.start(1, k.madvise_dontneed(m.mm, b, b + m.arch.pmd_size))
+    # cpu0 mapped the page in A and, in adjust_pte(), is about to take B's ptl
+    il.run_until(0, is_op(s.SpinLock, b_ptl))
+    il.run_while_runnable(1)  # cpu1 zaps B and reclaims its now-empty table
+    il.finish()
+    if variant:
+        # without the recheck it reads (and would write) the detached table
+        assert obs.bad and "do_adjust_pte" in obs.bad[0] and "rcu-pending" in obs.bad[0]
+    else:
+        assert obs.bad == []
+        assert k.cpus[0].rcu_nesting == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from emu.kernel.core import KernelCore
 from emu.kernel.fault import FaultMixin
+from emu.kernel.fault_armv import FaultArmvMixin
 from emu.kernel.filemap import FilemapMixin
 from emu.kernel.folio import Folio
 from emu.kernel.gup import GupMixin
@@ -17,10 +18,11 @@ from emu.kernel.khugepaged import KhugepagedMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
+from emu.kernel.pt_reclaim import PtReclaimMixin
 
 
-class Kernel(KhugepagedMixin, GupMixin, FilemapMixin, MemoryMixin, FaultMixin, PgtableMixin,
-             PgAllocMixin, KernelCore):
+class Kernel(KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
+             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003

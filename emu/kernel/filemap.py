@@ -30,6 +30,14 @@ class FilemapMixin:
         if vma.kind not in ("shmem", "file"):
             return
         npages = (vma.end - vma.start) // self.arch.page_size
+        shared = getattr(spec, "shares", None)
+        if shared is not None:
+            # a second mapping of an earlier VMA's file, from page 0
+            vma.file = shared.file
+            vma.pgoff = 0
+            shared.file.vmas.append(vma)
+            vma.pmd_mapping = getattr(spec, "pmd_mapping", True)
+            return
         cache = PageCache(vma.name or f"{vma.kind}@{vma.start:#x}", vma.kind, npages)
         vma.file = cache
         vma.pgoff = 0
@@ -155,6 +163,7 @@ class FilemapMixin:
             folio.map()
             mm.rss[folio.kind] += 1
             yield from self.set_entry("pte", ptep, pte, "set_pte_range (file page)")
+            yield from self.update_mmu_cache(vmf, folio, page, ptl)
         yield from self.pte_unmap_unlock(ptep, ptl)
         return VM_FAULT_RETRY_ACCESS
 

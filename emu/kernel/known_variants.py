@@ -64,3 +64,13 @@ class CollapseNoClear:
     def collapse_clear_pte(self: Kernel, ptep: int) -> s.KernelGen:
         return
         yield
+
+
+@variant("free_before_flush",
+         "an empty PTE table is freed before the TLB flush has reached the other "
+         "CPUs: a walk in flight or a TLB entry built from it outlives the table "
+         "(the ordering tlb_finish_mmu() exists for)")
+class FreeBeforeFlush:
+    def flush_and_free_table(self: Kernel, mm: MM, addr: int, table: int) -> s.KernelGen:
+        yield from self.tlb_remove_table(mm, table)
+        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
