@@ -72,7 +72,8 @@ class VCpu:
         uc.hook_add(unicorn.UC_HOOK_TLB_FILL, self._fill)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._intr)
         self.tlb: dict[int, TlbEntry] = {}
-        self._tlb_sizes = sorted({arch.uc_page_size, arch.page_size, arch.pmd_size})
+        self._tlb_sizes = sorted({arch.uc_page_size, arch.page_size, arch.pmd_size,
+                                  *arch.extra_tlb_sizes})
         self.mode = Mode.GUEST
         self.walk: Walk | None = None
         self.walk_msg: Any = None
@@ -169,7 +170,8 @@ class VCpu:
         uc = self.uc
         pc = self.pc
         m.trace_guest(self, pc)
-        count = self.arch.step_count(uc, pc) if self.quantum == 1 else self.quantum
+        count = self.arch.step_count(uc, pc) if self.quantum == 1 else \
+            self.arch.slice_count(uc, pc, self.quantum)
         self._miss = None
         self._trap = None
         try:
@@ -234,15 +236,15 @@ class VCpu:
 
     # ---- kernel ------------------------------------------------------------------------
     def start_kernel(self, gen: Any, kind: str, name: str = "") -> None:
-        self.task = KernelTask(self.m.kernel, self.index, gen, name or kind)
+        self.task = KernelTask(self.m.kernel, self.index, gen, name or kind,
+                               lambda op: self.m.trace_kernel(self, op))
         self.task_kind = kind
         self.mode = Mode.KERNEL
         if self.task.done:
             self._kernel_done()
 
     def _kernel_step(self) -> None:
-        op = self.task.step()
-        self.m.trace_kernel(self, op)
+        self.task.step()
         if self.task.done:
             self._kernel_done()
 
@@ -265,10 +267,10 @@ class VCpu:
 
     # ---- snapshot ----------------------------------------------------------------------
     def context(self) -> Any:
-        return self.uc.context_save()
+        return self.arch.save_regs(self.uc)
 
     def restore(self, ctx: Any) -> None:
-        self.uc.context_restore(ctx)
+        self.arch.restore_regs(self.uc, ctx)
 
     def close(self) -> None:
         pass

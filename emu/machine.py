@@ -17,7 +17,7 @@ from typing import Any
 import capstone
 
 from arch import get_arch
-from arch.base import Access, Fault, Prot, PteRead, PteSetBits, Translation
+from arch.base import Access, Fault, Prot, PteRead, PteSetBits, PteWrite, Translation
 from emu import hypercall, services  # noqa: F401 - services register hypercalls
 from emu.check.base import Checker, Violation
 from emu.cpu import Mode, TlbEntry, VCpu
@@ -322,7 +322,7 @@ class Machine(KernelHooks):
         for c in self.checkers:
             c.on_tlb_use(cpu.index, entry, va, acc)
 
-    def walker_access(self, cpu: VCpu, msg: PteRead | PteSetBits) -> int:
+    def walker_access(self, cpu: VCpu, msg: PteRead | PteSetBits | PteWrite) -> int:
         bo = self.arch.byteorder
         idx = cpu.index
         try:
@@ -330,6 +330,13 @@ class Machine(KernelHooks):
         except PhysMemError:
             self.trace.add(self.step, f"cpu{idx}", "walk", f"{msg.level} read {msg.pa:#x} outside RAM")
             return 0
+        if type(msg) is PteWrite:
+            # a software refill storing into its translation cache (sparc64 TSB)
+            self.trace.add(self.step, f"cpu{idx}", "walk", f"write {msg.level} [{msg.pa:#x}] = {msg.value:#x}")
+            for c in self.checkers:
+                c.on_walker_write(idx, msg.pa, msg.size, msg.value, msg.level)
+            self.mem.write_int(msg.pa, msg.size, msg.value, bo)
+            return msg.value
         if type(msg) is PteRead:
             self.trace.add(self.step, f"cpu{idx}", "walk", f"read {msg.level} [{msg.pa:#x}] = {value:#x}")
             for c in self.checkers:
@@ -400,8 +407,19 @@ class Machine(KernelHooks):
         self.trace.add(self.step, f"cpu{cpu.index}", "note", what)
 
     def tlb_flush(self, start: int, end: int) -> None:
+        self.arch.flush_tsb(self.root, start, end, self._tsb_read, self._tsb_write)
         for c in self.cpus:
             c.flush_range(start, end)
+
+    def _tsb_read(self, pa: int, size: int) -> int:
+        return self.mem.read_int(pa, size, self.arch.byteorder)
+
+    def _tsb_write(self, pa: int, size: int, value: int) -> None:
+        """A store by the flushing CPU into the walker's cache (flush_tsb_user)."""
+        cpu = self.kernel.cpu
+        self.trace.add(self.step, f"cpu{cpu}", "note", f"flush_tsb [{pa:#x}] = {value:#x}")
+        self.on_kernel_store(cpu, pa, size, value, "flush_tsb_user")
+        self.mem.write_int(pa, size, value, self.arch.byteorder)
 
     def flush_uc_tlbs(self) -> None:
         for c in self.cpus:
@@ -423,6 +441,11 @@ class Machine(KernelHooks):
         # use come back through our TLB model, where checkers see it.
         self.flush_uc_tlbs()
 
+    def on_observed(self, cpu: int, obs: ks.Observed) -> None:
+        self.trace.add(self.step, f"cpu{cpu}", "note", f"{obs.what} [{obs.pa:#x}] = {obs.value:#x}")
+        for c in self.checkers:
+            c.on_lockless_value(cpu, obs.pa, obs.size, obs.value, obs.what)
+
     def on_note(self, cpu: int | None, text: str) -> None:
         self.trace.add(self.step, f"cpu{cpu}" if cpu is not None else "-", "note", text)
 
@@ -431,6 +454,8 @@ class Machine(KernelHooks):
         self.trace.add(self.step, f"cpu{cpu.index}", "guest", pc)
 
     def trace_kernel(self, cpu: VCpu, op: Any) -> None:
+        for c in self.checkers:
+            c.on_kernel_step(cpu.index, op)
         if self.trace.enabled:
             self.trace.add(self.step, f"cpu{cpu.index}", "kernel", f"{cpu.task.name}: {describe_op(op)}")
 

@@ -101,6 +101,9 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
         nbytes = k.arch.level(name).table_bytes
         for t in lst:
             live.update(range(k.frames.frame_base(t), t + nbytes, fs))
+    # what alloc_root allocated beside the top table (sparc64's TSBs)
+    root = k.mm.root
+    live.update(range(k.frames.frame_base(root), root + k.arch.root_block_bytes(), fs))
     for fi in k.frames.frames:
         pa = fi.pfn * fs
         # A frame shared by sub-tables may be held by its allocator with no live

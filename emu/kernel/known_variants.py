@@ -74,3 +74,20 @@ class FreeBeforeFlush:
     def flush_and_free_table(self: Kernel, mm: MM, addr: int, table: int) -> s.KernelGen:
         yield from self.tlb_remove_table(mm, table)
         yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
+
+
+@variant("plain_two_load_read",
+         "a lockless reader of a 64-bit entry on a 32-bit CPU (x86-PAE) reads it with "
+         "two 32-bit loads and no re-read of the low half, as before "
+         "pmdp_get_lockless(): it can combine halves of two different values")
+class PlainTwoLoadRead:
+    def entry_get_lockless(self: Kernel, level: str, pa: int) -> s.KernelGen:
+        if not self.split_entry_reads():
+            return (yield s.Load(pa, self.entry_size(level), f"{level} read"))
+        lo_pa, hi_pa = self._halves(pa)
+        w = self.arch.word_size
+        low = yield s.Load(lo_pa, w, f"{level} read low")
+        high = yield s.Load(hi_pa, w, f"{level} read high")
+        value = (high << (8 * w)) | low
+        yield s.Observed(pa, self.entry_size(level), value, f"{level} two-load read")
+        return value

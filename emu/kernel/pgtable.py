@@ -71,7 +71,7 @@ class PgtableMixin:
             again = yield s.Load(lo_pa, w, f"{name} re-read low")
             if again == low:
                 value = (high << (8 * w)) | low
-                yield s.Note(f"{name} [{pa:#x}] = {value:#x}")
+                yield s.Observed(pa, self.entry_size(level), value, name)
                 return value
 
     def pmdp_get_lockless(self: Kernel, pmd_pa: int) -> s.KernelGen:
@@ -120,11 +120,11 @@ class PgtableMixin:
         yield from self.pmdp_get_lockless_start()
         pmdval = yield from self.pmdp_get_lockless(pmd_pa)
         yield from self.pmdp_get_lockless_end()
-        if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval) \
-                or not a.entry_present("pmd", pmdval):
+        # Linux's order: none, then trans-huge, then bad (which clears the live entry)
+        if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
             yield s.RcuReadUnlock()
             return None
-        if a.entry_bad("pmd", pmdval):
+        if a.entry_bad("pmd", pmdval) or not a.entry_present("pmd", pmdval):
             # pmd_clear_bad(): the live entry is cleared, not just the snapshot.
             yield s.Note(f"pmd_clear_bad: bad pmd {pmdval:#x} at {pmd_pa:#x}")
             yield from self.clear_entry("pmd", pmd_pa, "pmd_clear_bad")

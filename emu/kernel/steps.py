@@ -153,4 +153,18 @@ class Note:
     text: str = field(default="")
 
 
+@dataclass(frozen=True)
+class Observed:
+    """A multi-load lockless read has produced `value` for the entry at `pa`.
+
+    Not a step: it tells checkers what a reader concluded, so a value that was
+    never in memory (a torn read) can be recognised.
+    """
+
+    pa: int
+    size: int
+    value: int
+    what: str = ""
+
+
 KernelGen = Generator[Any, Any, Any]

@@ -20,12 +20,14 @@ _NOTHING = object()
 
 class KernelTask:
     def __init__(self, kernel: KernelCore, cpu: int, gen: KernelGen, name: str,
-                 trace: Callable[[int, str], None] | None = None) -> None:
+                 performed: Callable[[Any], None] | None = None) -> None:
         self.kernel = kernel
         self.cpu = cpu
         self.gen = gen
         self.name = name
-        self.trace = trace
+        # called with each step message right after it is performed, before the
+        # routine runs on to its next step (so traces keep causal order)
+        self.performed = performed
         self.pending: Any = _NOTHING
         self.done = False
         self.result: Any = None
@@ -47,6 +49,10 @@ class KernelTask:
                     return
                 if type(op) is s.Note:
                     k.hooks.on_note(self.cpu, op.text)
+                    value = None
+                    continue
+                if type(op) is s.Observed:
+                    k.hooks.on_observed(self.cpu, op)
                     value = None
                     continue
                 self.pending = op
@@ -71,6 +77,8 @@ class KernelTask:
             result = k.perform(self.cpu, op)
         finally:
             k.cpu = saved
+        if self.performed is not None:
+            self.performed(op)
         self._advance(result)
         return op
 

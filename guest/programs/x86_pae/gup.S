@@ -1,16 +1,10 @@
 # gup(addr, nr, out, rounds): GUP-fast nr pages from addr into the buffer at out,
-# `rounds` times; exit(0).
-    mov ebp, esi            # rounds (esi = 4th argument)
-again:
-    push ebx
-    push ecx
-    push edx
-    mov eax, SYS_gup_fast
+# `rounds` times; exit(0). Hypercalls preserve every register but eax.
+    mov ebp, esi            # rounds (4th argument)
     xor esi, esi            # read access
+again:
+    mov eax, SYS_gup_fast
     int 0x80
-    pop edx
-    pop ecx
-    pop ebx
     dec ebp
     jnz again
     mov eax, SYS_exit

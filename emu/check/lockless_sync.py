@@ -1,0 +1,58 @@
+"""The pmdp_get_lockless_sync() contract on arches whose pmd reads tear (x86-PAE).
+
+A lockless pmd read there is two loads inside an IRQs-off window
+(`pmdp_get_lockless_start/end`, seed 002). A writer that clears a pmd with
+`pmdp_collapse_flush()` must not leave its pmd-locked section while a reader
+whose window overlapped the clear is still inside it: that reader may pair
+a half of the old entry with a half of whatever is installed next, and only
+the interrupt sent by `pmdp_get_lockless_sync()` (tlb_remove_table_sync_one)
+waits it out; a TLB flush need not reach it (seed 004: "to issue missing
+interrupt if PAE").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emu.check.base import Checker
+from emu.kernel import steps as s
+
+
+class LocklessSync(Checker):
+    name = "lockless-sync"
+
+    def attach(self, m) -> None:  # noqa: ANN001
+        super().attach(m)
+        self.window: dict[int, tuple[int, int]] = {}  # reader cpu -> (pmd pa, opened at step)
+        self.owed: dict[int, dict[int, int]] = {}  # writer cpu -> {reader cpu: window step}
+        width = m.arch.level("pmd").entry_size
+        self.active = m.arch.pmd_read_tears if m.arch.pmd_read_tears is not None \
+            else width > m.arch.word_size
+        self.width = width
+
+    def on_kernel_step(self, cpu: int, op: Any) -> None:
+        if not self.active:
+            return
+        t = type(op)
+        k = self.m.kernel
+        if t is s.Load and op.what.startswith("pmdp_get_lockless") and k.cpus[cpu].irq_off:
+            entry = op.pa - op.pa % self.width
+            self.window.setdefault(cpu, (entry, self.m.step))
+        elif t is s.IrqEnable and k.cpus[cpu].irq_off == 0:
+            self.window.pop(cpu, None)
+        elif t is s.Store and op.what == "pmdp_collapse_flush":
+            entry = op.pa - op.pa % self.width
+            for reader, (pa, since) in sorted(self.window.items()):
+                if reader != cpu and pa == entry:
+                    self.owed.setdefault(cpu, {})[reader] = since
+        elif t is s.TlbRemoveTableSyncOne:
+            self.owed.pop(cpu, None)  # the IPI waited for every IRQs-off window
+        elif t is s.SpinUnlock and self.owed.get(cpu):
+            for reader, since in sorted(self.owed[cpu].items()):
+                if self.window.get(reader, (None, None))[1] == since:
+                    raise self.fail(
+                        f"cpu{cpu} cleared a pmd with pmdp_collapse_flush() and dropped "
+                        f"{op.lock.name} while cpu{reader} was still inside the IRQs-off "
+                        f"pmdp_get_lockless() window it opened at step {since}: "
+                        "pmdp_get_lockless_sync() is missing", cpu=cpu)
+            self.owed.pop(cpu, None)
