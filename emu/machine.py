@@ -155,9 +155,12 @@ class Machine(KernelHooks):
             k.cpus[i].online = False
         # populate = fault every page of the VMA in, before any CPU runs
         for i, v in enumerate(sc.vmas):
-            if v.populate:
+            if v.populate is not False and v.populate != 0:
                 vma = k.mm.find_vma(eval_int(v.start, names, sc.source, f"vma[{i}].start"))
-                self.populate(vma)
+                pages = None if v.populate is True else v.populate
+                if pages is not None and pages < 0:
+                    raise ScenarioError(sc.source, f"vma[{i}].populate", "must be true, false or >= 0")
+                self.populate(vma, pages)
         self.frames.step = 0
 
     def _check_vma(self, start: int, size: int, key: str) -> None:
@@ -173,8 +176,9 @@ class Machine(KernelHooks):
         if other is not None:
             raise ScenarioError(src, key, f"[{start:#x}, {start + size:#x}) overlaps {other}")
 
-    def populate(self, vma: VMA) -> None:
-        for addr in range(vma.start, vma.end, self.arch.page_size):
+    def populate(self, vma: VMA, pages: int | None = None) -> None:
+        end = vma.end if pages is None else min(vma.end, vma.start + pages * self.arch.page_size)
+        for addr in range(vma.start, end, self.arch.page_size):
             acc = Access.WRITE if vma.prot.write else Access.READ
             self.run_kernel_now(self.kernel.handle_mm_fault(addr, acc), f"populate {addr:#x}")
 

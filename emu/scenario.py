@@ -15,7 +15,7 @@ start = 0x10000000      # integers, or expressions over page_size/pmd_size
 size = "4 * pmd_size"
 kind = "anon"           # anon | shmem | file
 prot = "rw"             # r, rw, rx, rwx
-populate = false        # fault every page in at setup
+populate = false        # fault every page in at setup (or an integer: the first N pages)
 
 [[cpu]]
 program = "touch"       # guest/programs/<arch>/<program>.S
@@ -55,7 +55,7 @@ class VmaSpec:
     size: Any
     kind: str
     prot: str = "rw"
-    populate: bool = False
+    populate: bool | int = False  # True: every page; N: the first N pages
     thp: bool = False  # shmem/file: back with one PMD-sized folio
     # False: faults map even a PMD-sized folio with PTEs (as when khugepaged's
     # retract had to skip the VMA), leaving it for collapse_pte_mapped_thp()
@@ -185,7 +185,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
             raise ScenarioError(source, f"{path}.prot", f"must be r, rw, rx or rwx, got {prot!r}")
         vmas.append(VmaSpec(_get(v, "start", (int, str), source, path),
                             _get(v, "size", (int, str), source, path), kind, prot,
-                            _get(v, "populate", bool, source, path, False),
+                            _get(v, "populate", (bool, int), source, path, False),
                             _get(v, "thp", bool, source, path, False),
                             _get(v, "pmd_mapping", bool, source, path, True),
                             _get(v, "name", str, source, path, ""),

@@ -296,3 +296,29 @@ def test_adjust_pte_rechecks_pmd_against_empty_table_reclaim(variant):
     else:
         assert obs.bad == []
         assert k.cpus[0].rcu_nesting == 0
+
+
+def test_fault_during_collapse_file_waits_on_the_new_folio():
+    """Regression: collapse_file() left a replaced index empty until the end,
+    so a racing fault added a fresh small page that the huge folio then hid
+    (its mapping leaked: rss and mapcount off by one)."""
+    from arch.base import Access
+    m = machine(populate=False)
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    il = Interleaving(m)
+    for page in (0, 1):  # pages 0 and 1 small and PTE-mapped
+        il.start(1, k.handle_mm_fault(BASE + page * m.arch.page_size, Access.READ))
+        il.finish()
+    old = cache.lookup(0)
+    il.start(0, k.collapse_file(cache, 0))
+    # collapse has copied page 0 and dropped its lock; page 1 is next
+    il.run_until(0, lambda op: isinstance(op, s.UpWrite) and op.sem is old.lock)
+    il.step(0)
+    il.start(1, k.handle_mm_fault(BASE, Access.READ))
+    il.run_while_runnable(1)
+    assert not il.tasks[1].done, "the fault must wait on the locked huge folio"
+    assert cache.lookup(0).large
+    il.finish()
+    il.pass_grace_period()
+    assert audit(k) == []

@@ -260,7 +260,9 @@ class KhugepagedMixin:
             # try_to_unmap(): no PTE may map the old page once it is copied
             yield from self.unmap_mapping_range(cache, index + i, index + i + 1)
             self.mem.write(huge.pa + i * ps, self.mem.read(old.pa, ps))
-            cache.slots.pop(index + i)
+            # the locked new folio takes the slot at once (xas_store), so a
+            # racing fault waits on it rather than adding a fresh small page
+            cache.slots[index + i] = huge
             old.in_cache = False
             yield s.UpWrite(old.lock)
             self.put_folio(old)
