@@ -7,7 +7,7 @@ asks an `Arch` to build, test and decode entries, and the machine asks it to
 walk, to set up a vCPU and to decode a hypercall.
 
 A hardware walk is a generator (gem5's `stepWalk` idea): it yields
-`PteRead` / `PteSetBits` messages, each of which is one scheduling point,
+`PteRead` / `PteSetBits` / `PteWrite` messages, each of which is one scheduling point,
 and returns a `Translation` or a `Fault`. `emu/walk_driver.py` runs it
 straight through (in Unicorn's TLB-fill hook) or one message per step
 (under the scheduler). `translate_functional` runs the same generator over
@@ -80,7 +80,17 @@ class PteSetBits:
     level: str
 
 
-WalkStep = PteRead | PteSetBits
+@dataclass(frozen=True)
+class PteWrite:
+    """The walker stores `value` (a software refill filling its cache, sparc64's TSB)."""
+
+    pa: int
+    size: int
+    value: int
+    level: str
+
+
+WalkStep = PteRead | PteSetBits | PteWrite
 
 
 @dataclass(frozen=True)
@@ -327,6 +337,9 @@ class Arch(ABC):
                         gen.close()
                         return Fault(va, access, msg.level, "outside-ram")
                     msg = gen.send(int.from_bytes(raw, self.byteorder))
+                elif isinstance(msg, PteWrite):
+                    # A functional translation never writes: the store is dropped.
+                    msg = gen.send(msg.value)
                 else:
                     # A/D updates are not made; tell the walker the value it
                     # would have produced so it can finish.
@@ -352,6 +365,24 @@ class Arch(ABC):
     # VIVT/aliasing caches (arm pre-v7): a shared page's other user mappings
     # are made uncached when it is mapped again (fault-armv.c make_coherent).
     vivt_cache_aliasing: ClassVar[bool] = False
+    # Sizes a Translation may have besides uc_page_size, page_size and the
+    # pmd size (sparc64 fabricates 8 MiB THPs from two 4 MiB TTEs).
+    extra_tlb_sizes: ClassVar[tuple[int, ...]] = ()
+
+    def flush_tsb(self, root: int, start: int, end: int, read: Callable[[int, int], int],
+                  write: Callable[[int, int, int], None]) -> None:
+        """Invalidate the walker's in-memory translation cache for [start, end).
+
+        Called with every TLB flush (sparc64's TSB, flush_tsb_user in
+        arch/sparc/mm/tsb.c); `read(pa, size)` / `write(pa, size, value)`
+        access physical memory. Default: there is no such cache.
+        """
+
+    def root_block_bytes(self) -> int:
+        """Bytes from the root that alloc_root allocated as one block and that
+        live as long as the mm (sparc64 keeps its TSBs after the pgd)."""
+        return self.levels[0].table_bytes
+
     # Does a lockless read of a pmd need two loads (x86-PAE's 64-bit entries
     # on a 32-bit CPU)? None: decide from entry and word size.
     pmd_read_tears: ClassVar[bool | None] = None
@@ -404,6 +435,17 @@ class Arch(ABC):
     def step_count(self, uc: Uc, pc: int) -> int:
         """Instructions to run as one indivisible guest step at `pc` (sparc64 delay slots)."""
         return 1
+
+    def slice_count(self, uc: Uc, pc: int, quantum: int) -> int:
+        """Instructions to run for a slice of up to `quantum` (must not end in a delay slot)."""
+        return quantum
+
+    def save_regs(self, uc: Uc) -> Any:
+        """The vCPU's register state, for Machine.snapshot()."""
+        return uc.context_save()
+
+    def restore_regs(self, uc: Uc, saved: Any) -> None:
+        uc.context_restore(saved)
 
     def check_guest_asm(self, text: str, name: str) -> None:
         """Refuse guest assembly this arch cannot run restartably (sparc64 delay slots)."""

@@ -21,6 +21,7 @@ from arch.base import Access, Fault, Prot, PteRead, PteSetBits, PteWrite, Transl
 from emu import hypercall, services  # noqa: F401 - services register hypercalls
 from emu.check.base import Checker, Violation
 from emu.cpu import Mode, TlbEntry, VCpu
+from emu.kernel import Kernel
 from emu.kernel import steps as ks
 from emu.kernel.core import KernelBug, KernelHooks
 from emu.kernel.fault import VM_FAULT_SIGSEGV
@@ -74,8 +75,12 @@ class Machine(KernelHooks):
         self.ncpus = scenario.cpus
         self.mem = PhysMem(scenario.memory_mib << 20)
         self.frames = FrameAllocator(self.mem, self.arch.page_size)
-        kcls = build_kernel_class(scenario.variants, scenario.override, scenario.base_dir)
-        self.kernel = kcls(self.arch, self.mem, self.frames, self.ncpus)
+        # The machine is built (and VMAs populated) by the correct model; the
+        # variants are switched on when it is done, so a variant's bug shows
+        # in the run it is about, not as a broken initial state.
+        self._kernel_class = build_kernel_class(scenario.variants, scenario.override,
+                                                scenario.base_dir)
+        self.kernel = Kernel(self.arch, self.mem, self.frames, self.ncpus)
         self.kernel.hooks = self
         self.kernel.tlb_flush = self.tlb_flush
         self.step = 0
@@ -86,6 +91,9 @@ class Machine(KernelHooks):
         self.cpus: list[VCpu] = []
         self._cs = capstone.Cs(self.arch.cs_arch, self.arch.cs_mode)
         self._build()
+        self.kernel.__class__ = self._kernel_class
+        if self._kernel_class.make_policy is not Kernel.make_policy:
+            self.kernel.policy = self.kernel.make_policy()
         for c in checkers or []:
             self.add_checker(c)
         self._snapshot: Any = None

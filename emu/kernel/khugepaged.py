@@ -13,7 +13,9 @@ RCU", Hugh Dickins, v2 2023-06-20) and seed 001 (Qi Zheng's
   with `_rw_nolock`, rechecks `pmd_same` under the ptl and clears every
   entry (a racing truncate must not find them again); step 3 fixes the
   refcount and counters; step 4 takes `pmd_lock` then the ptl nested,
-  flushes, syncs and defers the free; step 5 installs the PMD. The abort
+  rechecks `pmd_same` (v6.12: the table may have been reclaimed while the
+  ptl was dropped), flushes, syncs and defers the free; step 5 installs the
+  PMD. The abort
   path gives back what step 2 took.
 """
 
@@ -189,10 +191,19 @@ class KhugepagedMixin:
             folio.put(nr_ptes)
             mm.rss[self.mm_counter_kind(folio)] -= nr_ptes
 
-        # step 4: remove the page table; the huge page lock keeps it empty
+        # step 4: remove the page table; the huge page lock keeps it empty,
+        # but with the ptl dropped, a table can be reclaimed without mmap_lock
+        # (MADV_DONTNEED's empty-table reclaim): recheck under both locks
         pml = yield from self.pmd_lock(mm, pmd_pa, haddr)
         if ptl is not pml:
             yield s.SpinLock(ptl, nested=True)
+            same = yield from self.rw_nolock_pmd_same(pmd_pa, pgt_pmd)
+            if not same:
+                yield s.TlbFlushRange(0, 1 << self.arch.va_bits)  # flush_tlb_mm()
+                yield s.SpinUnlock(ptl)
+                yield s.SpinUnlock(pml)
+                yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_end")
+                return (yield from self._collapse_drop(folio, SCAN_FAIL))
         old = yield from self.pmdp_collapse_flush(haddr, pmd_pa)
         yield from self.pmdp_get_lockless_sync()
         if ptl is not pml:

@@ -33,11 +33,13 @@ class TablePolicy:
         yield  # a generator with no step: page allocation is not a shared access
 
     def free(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
+        k.check_table_frame(pa, level)
         k.release_table_frame(pa, level, deferred=False)
         return
         yield
 
     def free_defer(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
+        k.check_table_frame(pa, level)
         frame = k.frames.frame_base(pa)
         k.frames.set_state(frame, FrameState.RCU_PENDING, k.cpu, f"{level} table pte_free_defer")
         yield s.CallRcu(lambda: k.release_table_frame(frame, level, deferred=True),
@@ -55,6 +57,18 @@ def register_policy(cls: type[TablePolicy]) -> type[TablePolicy]:
 
 class PgAllocMixin:
     """Allocation entry points with Linux's names."""
+
+    def check_table_frame(self: Kernel, pa: int, level: str) -> None:
+        """Freeing something that is not a live table is a bug Linux would report
+        ("Bad page state"): a double free or a table pointer read from a cleared entry."""
+        from emu.kernel.core import KernelBug
+        try:
+            fi = self.frames.info(pa)
+        except Exception:
+            raise KernelBug(f"freeing a {level} table at {pa:#x}, outside RAM") from None
+        if fi.state is not FrameState.PGTABLE:
+            raise KernelBug(f"freeing a {level} table at {pa:#x} whose frame is "
+                            f"{fi.state.value}: a double free or a stale table pointer")
 
     def release_table_frame(self: Kernel, pa: int, level: str, deferred: bool) -> None:
         """Give a whole table frame back to the allocator (no scheduling point)."""
