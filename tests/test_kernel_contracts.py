@@ -322,3 +322,38 @@ def test_fault_during_collapse_file_waits_on_the_new_folio():
     il.finish()
     il.pass_grace_period()
     assert audit(k) == []
+
+
+@pytest.mark.parametrize("variant", [(), ("no_pmd_same_recheck",)])
+def test_collapse_step4_rechecks_a_table_reclaimed_while_ptl_was_dropped(variant):
+    """Regression: step 4 retook pmd_lock + ptl and collapsed whatever the pmd
+    held; MADV_DONTNEED (mmap_read_lock only) can reclaim the empty table in
+    between. Correct code rechecks pmd_same and gives up."""
+    m = machine(variant, thp=True, pmd_mapping=False, populate=False)
+    k = m.kernel
+    from arch.base import Access
+    il = Interleaving(m)
+    il.start(1, k.handle_mm_fault(BASE, Access.READ))  # one PTE maps the THP's page 0
+    il.finish()
+    pmd_pa = pmd_of(m)
+    pml = k.pmd_lockptr(m.mm, pmd_pa, BASE)
+
+    def collapse():
+        yield s.DownRead(m.mm.mmap_lock)
+        r = yield from k.collapse_pte_mapped_thp(m.mm, BASE, True)
+        yield s.UpRead(m.mm.mmap_lock)
+        return r
+
+    il.start(0, collapse())
+    il.run_until(0, is_op(s.SpinLock, pml))  # steps 1-3 done, ptl dropped
+    il.start(1, k.madvise_dontneed(m.mm, BASE, BASE + m.arch.pmd_size))
+    il.run_while_runnable(1)
+    assert il.tasks[1].done
+    if variant:
+        from emu.kernel.core import KernelBug
+        with pytest.raises(KernelBug, match="freeing a pte table"):
+            il.finish()
+        return
+    il.finish()
+    il.pass_grace_period()
+    assert audit(k) == []
