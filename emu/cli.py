@@ -51,11 +51,12 @@ class SetupFailure(Exception):
 
 def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     from emu import scenario
+    from emu.check import default_checkers
     from emu.kernel.core import KernelBug
     from emu.machine import Machine
     sc = scenario.load(args.scenario)
     try:
-        return Machine(sc, arch=args.arch, trace=trace)
+        return Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
     except KernelBug as exc:
         raise SetupFailure(f"{sc.source}: kernel model failed during setup: {exc}") from None
 

@@ -4,7 +4,10 @@ A variant is a small mixin class that overrides one routine of the correct
 model (or an arch's table policy), registered under a name with
 `@variant("name", "why it is wrong")`. `build_kernel_class()` puts the
 chosen mixins in front of `Kernel`; the same mechanism loads a user's own
-override from a Python file (`[kernel] override = "file.py:Class"`).
+override from a Python file (`[kernel] override = "file.py:Class"`, the
+path relative to the scenario): a Kernel mixin overriding routines, or a
+`TablePolicy` subclass replacing the arch's pte_alloc/pte_free/
+pte_free_defer policy (how a porter tests their own pte_free_defer).
 No correct routine tests a variant flag.
 """
 
@@ -64,6 +67,23 @@ def load_override(spec: str, base_dir: Path) -> type:
     return cls
 
 
+def as_mixin(cls: type) -> type:
+    """A user's class as a Kernel mixin: a TablePolicy subclass replaces the
+    arch's page-table allocation policy; anything else overrides routines."""
+    from emu.kernel.pgalloc import TablePolicy
+
+    if isinstance(cls, type) and issubclass(cls, TablePolicy):
+        policy_cls = cls
+
+        class PolicyOverride:
+            def make_policy(self) -> TablePolicy:
+                return policy_cls()
+
+        PolicyOverride.__name__ = f"PolicyOverride[{cls.__name__}]"
+        return PolicyOverride
+    return cls
+
+
 def build_kernel_class(names: list[str], override: str = "", base_dir: Path | None = None) -> type:
     """The Kernel class with the named variants (and a user override) mixed in."""
     import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
@@ -74,7 +94,7 @@ def build_kernel_class(names: list[str], override: str = "", base_dir: Path | No
             raise VariantError(f"unknown variant {n!r}; known: {', '.join(sorted(VARIANTS)) or 'none'}")
         mixins.append(VARIANTS[n].mixin)
     if override:
-        mixins.insert(0, load_override(override, base_dir or Path.cwd()))
+        mixins.insert(0, as_mixin(load_override(override, base_dir or Path.cwd())))
     if not mixins:
         return Kernel
     return type("Kernel[" + ",".join(names + ([override] if override else [])) + "]",
