@@ -237,7 +237,7 @@ class VCpu:
     # ---- kernel ------------------------------------------------------------------------
     def start_kernel(self, gen: Any, kind: str, name: str = "") -> None:
         self.task = KernelTask(self.m.kernel, self.index, gen, name or kind,
-                               lambda op: self.m.trace_kernel(self, op))
+                               lambda op: self.m.trace_kernel(self.index, self.task.name, op))
         self.task_kind = kind
         self.mode = Mode.KERNEL
         if self.task.done:

@@ -465,11 +465,12 @@ class Machine(KernelHooks):
     def trace_guest(self, cpu: VCpu, pc: int) -> None:
         self.trace.add(self.step, f"cpu{cpu.index}", "guest", pc)
 
-    def trace_kernel(self, cpu: VCpu, op: Any) -> None:
+    def trace_kernel(self, cpu: int, routine: str, op: Any) -> None:
+        """A kernel step was performed on `cpu` (checkers see it, the trace records it)."""
         for c in self.checkers:
-            c.on_kernel_step(cpu.index, op)
+            c.on_kernel_step(cpu, op)
         if self.trace.enabled:
-            self.trace.add(self.step, f"cpu{cpu.index}", "kernel", f"{cpu.task.name}: {describe_op(op)}")
+            self.trace.add(self.step, f"cpu{cpu}", "kernel", f"{routine}: {describe_op(op)}")
 
     def trace_note(self, cpu: VCpu, text: str) -> None:
         self.trace.add(self.step, f"cpu{cpu.index}", "note", text)

@@ -31,7 +31,9 @@ class Interleaving:
         self.log: list[str] = []
 
     def start(self, cpu: int, gen: KernelGen, name: str = "") -> KernelTask:
-        task = KernelTask(self.m.kernel, cpu, gen, name or f"task{cpu}")
+        name = name or f"task{cpu}"
+        task = KernelTask(self.m.kernel, cpu, gen, name,
+                          lambda op: self.m.trace_kernel(cpu, name, op))
         self.tasks[cpu] = task
         return task
 

@@ -357,3 +357,61 @@ def test_collapse_step4_rechecks_a_table_reclaimed_while_ptl_was_dropped(variant
     il.finish()
     il.pass_grace_period()
     assert audit(k) == []
+
+
+@pytest.mark.parametrize("variant", [(), ("no_lockless_sync",)])
+def test_retract_waits_out_an_irqs_off_pmd_reader(variant):
+    """x86-PAE: GUP-fast has read half of the pmd with IRQs off when retract
+    clears it. pmdp_get_lockless_sync() holds retract until that window
+    closes; without it retract drops its locks with the reader still inside."""
+    from emu.check.base import Violation
+    from emu.check.lockless_sync import LocklessSync
+    m = machine(variant, populate=4)
+    m.add_checker(LocklessSync())
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    pmd_pa = pmd_of(m)
+    il = Interleaving(m)
+    il.start(0, k.gup_fast(m.mm, BASE, 1, False))
+    # GUP-fast: IRQs off, then the low half of the pmd
+    il.run_until(0, lambda op: isinstance(op, s.Load) and op.pa == pmd_pa)
+    il.step(0)
+
+    def retract():
+        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
+        yield from k.retract_page_tables(cache, 0)
+
+    il.start(1, retract())
+    if variant:
+        with pytest.raises(Violation, match="pmdp_get_lockless_sync"):
+            il.run_while_runnable(1)
+        return
+    il.run_while_runnable(1)
+    assert isinstance(il.tasks[1].pending, s.TlbRemoveTableSyncOne)  # waiting for cpu0
+    il.finish()
+    assert k.cpus[0].irq_off == 0 and il.tasks[1].done
+
+
+@pytest.mark.parametrize("variant", [(), ("plain_two_load_read",)])
+def test_lockless_pmd_read_never_returns_a_value_the_entry_never_held(variant):
+    """The low half is read, then the whole pmd changes, then the high half:
+    pmdp_get_lockless() sees the low half change and retries; two plain
+    loads return a mix of the old low and the new high halves."""
+    from emu.check.base import Violation
+    from emu.check.torn import TornRead
+    m = machine(variant, populate=False)
+    m.add_checker(TornRead())
+    k, a = m.kernel, m.arch
+    pmd_pa = m.run_kernel_now(m.kernel.pmd_offset_alloc(m.mm, BASE, alloc=True), "pmd")
+    il = Interleaving(m)
+    il.start(0, k.pmdp_get_lockless(pmd_pa))
+    il.run_until(0, lambda op: isinstance(op, s.Load) and op.pa == pmd_pa + 4)  # low half read
+    huge = a.mk_pmd_huge(0x400000, m.mm.find_vma(BASE).prot)  # NX: the high half is not 0
+    il.start(1, k.set_entry("pmd", pmd_pa, huge))
+    il.run_while_runnable(1)
+    if variant:
+        with pytest.raises(Violation, match="never held"):
+            il.finish()
+        return
+    il.finish()
+    assert il.tasks[0].result == huge
