@@ -111,10 +111,7 @@ class MemoryMixin:
         """Free a detached PTE table the way the arch's mmu_gather does."""
         # Through the policy, not pte_free_defer(): mmu_gather is its own path
         # (and the pte_free_immediate variant is about khugepaged's callers).
-        if self.arch.rcu_table_free:
-            yield from self.policy.free_defer(self, mm, table, "pte")
-        else:
-            yield from self.policy.free(self, mm, table, "pte")
+        yield from self.policy.tlb_remove_table(self, mm, table, "pte")
 
     def do_munmap(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
         """munmap(): detach VMAs under mmap_write_lock, zap, free tables."""

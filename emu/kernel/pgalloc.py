@@ -45,6 +45,18 @@ class TablePolicy:
         yield s.CallRcu(lambda: k.release_table_frame(frame, level, deferred=True),
                         f"pte_free_defer callback: free {level} table {frame:#x}")
 
+    def tlb_remove_table(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
+        """mmu_gather's free of a detached table: after a grace period where
+        the arch selects MMU_GATHER_RCU_TABLE_FREE, else at once (after the flush)."""
+        if k.arch.rcu_table_free:
+            yield from self.free_defer(k, mm, pa, level)
+        else:
+            yield from self.free(k, mm, pa, level)
+
+    def ptlock_key(self, k: Kernel, table_pa: int) -> int:
+        """What a split page-table lock is keyed by: the table (one table per page)."""
+        return table_pa
+
 
 POLICIES: dict[str, type[TablePolicy]] = {"page": TablePolicy}
 
@@ -99,3 +111,4 @@ class PgAllocMixin:
 
     def mm_dec_nr_ptes(self: Kernel, mm: MM) -> None:
         mm.nr_ptes -= 1
+

@@ -97,15 +97,16 @@ class PgtableMixin:
     def pte_lockptr(self: Kernel, mm: MM, pmdval: int) -> Spinlock:
         if not self.arch.split_pte_ptlocks:
             return mm.page_table_lock
-        table = self.arch.table_pa("pmd", pmdval)
-        return self.lock_for(table, f"ptl {table:#x}")
+        # the lock lives in the table page's ptdesc (shared where tables share a page)
+        key = self.policy.ptlock_key(self, self.arch.table_pa("pmd", pmdval))
+        return self.lock_for(key, f"ptl {key:#x}")
 
     def pmd_lockptr(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> Spinlock:
         if not self.arch.split_pmd_ptlocks:
             return mm.page_table_lock
         lv = self.arch.level("pmd")
-        table = pmd_pa - lv.index(addr) * lv.entry_size
-        return self.lock_for(table, f"pml {table:#x}")
+        key = self.policy.ptlock_key(self, pmd_pa - lv.index(addr) * lv.entry_size)
+        return self.lock_for(key, f"pml {key:#x}")
 
     def pmd_lock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
         ptl = self.pmd_lockptr(mm, pmd_pa, addr)
