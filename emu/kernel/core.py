@@ -223,8 +223,15 @@ class KernelCore:
                 st.irq_off_step = None
             return None
         if t is s.CallRcu:
+            if op.head is not None:
+                for cb in self.rcu.callbacks:
+                    if cb.head == op.head:
+                        raise KernelBug(
+                            f"cpu{cpu} call_rcu() on the rcu_head of {op.head:#x}, already queued "
+                            f"at step {cb.queued_step} by cpu{cb.cpu} ({cb.what}): "
+                            "the callback list is corrupted")
             target = self.rcu.request_gp(self.step, self.online_cpus())
-            self.rcu.queue(RcuCallback(target, op.fn, op.what, self.step, cpu))
+            self.rcu.queue(RcuCallback(target, op.fn, op.what, self.step, cpu, op.head))
             return None
         if t is s.SynchronizeRcu:
             return _WaitGp(self.rcu.request_gp(self.step, self.online_cpus()))

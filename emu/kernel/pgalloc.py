@@ -43,7 +43,7 @@ class TablePolicy:
         frame = k.frames.frame_base(pa)
         k.frames.set_state(frame, FrameState.RCU_PENDING, k.cpu, f"{level} table pte_free_defer")
         yield s.CallRcu(lambda: k.release_table_frame(frame, level, deferred=True),
-                        f"pte_free_defer callback: free {level} table {frame:#x}")
+                        f"pte_free_defer callback: free {level} table {frame:#x}", head=frame)
 
     def tlb_remove_table(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
         """mmu_gather's free of a detached table: after a grace period where

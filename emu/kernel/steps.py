@@ -113,10 +113,16 @@ class IrqEnable:
 
 @dataclass(frozen=True)
 class CallRcu:
-    """Queue `fn()` to run after a grace period that starts after this step."""
+    """Queue `fn()` to run after a grace period that starts after this step.
+
+    `head` names the rcu_head used (e.g. the table page's physical address):
+    queueing a head that is already queued corrupts RCU's callback list, and
+    is reported as a kernel bug (what CONFIG_DEBUG_OBJECTS_RCU_HEAD catches).
+    """
 
     fn: Callable[[], None]
     what: str
+    head: int | None = None
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class RcuCallback:
     what: str
     queued_step: int
     cpu: int | None
+    head: int | None = None  # the rcu_head's identity (its page), if the caller named it
 
 
 @dataclass
