@@ -91,3 +91,38 @@ class PlainTwoLoadRead:
         value = (high << (8 * w)) | low
         yield s.Observed(pa, self.entry_size(level), value, f"{level} two-load read")
         return value
+
+
+@variant("frag_shared_rcu_head",
+         "powerpc: pte_free_defer() queues the fragment page's one rcu_head for every "
+         "deferred fragment, as v1 of the series did; two fragments of one page "
+         "deferred within a grace period queue it twice and corrupt RCU's list "
+         "(fixed in v2 by deferring only the last free, 32cc0b7c9d50)")
+class FragSharedRcuHead:
+    def make_policy(self: Kernel):  # noqa: ANN201
+        from emu.kernel.pgalloc_frag import FragmentPolicy
+        from emu.kernel.variants import VariantError
+
+        base = super().make_policy()
+        if not isinstance(base, FragmentPolicy):
+            raise VariantError("frag_shared_rcu_head needs a fragment policy (arch powerpc)")
+
+        class SharedHeadFragments(type(base)):
+            def free_defer(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
+                from emu.kernel.pgalloc_frag import FRAGMENTED_LEVELS, LIVE, PENDING
+                if level not in FRAGMENTED_LEVELS:
+                    yield from super().free_defer(k, mm, pa, level)
+                    return
+                frame = k.frames.frame_base(pa)
+                self._release_fragment(k, pa, level, LIVE, PENDING)
+
+                def put_after_gp() -> None:
+                    from emu.kernel.pgalloc_frag import FREED
+                    self._release_fragment(k, pa, level, PENDING, FREED)
+                    if self._drop_ref(k, pa, level):
+                        self.pte_free_now(k, frame, deferred=True)
+
+                yield s.CallRcu(put_after_gp, f"pte_free_defer (v1): put fragment {pa:#x}",
+                                head=frame)
+
+        return SharedHeadFragments()
