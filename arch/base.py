@@ -454,5 +454,10 @@ class Arch(ABC):
         """Assembly text prepended to every guest program (macros, equates)."""
         return ""
 
+    def prepare_guest_asm(self, text: str, base: int) -> str:
+        """The program text as Keystone gets it, linked at `base` (s390 works
+        around Keystone's label-branch encoding here). Default: unchanged."""
+        return text
+
     def mmap_hint(self) -> dict[str, Any]:
         return {}

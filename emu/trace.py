@@ -40,6 +40,8 @@ def describe_op(op: Any) -> str:
         return f"{name}({op.sem.name})"
     if t is s.CallRcu:
         return f"call_rcu  ; {op.what}"
+    if t is s.KernelAtomic:
+        return f"atomic  ; {op.what}"
     if t is s.TlbFlushRange:
         return f"flush_tlb_range({op.start:#x}, {op.end:#x})"
     simple = {s.RcuReadLock: "rcu_read_lock()", s.RcuReadUnlock: "rcu_read_unlock()",

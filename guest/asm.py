@@ -62,6 +62,7 @@ def substitute(arch: Arch, text: str) -> str:
 def assemble_text(arch: Arch, text: str, base: int, name: str = "<text>") -> bytes:
     text = arch.guest_asm_prelude() + substitute(arch, text)
     arch.check_guest_asm(text, name)
+    text = arch.prepare_guest_asm(text, base)
     try:
         ks = keystone.Ks(arch.ks_arch, arch.ks_mode)
         enc, _ = ks.asm(text, base)

@@ -166,6 +166,8 @@ class KernelCore:
             self.hooks.on_kernel_store(cpu, op.pa, op.size, op.new, op.what)
             self.mem.write_int(op.pa, op.size, op.new, bo)
             return cur
+        if t is s.KernelAtomic:
+            return op.fn()
         if t is s.SpinLock:
             if op.lock.owner == cpu:
                 raise KernelBug(f"cpu{cpu} takes {op.lock.name} it already holds (recursive spinlock)")

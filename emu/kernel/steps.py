@@ -54,6 +54,20 @@ class Xchg:
     what: str = ""
 
 
+@dataclass(frozen=True)
+class KernelAtomic:
+    """An atomic read-modify-write of kernel data that is not in guest memory.
+
+    Models an atomic op on a `struct page` field (s390's _refcount
+    allocation bits): `fn()` runs as this one step and its result is the
+    step's value. `fn` must look state up when called (through the kernel
+    it captures), not hold objects a machine snapshot would copy.
+    """
+
+    fn: Callable[[], Any]
+    what: str
+
+
 # ---- locks ------------------------------------------------------------------
 
 
