@@ -115,3 +115,4 @@ class PgAllocMixin:
 
 # Policies defined in their own modules register themselves on import.
 import emu.kernel.pgalloc_frag  # noqa: E402, F401
+import emu.kernel.pgalloc_s390  # noqa: E402, F401

@@ -1,0 +1,453 @@
+"""s390 (z/Architecture DAT): region/segment tables of 2048 entries, 2 KiB page tables.
+
+Owns every s390 bit (z/Architecture Principles of Operation, SA22-7832,
+chapter 3 "Dynamic Address Translation"; Linux
+arch/s390/include/asm/pgtable.h as of v6.5-v6.12), the DAT walk, the order
+of its checks, and the Unicorn/Keystone/Capstone glue for 64-bit guests.
+
+Linux's view, a 3-level user address space (asce_limit 4 TiB, what a new mm
+gets): pud = the region-third table (2048 x 8 B = 16 KiB, shift 31), pmd =
+the segment table (2048 x 8 B, shift 20), pte = the page table (256 x 8 B =
+2 KiB mapping 1 MiB). The ASCE (CR1) designates the region-third table
+with table length 3. Region and segment tables are four contiguous frames.
+
+Empty entries are not zero: an empty PTE is INVALID (0x400), an empty
+segment entry 0x20, an empty region-third entry TT=R3|I (0x24). There are
+no hardware referenced/changed bits in the tables: Linux keeps an old page
+INVALID and a clean page PROTECTed and makes them young/dirty in the fault
+handler. Invalidation is IPTE/IDTE, which purges the TLBs of every CPU as
+part of the instruction: a remote flush never waits for an interrupt.
+
+Page-table allocation (two 2 KiB tables per page up to v6.7, one per page
+from v6.8) is selected with `[arch_options] pgtable = "halves"` or
+`"full-page"`; the algorithms live in emu/kernel/pgalloc_s390.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import capstone
+import keystone
+import unicorn
+from unicorn import s390x_const as us
+
+from arch import UnknownArch
+from arch.base import (
+    PERM_R,
+    PERM_W,
+    PERM_X,
+    Access,
+    Arch,
+    CallConv,
+    Fault,
+    Level,
+    Prot,
+    PteRead,
+    Translation,
+    Walk,
+)
+
+MASK64 = (1 << 64) - 1
+
+# ---- page-table entry (PoP 3.3.2 "page-table entries"; pgtable.h _PAGE_*) ----
+PAGE_INVALID = 0x400  # hardware I
+PAGE_PROTECT = 0x200  # hardware P
+PAGE_NOEXEC = 0x100  # hardware IEP (instruction-execution protection)
+PAGE_BIT52 = 0x800  # must be zero for DAT (Linux: _PAGE_LARGE of hugetlb ptes)
+PAGE_PRESENT = 0x001  # software bits from here on
+PAGE_SOFT_DIRTY = 0x002
+PAGE_YOUNG = 0x004
+PAGE_DIRTY = 0x008
+PAGE_READ = 0x010
+PAGE_WRITE = 0x020
+PAGE_SPECIAL = 0x040
+PAGE_MASK = ~0xFFF & MASK64
+PTE_EMPTY = PAGE_INVALID
+
+# ---- segment-table entry (PoP 3.3.2; _SEGMENT_ENTRY_*) -------------------------
+SEG_ORIGIN = ~0x7FF & MASK64  # page-table origin: 2 KiB aligned
+SEG_LARGE_ORIGIN = ~0xFFFFF & MASK64  # segment-frame absolute address (EDAT-1)
+SEG_LARGE = 0x400  # FC: the entry maps a 1 MiB frame (EDAT-1)
+SEG_PROTECT = 0x200
+SEG_NOEXEC = 0x100
+SEG_INVALID = 0x20
+SEG_COMMON = 0x10  # CS: common segment, illegal in a private space
+SEG_TYPE = 0x0C  # TT: must be 00 in a segment-table entry
+# software bits of a large segment entry (v6.5-v6.12 values)
+SEG_DIRTY = 0x2000
+SEG_YOUNG = 0x1000
+SEG_SOFT_DIRTY = 0x4000
+SEG_READ = 0x0001
+SEG_WRITE = 0x0002
+SEG_EMPTY = SEG_INVALID
+SEG_BITS = 0xFFFF_FFFF_FFFF_FE33  # _SEGMENT_ENTRY_BITS: what a table pointer may hold
+
+# ---- region-table entry (PoP 3.3.2; _REGION_ENTRY_*) ----------------------------
+REG_ORIGIN = ~0xFFF & MASK64
+REG_LARGE_ORIGIN = ~0x7FFF_FFFF & MASK64  # region-frame absolute address (EDAT-2)
+REG_LARGE = 0x400  # FC in a region-third entry: a 2 GiB frame (EDAT-2)
+REG_PROTECT = 0x200
+REG_NOEXEC = 0x100
+REG_OFFSET = 0xC0  # TF: first valid quarter of the next table
+REG_INVALID = 0x20
+REG_COMMON = 0x10  # CR: common region, illegal in a private space
+REG_TYPE = 0x0C  # TT
+REG_TYPE_R3 = 0x04
+REG_LENGTH = 0x03  # TL: last valid quarter of the next table
+REG3_ENTRY = REG_TYPE_R3 | REG_LENGTH  # _REGION3_ENTRY: what pud_populate writes
+REG3_EMPTY = REG_TYPE_R3 | REG_INVALID
+REG_BITS = 0xFFFF_FFFF_FFFF_F22F  # _REGION_ENTRY_BITS
+
+# ---- ASCE (PoP 3.2.1.7 "address-space-control element"; _ASCE_*) ------------------
+ASCE_ORIGIN = ~0xFFF & MASK64
+ASCE_PRIVATE = 0x100
+ASCE_ALT_EVENT = 0x80
+ASCE_SPACE_SWITCH = 0x40
+ASCE_TYPE_R3 = 0x04
+ASCE_TABLE_LENGTH = 0x03
+# _ASCE_USER_BITS: every Linux user ASCE is a private space
+ASCE_USER_BITS = ASCE_SPACE_SWITCH | ASCE_PRIVATE | ASCE_ALT_EVENT
+
+# PSW mask: DAT on (T), extended + basic addressing (64-bit; without EA|BA
+# Unicorn truncates addresses to 24 bits).
+PSW_DAT = 1 << 58
+PSW_64BIT = 0x1_8000_0000
+# Control register 0: enhanced DAT 1 and instruction-execution protection.
+CR0_EDAT = 0x80_0000
+CR0_IEP = 0x10_0000
+
+# dump names: hardware bits upper case, Linux's software bits lower case
+_PTE_NAMES = ((PAGE_INVALID, "I"), (PAGE_PROTECT, "P"), (PAGE_NOEXEC, "IEP"), (PAGE_BIT52, "B52"),
+              (PAGE_PRESENT, "pr"), (PAGE_YOUNG, "y"), (PAGE_DIRTY, "d"), (PAGE_READ, "r"),
+              (PAGE_WRITE, "w"), (PAGE_SPECIAL, "sp"), (PAGE_SOFT_DIRTY, "sd"))
+_SEG_NAMES = ((SEG_LARGE, "FC"), (SEG_PROTECT, "P"), (SEG_NOEXEC, "IEP"), (SEG_INVALID, "I"),
+              (SEG_COMMON, "CS"))
+_SEG_LARGE_NAMES = ((SEG_YOUNG, "y"), (SEG_DIRTY, "d"), (SEG_READ, "r"), (SEG_WRITE, "w"),
+                    (SEG_SOFT_DIRTY, "sd"))
+_REG_NAMES = ((REG_LARGE, "FC"), (REG_PROTECT, "P"), (REG_NOEXEC, "IEP"), (REG_INVALID, "I"),
+              (REG_COMMON, "CR"))
+_REGS = {f"r{i}": getattr(us, f"UC_S390X_REG_R{i}") for i in range(16)}
+
+POLICIES = ("halves", "full-page")
+
+# A label definition at the start of a line, and a name token elsewhere.
+_LABEL_DEF = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
+_NAME = re.compile(r"(?<![\w.$%\\])([A-Za-z_.$][\w.$]*)(?![\w.$])")
+
+
+class S390(Arch):
+    name: ClassVar[str] = "s390"
+    page_size: ClassVar[int] = 4096
+    uc_page_size: ClassVar[int] = 4096
+    byteorder: ClassVar[str] = "big"
+    va_bits: ClassVar[int] = 42
+    levels: ClassVar[tuple[Level, ...]] = (
+        Level("pud", 31, 2048, 8),  # region-third table
+        Level("pmd", 20, 2048, 8),  # segment table
+        Level("pte", 12, 256, 8),  # page table
+    )
+    callconv: ClassVar[CallConv] = CallConv(
+        trap="svc 0", intno=2, nr_reg="r1",
+        arg_regs=("r2", "r3", "r4", "r5", "r6"), ret_reg="r2")
+    uc_arch: ClassVar[int] = unicorn.UC_ARCH_S390X
+    uc_mode: ClassVar[int] = unicorn.UC_MODE_BIG_ENDIAN
+    ks_arch: ClassVar[int] = keystone.KS_ARCH_SYSTEMZ
+    ks_mode: ClassVar[int] = keystone.KS_MODE_BIG_ENDIAN
+    cs_arch: ClassVar[int] = capstone.CS_ARCH_SYSZ
+    cs_mode: ClassVar[int] = capstone.CS_MODE_BIG_ENDIAN
+    # Text and stacks below 2 GiB share one region-third entry (one segment table).
+    code_base: ClassVar[int] = 0x0100_0000
+    stack_top: ClassVar[int] = 0x7F00_0000
+    word_size: ClassVar[int] = 8
+    # ARCH_ENABLE_SPLIT_PMD_PTLOCK (PGTABLE_LEVELS > 2), and split PTE locks
+    split_pmd_ptlocks: ClassVar[bool] = True
+    tlb_flush_kind: ClassVar[str] = "broadcast"  # IPTE/IDTE purge every CPU's TLB
+    rcu_table_free: ClassVar[bool] = True  # MMU_GATHER_RCU_TABLE_FREE, always
+    extra_tlb_sizes: ClassVar[tuple[int, ...]] = (1 << 31,)  # EDAT-2 region frames
+
+    def __init__(self, pgtable: str = "halves", edat: bool = True, iep: bool = True,
+                 **unknown: Any) -> None:
+        if unknown:
+            raise UnknownArch(f"s390 has no arch option {', '.join(sorted(unknown))!r} "
+                              "(it has pgtable, edat, iep)")
+        if pgtable not in POLICIES:
+            raise UnknownArch(f"s390 arch option pgtable must be one of {', '.join(POLICIES)}, "
+                              f"got {pgtable!r}")
+        # "halves": two 2 KiB tables per page (Linux <= 6.7); "full-page": one
+        # table per page (6.8+, d08d4e7cd6bf "s390/mm: use full 4KB page for 2KB PTE")
+        self.pgtable_policy = pgtable
+        # EDAT-1/-2 (large segment and region frames) and IEP are machine
+        # facilities Linux switches on in CR0 where installed (z10+, z14+).
+        self.edat = bool(edat)
+        self.iep = bool(iep)
+        self._init = {lv.name: self.empty_entry(lv.name).to_bytes(8, "big") * lv.entries
+                      for lv in self.levels}
+
+    # ---- root -------------------------------------------------------------
+    def alloc_root(self, alloc_table: Callable[[str, int], int],
+                   store: Callable[[int, int, int], None]) -> int:
+        # pgd_alloc() -> crst_table_alloc() + crst_table_init(_REGION3_ENTRY_EMPTY):
+        # 16 KiB, filled with empty entries by the allocator's table_init.
+        return alloc_table("pud", self.level("pud").table_bytes)
+
+    def asce(self, root: int) -> int:
+        """The ASCE Linux loads for a 3-level user mm (mm->context.asce)."""
+        return (root & ASCE_ORIGIN) | ASCE_USER_BITS | ASCE_TYPE_R3 | ASCE_TABLE_LENGTH
+
+    # ---- empty entries and new tables ---------------------------------------------
+    def empty_entry(self, level: str) -> int:
+        return {"pud": REG3_EMPTY, "pmd": SEG_EMPTY, "pte": PTE_EMPTY}[level]
+
+    def table_init(self, level: str) -> bytes | None:
+        return self._init[level]
+
+    # ---- Linux's view of entries ---------------------------------------------
+    def entry_none(self, level: str, val: int) -> bool:
+        return val == self.empty_entry(level)
+
+    def entry_present(self, level: str, val: int) -> bool:
+        if level == "pud":
+            return bool(val & REG_ORIGIN)  # pud_present(): an origin is there
+        if level == "pmd":
+            return val != SEG_EMPTY  # pmd_present()
+        return bool(val & PAGE_PRESENT)  # pte_present(): software bit
+
+    def mk_table_entry(self, level: str, table_pa: int) -> int:
+        if level == "pud":
+            return (table_pa & REG_ORIGIN) | REG3_ENTRY  # pud_populate()
+        return table_pa & SEG_ORIGIN  # pmd_populate(): _SEGMENT_ENTRY is 0
+
+    def table_pa(self, level: str, val: int) -> int:
+        return val & (REG_ORIGIN if level == "pud" else SEG_ORIGIN)
+
+    def entry_bad(self, level: str, val: int) -> bool:
+        if level == "pud":
+            typ = val & REG_TYPE
+            if typ > REG_TYPE_R3 or (typ == REG_TYPE_R3 and val & REG_LARGE):
+                return True  # pud_large(): a 2 GiB frame is no table
+            if typ < REG_TYPE_R3:
+                return False
+            return bool(val & ~REG_BITS)
+        if level == "pmd":
+            # pmd_bad(): a large entry is "bad" to table walkers, as on x86
+            if val & SEG_TYPE or val & SEG_LARGE:
+                return True
+            return bool(val & ~SEG_BITS)
+        return False
+
+    def mk_pte(self, pa: int, prot: Prot) -> int:
+        # mk_pte_phys() with PAGE_RO/RX/RW/RWX: present, readable, and both
+        # INVALID (old) and PROTECT (clean) until pte_mkyoung/pte_mkdirty;
+        # mk_pte_phys itself makes it young.
+        val = (pa & PAGE_MASK) | PAGE_PRESENT | PAGE_READ | PAGE_INVALID | PAGE_PROTECT
+        if prot.write:
+            val |= PAGE_WRITE
+        if not prot.exec and self.iep:
+            val |= PAGE_NOEXEC
+        return self.pte_mkyoung(val)
+
+    def pte_pa(self, val: int) -> int:
+        return val & PAGE_MASK
+
+    def pte_write(self, val: int) -> bool:
+        return bool(val & PAGE_WRITE)
+
+    def pte_mkyoung(self, val: int) -> int:
+        val |= PAGE_YOUNG
+        if val & PAGE_READ:
+            val &= ~PAGE_INVALID
+        return val
+
+    def pte_mkdirty(self, val: int) -> int:
+        val |= PAGE_DIRTY | PAGE_SOFT_DIRTY
+        if val & PAGE_WRITE:
+            val &= ~PAGE_PROTECT
+        return val
+
+    def pmd_trans_huge(self, val: int) -> bool:
+        return val != SEG_EMPTY and bool(val & SEG_LARGE)
+
+    def supports_huge_pmd(self) -> bool:
+        return self.edat  # a 1 MiB segment frame needs EDAT-1
+
+    def mk_pmd_huge(self, pa: int, prot: Prot) -> int:
+        # A THP segment entry, young and (if writable) dirty from the start:
+        # the model has no huge-pmd access-flag fault (huge_pmd_set_accessed),
+        # so it must not be left INVALID or PROTECTed for one.
+        val = (pa & SEG_LARGE_ORIGIN) | SEG_LARGE | SEG_READ | SEG_YOUNG
+        if prot.write:
+            val |= SEG_WRITE | SEG_DIRTY | SEG_SOFT_DIRTY
+        else:
+            val |= SEG_PROTECT
+        if not prot.exec and self.iep:
+            val |= SEG_NOEXEC
+        return val
+
+    def pmd_huge_pa(self, val: int) -> int:
+        return val & SEG_LARGE_ORIGIN
+
+    def describe_entry(self, level: str, val: int) -> str:
+        if val == self.empty_entry(level):
+            return "none"
+        if level == "pte":
+            names = [n for bit, n in _PTE_NAMES if val & bit]
+            return f"page {val & PAGE_MASK:#x} {'|'.join(names)}"
+        if level == "pmd":
+            if val & SEG_LARGE:
+                names = [n for bit, n in _SEG_NAMES + _SEG_LARGE_NAMES if val & bit]
+                return f"huge {val & SEG_LARGE_ORIGIN:#x} {'|'.join(names)}"
+            origin = val & SEG_ORIGIN
+            half = f" (2K half +{origin & 0xFFF:#x})"
+            names = [n for bit, n in _SEG_NAMES if val & bit]
+            return f"ptable {origin:#x}{half} {'|'.join(names)}".rstrip()
+        names = [n for bit, n in _REG_NAMES if val & bit]
+        tt = {0x0: "TT=0", 0x4: "R3", 0x8: "TT=R2", 0xC: "TT=R1"}[val & REG_TYPE]
+        tf, tl = (val & REG_OFFSET) >> 6, val & REG_LENGTH
+        return (f"segtable {val & REG_ORIGIN:#x} {tt} TF={tf} TL={tl} "
+                f"{'|'.join(names)}").rstrip()
+
+    # ---- the DAT walk -----------------------------------------------------------
+    def walk(self, root: int, va: int, access: Access, user: bool = True) -> Walk:
+        """DAT for a Linux user ASCE (region-third, TL=3, private space).
+
+        The checks are the PoP's, in its order: table lengths and invalid
+        bits give translation exceptions ("not-present"), a wrong table
+        type or a set must-be-zero bit a translation-specification
+        exception ("bad-entry"); protection is judged only once a frame
+        was found, from the P bits of every level (region P only with
+        EDAT-1) and the leaf's IEP bit.
+        """
+        pud_l, pmd_l, pte_l = self.levels
+        va &= MASK64
+        # Region-first/second indexes must be zero under a region-third ASCE
+        # (ASCE-type exception); the ASCE's TL=3 admits every region-third index.
+        if va >> self.va_bits:
+            return Fault(va, access, "pud", "bad-entry")
+        writable = True
+        rtte = yield PteRead(root + pud_l.index(va) * 8, 8, "pud")
+        if rtte & REG_INVALID:
+            return Fault(va, access, "pud", "not-present")
+        if rtte & REG_TYPE != REG_TYPE_R3:
+            return Fault(va, access, "pud", "bad-entry")
+        if self.edat and rtte & REG_COMMON:
+            return Fault(va, access, "pud", "bad-entry")  # common region in a private space
+        if self.edat and rtte & REG_PROTECT:
+            writable = False
+        if self.edat and rtte & REG_LARGE:
+            size = 1 << 31
+            return self._leaf(va, access, writable, rtte & REG_NOEXEC, rtte & REG_LARGE_ORIGIN,
+                              size, (root,), root + pud_l.index(va) * 8, "pud")
+        # The segment index's top two bits must lie in [TF, TL] of the entry.
+        quarter = (va >> (pmd_l.shift + 9)) & 3
+        if quarter < (rtte & REG_OFFSET) >> 6 or quarter > rtte & REG_LENGTH:
+            return Fault(va, access, "pmd", "not-present")
+        seg_table = rtte & REG_ORIGIN
+        ste_pa = seg_table + pmd_l.index(va) * 8
+        ste = yield PteRead(ste_pa, 8, "pmd")
+        if ste & SEG_INVALID:
+            return Fault(va, access, "pmd", "not-present")
+        if ste & SEG_TYPE or ste & SEG_COMMON:
+            return Fault(va, access, "pmd", "bad-entry")
+        if ste & SEG_PROTECT:
+            writable = False
+        if self.edat and ste & SEG_LARGE:
+            return self._leaf(va, access, writable, ste & SEG_NOEXEC, ste & SEG_LARGE_ORIGIN,
+                              1 << 20, (root, seg_table), ste_pa, "pmd")
+        page_table = ste & SEG_ORIGIN
+        pte_pa = page_table + pte_l.index(va) * 8
+        pte = yield PteRead(pte_pa, 8, "pte")
+        if pte & PAGE_INVALID:
+            return Fault(va, access, "pte", "not-present")
+        if pte & PAGE_BIT52:
+            return Fault(va, access, "pte", "bad-entry")
+        if pte & PAGE_PROTECT:
+            writable = False
+        return self._leaf(va, access, writable, pte & PAGE_NOEXEC, pte & PAGE_MASK, 4096,
+                          (root, seg_table, page_table), pte_pa, "pte")
+
+    def _leaf(self, va: int, access: Access, writable: bool, noexec: int, pa_base: int,
+              size: int, tables: tuple[int, ...], leaf_pa: int, level: str) -> Translation | Fault:
+        executable = not (self.iep and noexec)
+        if access == Access.WRITE and not writable:
+            return Fault(va, access, level, "protection")
+        if access == Access.FETCH and not executable:
+            return Fault(va, access, level, "protection")
+        perms = PERM_R | (PERM_W if writable else 0) | (PERM_X if executable else 0)
+        return Translation(va & ~(size - 1), pa_base, size, perms, tables, leaf_pa)
+
+    # ---- Unicorn glue -----------------------------------------------------------------
+    def reg(self, name: str) -> int:
+        return _REGS[name]
+
+    def setup_cpu(self, uc: unicorn.Uc, cpu_index: int, root: int) -> None:
+        # Translation is ours (UC_TLB_VIRTUAL): PSW DAT stays off so Unicorn
+        # never walks; CR1 holds the ASCE only to tell the story.
+        uc.reg_write(us.UC_S390X_REG_PSWM, PSW_64BIT)
+        uc.reg_write(us.UC_S390X_REG_CR1, self.asce(root))
+
+    def get_pc(self, uc: unicorn.Uc) -> int:
+        return uc.reg_read(us.UC_S390X_REG_PC)
+
+    def set_pc(self, uc: unicorn.Uc, pc: int) -> None:
+        uc.reg_write(us.UC_S390X_REG_PC, pc)
+
+    def set_sp(self, uc: unicorn.Uc, sp: int) -> None:
+        uc.reg_write(us.UC_S390X_REG_R15, sp)
+
+    def after_trap(self, uc: unicorn.Uc) -> None:
+        # Unicorn reports the svc with the PC still on it; step over its 2 bytes.
+        self.set_pc(uc, self.get_pc(uc) + 2)
+
+    # ---- guest assembly -------------------------------------------------------------------
+    def guest_asm_prelude(self) -> str:
+        # Keystone has no svc mnemonic: "svc N" becomes the instruction's bytes.
+        return ".macro svc num\n.byte 0x0a, \\num\n.endm\n"
+
+    def prepare_guest_asm(self, text: str, base: int) -> str:
+        """Compensate Keystone's SystemZ PC-relative fixups.
+
+        For a label operand of a PC-relative instruction (j, jne, brctg,
+        larl, brasl, jg, ...), Keystone encodes (target - 2 * pc) instead
+        of (target - pc), and it range-checks a numeric operand before
+        making it relative. So every label reference in an instruction is
+        rewritten as `label + pc`, the instruction's own address, measured
+        by assembling the text before it (s390 instruction lengths do not
+        depend on operand values). Directives (`.quad label`) get absolute
+        values right and are left alone.
+        """
+        lines = [line.split("#", 1)[0] for line in text.splitlines()]
+        labels = {m.group(1) for m in map(_LABEL_DEF.match, lines) if m}
+
+        def split(line: str) -> tuple[str, str, bool]:
+            m = _LABEL_DEF.match(line)
+            head, rest = (line[: m.end()], line[m.end():]) if m else ("", line)
+            refs = not rest.lstrip().startswith(".") and any(
+                t in labels for t in _NAME.findall(rest))
+            return head, rest, refs
+
+        def subst(rest: str, value: Callable[[str], str]) -> str:
+            return _NAME.sub(lambda t: value(t.group(1)) if t.group(1) in labels
+                             else t.group(1), rest)
+
+        # For measuring, references become 0 (forward ones would not assemble).
+        measured = []
+        for line in lines:
+            head, rest, refs = split(line)
+            measured.append(head + subst(rest, lambda _n: "0") if refs else line)
+        ks = keystone.Ks(self.ks_arch, self.ks_mode)
+        out = []
+        for i, line in enumerate(lines):
+            head, rest, refs = split(line)
+            if not refs:
+                out.append(line)
+                continue
+            try:
+                enc, _ = ks.asm("\n".join(measured[:i]) + "\n", base)
+            except keystone.KsError:
+                return text  # let the real assembly report the error
+            pc = base + len(enc or b"")
+            out.append(head + subst(rest, lambda n, pc=pc: f"({n} + {pc:#x})"))
+        return "\n".join(out) + "\n"
