@@ -93,7 +93,10 @@ class Machine(KernelHooks):
         self._build()
         self.kernel.__class__ = self._kernel_class
         if self._kernel_class.make_policy is not Kernel.make_policy:
-            self.kernel.policy = self.kernel.make_policy()
+            # a variant's policy takes over the tables the correct one built
+            policy = self.kernel.make_policy()
+            policy.__dict__.update(self.kernel.policy.__dict__)
+            self.kernel.policy = policy
         for c in checkers or []:
             self.add_checker(c)
         self._snapshot: Any = None

@@ -126,3 +126,31 @@ class FragSharedRcuHead:
                                 head=frame)
 
         return SharedHeadFragments()
+
+
+@variant("s390_free_page_early",
+         "s390 with two 2 KiB tables per 4 KiB page: freeing one half frees the whole "
+         "page at once, ignoring that the other half is still allocated or its free "
+         "still pending (what the AA/PP bits of pgalloc.c exist to prevent)")
+class S390FreePageEarly:
+    def make_policy(self: Kernel):  # noqa: ANN201
+        from emu.kernel.pgalloc_s390 import HalvesPolicy
+        from emu.kernel.variants import VariantError
+
+        base = super().make_policy()
+        if not isinstance(base, HalvesPolicy):
+            raise VariantError("s390_free_page_early needs s390 with [arch_options] pgtable = \"halves\"")
+
+        class EarlyFreeHalves(type(base)):
+            def page_table_free(self, k: Kernel, mm: MM, pa: int, deferred: bool) -> s.KernelGen:
+                lock, lst = self.context(mm)
+                frame, _bit = self.half_of(k, pa)
+                yield s.SpinLock(lock)
+                self.list_del_init(lst, frame)
+                yield s.SpinUnlock(lock)
+                if deferred:
+                    yield self.call_rcu_free(k, frame)
+                else:
+                    self.pte_free_now(k, frame, deferred=False)
+
+        return EarlyFreeHalves()
