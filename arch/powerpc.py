@@ -156,7 +156,8 @@ class PowerPC(Arch):
     ks_mode: ClassVar[int] = keystone.KS_MODE_PPC64 | keystone.KS_MODE_BIG_ENDIAN
     cs_arch: ClassVar[int] = capstone.CS_ARCH_PPC
     cs_mode: ClassVar[int] = capstone.CS_MODE_64 | capstone.CS_MODE_BIG_ENDIAN
-    code_base: ClassVar[int] = 0x0800_0000
+    # below every scenario VMA at k * pmd_size, also with hash's 16 MiB PMDs
+    code_base: ClassVar[int] = 0x0040_0000
     stack_top: ClassVar[int] = 0x7FFF_FFFF_0000
     word_size: ClassVar[int] = 8
     pgtable_policy: ClassVar[str] = "fragments"

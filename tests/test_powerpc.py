@@ -663,3 +663,18 @@ def test_fragments_of_one_page_share_the_split_ptlock():
     la = k.pte_lockptr(fm.m.mm, RADIX.mk_table_entry("pmd", a))
     lb = k.pte_lockptr(fm.m.mm, RADIX.mk_table_entry("pmd", b))
     assert la is lb
+
+
+@pytest.mark.parametrize("mmu", ["radix", "hash"])
+@pytest.mark.parametrize("sc_name", ["collapse_shmem", "retract_x86", "collapse_gup"])
+def test_collapse_scenarios_retract_fragments_cleanly(sc_name, mmu):
+    """retract_page_tables() + pte_free_defer() on fragments, under the scheduler."""
+    from emu.check import default_checkers
+    sc = scenario.load(sc_name)
+    sc.options = {"mmu": mmu}
+    sc.memory_mib = max(sc.memory_mib, 256 if mmu == "hash" else 64)  # 16 MiB THPs
+    for seed in range(3):
+        m = Machine(sc, arch="powerpc", checkers=default_checkers())
+        r = m.run(RandomStrategy(seed))
+        assert r.ok and set(r.exit_codes.values()) == {0}, (seed, r.violation, r.crashes)
+        assert audit(m.kernel) == []
