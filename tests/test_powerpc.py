@@ -391,6 +391,11 @@ def test_guest_faults_through_the_walker_set_rc_bits():
     tr = m.arch.translate_functional(m.mem.buf, m.root, 0x10000000, Access.READ)
     pte = m.kernel.read_entry_now(tr.leaf_pa, 8)
     assert pte & (p.R | p.C) == p.R | p.C and m.kernel.read_entry_now(tr.pa(0x10000000), 8) == 0x10000000
+    # each 64K translation serves Unicorn's 4K TLB pages: one entry per Linux page
+    sizes = {e.tr.size for c in m.cpus for e in c.tlb.values()}
+    assert sizes == {1 << 16}
+    heap = [va for c in m.cpus for va in c.tlb if 0x10000000 <= va < 0x14000000]
+    assert heap and all(va % (1 << 16) == 0 for va in heap)
 
 
 # ---- the fragment allocator -------------------------------------------------------------
@@ -566,6 +571,7 @@ def test_pte_free_defer_defers_only_the_last_free_of_the_page():
     assert not fm.k.rcu.callbacks
     fm.free(0, "free")  # the last one: test-and-clear PG_active -> call_rcu
     assert fm.m.frames.info(frame).state is FrameState.RCU_PENDING and len(fm.k.rcu.callbacks) == 1
+    assert fm.k.rcu.callbacks[0].head == frame, "the page's one rcu_head"
     fm.grace_period()
     assert fm.m.frames.info(frame).state is FrameState.FREE
 
@@ -678,3 +684,30 @@ def test_collapse_scenarios_retract_fragments_cleanly(sc_name, mmu):
         r = m.run(RandomStrategy(seed))
         assert r.ok and set(r.exit_codes.values()) == {0}, (seed, r.violation, r.crashes)
         assert audit(m.kernel) == []
+
+
+def test_one_walk_serves_all_sixteen_4k_unicorn_pages_of_a_64k_page():
+    """Unicorn's ppc TLB granule is 4 KiB: loads from 16 sub-pages of one 64K page
+    refill Unicorn's TLB from ptemu's one 64K entry, without walking again."""
+    text = """
+    [machine]
+    arch = "powerpc"
+    cpus = 1
+    memory_mib = 32
+
+    [[vma]]
+    start = 0x10000000
+    size = "page_size"
+    kind = "anon"
+    populate = true
+
+    [[cpu]]
+    program = "read_pages"
+    args = [0x10000000, 16, 4096, 2]
+    """
+    m = Machine(scenario.parse(textwrap.dedent(text), "<test>"))
+    r = m.run(RoundRobin())
+    assert r.ok and r.exit_codes == {0: 0}
+    leaf = m.arch.translate_functional(m.mem.buf, m.root, 0x10000000, Access.READ).leaf_pa
+    walks = [t for _, _, kind, t in m.trace.records if kind == "walk" and f"[{leaf:#x}]" in str(t)]
+    assert len(walks) == 1, walks

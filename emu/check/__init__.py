@@ -4,14 +4,18 @@
 told otherwise; each checker module owns one invariant.
 """
 
+from emu.check.accounting import Accounting
 from emu.check.base import Checker, Violation
 from emu.check.lockless_sync import LocklessSync
+from emu.check.stale_tlb import StaleTlb
 from emu.check.torn import TornRead
+from emu.check.uaf import UseAfterFree
 
 
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
-    return [TornRead(), LocklessSync()]
+    return [UseAfterFree(), StaleTlb(), TornRead(), LocklessSync(), Accounting()]
 
 
-__all__ = ["Checker", "LocklessSync", "TornRead", "Violation", "default_checkers"]
+__all__ = ["Accounting", "Checker", "LocklessSync", "StaleTlb", "TornRead", "UseAfterFree",
+           "Violation", "default_checkers"]

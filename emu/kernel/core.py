@@ -258,9 +258,10 @@ class KernelCore:
 
     # ---- lock lookup ---------------------------------------------------------------
     def lock_for(self, key: int, name: str) -> Spinlock:
+        """The split page-table lock embedded in the table page at `key`."""
         lock = self.ptlocks.get(key)
         if lock is None:
-            lock = self.ptlocks[key] = Spinlock(name)
+            lock = self.ptlocks[key] = Spinlock(name, page=key)
         return lock
 
     def rwsem(self, name: str) -> RwSem:

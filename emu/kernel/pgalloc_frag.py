@@ -197,9 +197,10 @@ class FragmentPolicy(TablePolicy):
 
     def _call_rcu_free(self, k: Kernel, frame: int) -> s.CallRcu:
         k.frames.set_state(frame, FrameState.RCU_PENDING, k.cpu, "fragment page: call_rcu(pte_free_now)")
-        # Look the policy up when the callback runs: snapshots copy it.
+        # The page's one pt_rcu_head. Look the policy up when the callback
+        # runs: snapshots copy it.
         return s.CallRcu(lambda: k.policy.pte_free_now(k, frame, deferred=True),
-                         f"pte_free_now: free fragment page {frame:#x}")
+                         f"pte_free_now: free fragment page {frame:#x}", head=frame)
 
     def _test_clear_active(self, frame: int) -> bool:
         page = self.pages[frame]

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 class Spinlock:
     """A non-recursive spinlock owned by one CPU at a time."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, page: int | None = None) -> None:
         self.name = name
         self.owner: int | None = None
+        # split ptlocks live in the table page's ptdesc: the page they protect
+        self.page = page
 
     def __repr__(self) -> str:
         return f"<{self.name}>"

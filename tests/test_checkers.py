@@ -1,0 +1,145 @@
+"""Each checker catches its bug and stays quiet on the correct code, same scenario."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from emu import scenario
+from emu.check import Accounting, StaleTlb, UseAfterFree, default_checkers
+from emu.check.base import Violation
+from emu.kernel import steps as s
+from emu.machine import Machine
+from emu.sched import RandomStrategy
+from emu.testing import Interleaving
+
+BASE = 0x1000_0000
+
+
+def shm_machine(variants=(), populate=4, cpus=2, programs=None, checkers=()) -> Machine:
+    progs = programs or [("touch", [BASE, 1, 4096])]
+    cpu_text = "".join(f"\n[[cpu]]\nprogram = \"{p}\"\nargs = {a!r}\n" for p, a in progs)
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = {cpus}
+    memory_mib = 32
+
+    [kernel]
+    variants = {list(variants)!r}
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "shmem"
+    populate = {populate}
+    """
+    sc = scenario.parse(textwrap.dedent(text).replace("'", '"') + cpu_text.replace("'", '"'), "<t>")
+    return Machine(sc, checkers=list(checkers))
+
+
+@pytest.mark.parametrize("variant", [(), ("pte_free_immediate",)])
+def test_use_after_free_of_a_retracted_table_by_an_rcu_reader(variant):
+    m = shm_machine(variant, checkers=[UseAfterFree()])
+    k = m.kernel
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    cache = m.mm.find_vma(BASE).file
+
+    def reader():
+        ptep = yield from k.pte_offset_map(pmd_pa, BASE)
+        value = yield s.Load(ptep, 8, "read pte under rcu")
+        yield from k.pte_unmap(ptep)
+        return value
+
+    def retract():
+        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
+        yield from k.retract_page_tables(cache, 0)
+
+    il = Interleaving(m)
+    il.start(0, reader())
+    il.start(1, retract())
+    il.run_until(0, lambda op: isinstance(op, s.Load) and op.what == "read pte under rcu")
+    il.run_while_runnable(1)
+    if variant:
+        with pytest.raises(Violation, match="freed frame") as exc:
+            il.finish()
+        assert exc.value.checker == "use-after-free" and "pte table freed" in str(exc.value)
+    else:
+        il.finish()
+
+
+class ZapWithoutFlush:
+    """Test-local bug: zap_pte_range releases pages without flushing TLBs."""
+
+    def zap_pte_range(self, mm, vma, pmd_pa, start, end):
+        a = self.arch
+        r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
+        if r is None:
+            return
+        ptep0, ptl = r
+        lv = a.level("pte")
+        released = []
+        for addr in range(start, end, a.page_size):
+            ptep = ptep0 + (lv.index(addr) - lv.index(start)) * lv.entry_size
+            cur = yield from self.read_entry("pte", ptep)
+            if a.pte_none(cur):
+                continue
+            yield from self.clear_entry("pte", ptep)
+            folio = self.folio_of(a.pte_pa(cur))
+            folio.unmap()
+            mm.rss[self.mm_counter_kind(folio)] -= 1
+            released.append(folio)
+        yield from self.pte_unmap_unlock(ptep0, ptl)
+        for folio in released:  # no flush_tlb_range() before the pages go
+            self.put_folio(folio)
+
+
+def run_guest(m: Machine, n: int) -> None:
+    for _ in range(n):
+        if not m.cpus[0].runnable():
+            return
+        m.cpus[0].step()
+        m.step += 1
+
+
+@pytest.mark.parametrize("buggy", [False, True])
+def test_stale_tlb_use_after_a_truncate_without_flush(buggy):
+    """cpu0 keeps reading page 0 (its TLB maps it); page 0 is truncated out of
+    the file and freed; with the flush cpu0 re-walks and faults, without it
+    cpu0 still reads the freed page through its TLB."""
+    m = shm_machine(populate=1, cpus=1, checkers=[StaleTlb()],
+                    programs=[("read_pages", [BASE, 1, 4096, 400])])
+    k = m.kernel
+    if buggy:
+        k.__class__ = type("BuggyKernel", (ZapWithoutFlush, type(k)), {})
+    cpu = m.cpus[0]
+    while cpu.tlb_lookup(BASE) is None:
+        run_guest(m, 1)
+    il = Interleaving(m)
+    il.start(0, k.truncate(m.mm.find_vma(BASE).file, 0))
+    il.finish()
+    if buggy:
+        with pytest.raises(Violation, match="TLB entry") as exc:
+            run_guest(m, 50)
+        assert exc.value.checker == "stale-tlb"
+    else:
+        run_guest(m, 50)  # faults (the file is empty now): SIGSEGV, no stale use
+        assert cpu.crash and "SIGSEGV" in cpu.crash
+
+
+def test_accounting_checker_flags_books_that_disagree_with_the_tables():
+    progs = [("madvise_dontneed", [BASE, 4096 * 2])]
+    good = shm_machine(populate=4, cpus=1, programs=progs, checkers=[Accounting()])
+    assert good.run(RandomStrategy(0)).violation is None
+    bad = shm_machine(populate=4, cpus=1, programs=progs, checkers=[Accounting()])
+    bad.mm.rss["shmem"] += 1  # the books say one page more than the tables map
+    r = bad.run(RandomStrategy(0))
+    assert r.violation is not None and r.violation.checker == "accounting"
+    assert "rss[shmem]" in r.violation.message
+
+
+def test_default_checkers_are_fresh_instances():
+    a, b = default_checkers(), default_checkers()
+    assert [type(x) for x in a] == [type(x) for x in b]
+    assert all(x is not y for x, y in zip(a, b, strict=True))
