@@ -447,6 +447,19 @@ class Sparc64(Arch):
                 if va < end and start < va + (1 << shift):
                     write(slot, 8, TSB_TAG_INVALID)
 
+    def tsb_entries(self, root: int, read: Callable[[int, int], int]) -> list[tuple[int, int, int]]:
+        """(va, size, tte) of every valid slot of both TSBs, for checks and tools."""
+        out = []
+        for base, shift in ((root + TSB_OFFSET, PAGE_SHIFT),
+                            (root + HUGE_TSB_OFFSET, REAL_HPAGE_SHIFT)):
+            for i in range(TSB_ENTRIES):
+                tag = read(base + i * TSB_ENTRY, 8)
+                if tag & (TSB_TAG_LOCK | TSB_TAG_INVALID):
+                    continue
+                va = (tag << REAL_HPAGE_SHIFT) | ((i << shift) & (REAL_HPAGE_SIZE - 1))
+                out.append((va, 1 << shift, read(base + i * TSB_ENTRY + 8, 8)))
+        return out
+
     # ---- Unicorn glue ---------------------------------------------------------------------
     def reg(self, name: str) -> int:
         return _REGS[name]

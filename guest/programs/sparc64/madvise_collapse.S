@@ -1,0 +1,18 @@
+! madvise_collapse(addr, len): MADV_COLLAPSE the range. exit(0) when it succeeded
+! or lost a race (-EAGAIN, which MADV_COLLAPSE may return); exit(1) otherwise.
+    mov SYS_madvise, %g1
+    mov 25, %o2                 ! MADV_COLLAPSE
+    ta 0x6d
+    brz %o0, done
+     nop
+    cmp %o0, -11                ! -EAGAIN
+    bne %xcc, failed
+     nop
+done:
+    mov SYS_exit, %g1
+    mov 0, %o0
+    ta 0x6d
+failed:
+    mov SYS_exit, %g1
+    mov 1, %o0
+    ta 0x6d
