@@ -165,7 +165,10 @@ class PowerPC(Arch):
     tlb_flush_kind: ClassVar[str] = "broadcast"  # tlbie reaches every CPU in hardware
     rcu_table_free: ClassVar[bool] = True
 
-    def __init__(self, mmu: str = "radix") -> None:
+    def __init__(self, mmu: str = "radix", **unknown: object) -> None:
+        if unknown:
+            raise UnknownArch(f"powerpc has no arch option {', '.join(sorted(unknown))!s} "
+                              "(known: mmu = \"radix\" | \"hash\")")
         if mmu not in GEOMETRY:
             raise UnknownArch(f"powerpc mmu must be 'radix' or 'hash', got {mmu!r}")
         self.mmu = mmu

@@ -351,6 +351,8 @@ def test_hash_serializing_pmd_and_thp():
 def test_bad_mmu_option_is_a_clean_error():
     with pytest.raises(UnknownArch):
         get_arch("powerpc", mmu="book3e")
+    with pytest.raises(UnknownArch, match="no arch option"):
+        get_arch("powerpc", mmu="radix", pagesize=4096)
 
 
 def test_bare_register_names_are_refused_with_a_hint():
