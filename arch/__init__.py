@@ -46,4 +46,11 @@ def get_arch(name: str, **options: object) -> Arch:
     if importlib.util.find_spec(module_name) is None:
         raise UnknownArch(f"arch {name!r} is not built into this ptemu yet")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError:
+        import inspect
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        raise UnknownArch(
+            f"arch {name!r} does not take arch_options {sorted(options)}; "
+            f"it takes {', '.join(params) if params else 'none'}") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from arch.base import Access, Prot, Translation
+from arch.base import Access, Prot
 from emu.hypercall import (
     EEXIST,
     EFAULT,
@@ -34,6 +34,31 @@ MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
 
 
+def user_page_pa(m: Machine, va: int) -> int | None:
+    """Where a user write to `va` lands, by Linux's view of the tables (pte_write,
+    not the hardware's dirty-tracking bits), or None if it would not be allowed."""
+    a, k = m.arch, m.kernel
+    vma = m.mm.find_vma(va)
+    if vma is None or not vma.prot.write:
+        return None
+    table = m.root
+    names = [lv.name for lv in a.levels]
+    for name in names[: names.index("pmd")]:
+        val = k.read_entry_now(k.entry_addr(name, table, va), a.level(name).entry_size)
+        if a.entry_none(name, val) or not a.entry_present(name, val):
+            return None
+        table = a.table_pa(name, val)
+    pmd = k.read_entry_now(k.entry_addr("pmd", table, va), a.level("pmd").entry_size)
+    if a.entry_none("pmd", pmd):
+        return None
+    if a.pmd_trans_huge(pmd):
+        return a.pmd_huge_pa(pmd) + va % a.pmd_size
+    pte = k.read_entry_now(k.entry_addr("pte", a.table_pa("pmd", pmd), va), a.level("pte").entry_size)
+    if not a.pte_present(pte) or a.pte_none(pte) or not a.pte_write(pte):
+        return None
+    return a.pte_pa(pte) + va % a.page_size
+
+
 def copy_to_user(m: Machine, addr: int, values: list[int], width: int) -> None:
     """Write words to guest memory through the guest's own mapping, or -EFAULT."""
     a = m.arch
@@ -42,11 +67,11 @@ def copy_to_user(m: Machine, addr: int, values: list[int], width: int) -> None:
     off = 0
     while off < len(data):
         va = addr + off
-        tr = a.translate_functional(m.mem.buf, m.root, va, Access.WRITE, True)
-        if not isinstance(tr, Translation):
-            raise HypercallError(EFAULT, f"output buffer {va:#x} not mapped writable ({tr.reason})")
+        pa = user_page_pa(m, va)
+        if pa is None or pa + min(len(data) - off, a.page_size) > m.mem.size:
+            raise HypercallError(EFAULT, f"output buffer {va:#x} not mapped writable")
         chunk = min(len(data) - off, a.page_size - va % a.page_size)
-        m.mem.write(tr.pa(va), data[off: off + chunk])
+        m.mem.write(pa, data[off: off + chunk])
         off += chunk
 
 

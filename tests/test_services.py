@@ -69,3 +69,26 @@ def test_madvise_collapse_racing_a_toucher_ends_pmd_mapped_with_exact_accounting
         assert m.arch.pmd_trans_huge(k.read_entry_now(pmd_pa, 8))
         assert audit(k) == []
         assert m.mm.rss["shmem"] == m.arch.pmd_size // m.arch.page_size
+
+
+def test_copy_to_user_follows_linux_write_permission_not_hardware_dirty_bits():
+    """Regression: on sparc64 a clean writable page has its hardware W bit clear
+    until the first write fault; copy_to_user() (used by gup_fast's output)
+    returned -EFAULT for it instead of writing, as Linux would after its fault."""
+    from arch.base import Access, Fault
+    from emu.services import user_page_pa
+    text = CALL.format(args="[2]").replace('"x86-pae"', '"sparc64"').replace("populate = 2", "")
+    m = Machine(scenario.parse(textwrap.dedent(text), "<test>"))
+    m.run_kernel_now(m.kernel.handle_mm_fault(BASE_SHM, Access.READ), "read fault")
+    assert isinstance(m.arch.translate_functional(m.mem.buf, m.root, BASE_SHM, Access.WRITE), Fault)
+    assert user_page_pa(m, BASE_SHM) is not None
+
+
+def test_arch_options_for_another_arch_are_one_line_errors(capsys):
+    from emu.cli import main
+    assert main(["run", "touch_ppc_hash", "--arch", "sparc64"]) == 2
+    err = capsys.readouterr().err
+    assert "arch_options" in err and "Traceback" not in err
+
+
+BASE_SHM = 0x10000000
