@@ -359,6 +359,9 @@ class Arch(ABC):
     # True where TLB misses are refilled by a software handler running with
     # IRQs off (sparc64 TSB miss, powerpc hash_page), not by a hardware walker.
     software_walker: ClassVar[bool] = False
+    # Does pmdp_collapse_flush() wait out such software walkers itself?
+    # (book3s64 hash: serialize_against_pte_lookup() sends an IPI to all CPUs)
+    collapse_flush_serializes: ClassVar[bool] = False
     # MMU_GATHER_RCU_TABLE_FREE: detached tables are freed after an RCU grace
     # period (ppc, s390, sparc64 SMP, x86 PARAVIRT), not right after the flush.
     rcu_table_free: ClassVar[bool] = True

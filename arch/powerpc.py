@@ -175,6 +175,7 @@ class PowerPC(Arch):
         self.levels = GEOMETRY[mmu]
         # hash_page() refills from the Linux tables in software, IRQs off
         self.software_walker = mmu == "hash"
+        self.collapse_flush_serializes = mmu == "hash"
         self._child = {p.name: c for p, c in zip(self.levels, self.levels[1:], strict=False)}
 
     # ---- root -------------------------------------------------------------

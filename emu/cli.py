@@ -54,11 +54,15 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     from emu.check import default_checkers
     from emu.kernel.core import KernelBug
     from emu.machine import Machine
+    from emu.physmem import PhysMemError
     sc = scenario.load(args.scenario)
     try:
         return Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
     except KernelBug as exc:
         raise SetupFailure(f"{sc.source}: kernel model failed during setup: {exc}") from None
+    except PhysMemError as exc:
+        raise UsageError(f"{sc.source}: machine.memory_mib: {sc.memory_mib} MiB is not enough "
+                         f"to set this scenario up ({exc})") from None
 
 
 def make_strategy(args: argparse.Namespace):  # noqa: ANN201

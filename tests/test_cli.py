@@ -51,3 +51,12 @@ def test_pgtable_dump_shows_each_level(capsys):
     out = capsys.readouterr().out
     for level in ("pgd", "pmd", "pte"):
         assert f"│ {level} " in out
+
+
+def test_a_scenario_too_big_for_its_memory_is_a_one_line_error(tmp_path, capsys):
+    f = tmp_path / "s.toml"
+    f.write_text("[machine]\narch='x86-pae'\ncpus=1\nmemory_mib=1\n[[vma]]\nstart=0x10000000\n"
+                 "size=0x400000\npopulate=true\n[[cpu]]\nprogram='touch'\nargs=[0x10000000,1,4096]\n")
+    assert main(["run", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "memory_mib" in err and "Traceback" not in err

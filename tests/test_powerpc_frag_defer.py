@@ -84,3 +84,34 @@ def test_two_fragments_of_one_page_deferred_in_one_grace_period(variant):
     assert k.frames.info(frame).state is FrameState.PGTABLE
     il.pass_grace_period()
     assert audit(k) == []
+
+
+@pytest.mark.parametrize("variant", [(), ("pte_free_immediate",)])
+def test_reader_of_a_fragment_freed_inside_a_live_page_is_caught(variant):
+    """pte_free() of one fragment leaves the page (other tables live in it): a
+    reader still holding that fragment reads freed memory all the same."""
+    from emu.check import UseAfterFree
+    from emu.check.base import Violation
+    from emu.kernel import steps as s
+    m = build(variant)
+    m.add_checker(UseAfterFree())
+    k, a = m.kernel, m.arch
+    base = 8 * a.pmd_size
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, base, alloc=False), "pmd")
+
+    def reader():
+        ptep = yield from k.pte_offset_map(pmd_pa, base)
+        value = yield s.Load(ptep, 8, "read pte under rcu")
+        yield from k.pte_unmap(ptep)
+        return value
+
+    il = Interleaving(m)
+    il.start(0, reader())
+    il.start(1, retract(m, base))
+    il.run_until(0, lambda op: isinstance(op, s.Load) and op.what == "read pte under rcu")
+    il.run_while_runnable(1)
+    if variant:
+        with pytest.raises(Violation, match="fragment that was freed"):
+            il.finish()
+    else:
+        il.finish()

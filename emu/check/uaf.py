@@ -37,6 +37,29 @@ class UseAfterFree(Checker):
         except PhysMemError:
             return None
 
+    def _fragment_freed(self, pa: int, fi: FrameInfo) -> str | None:
+        """Where tables share a frame, the state of the sub-table holding `pa` if freed."""
+        if not fi.subtables:
+            return None
+        off = pa % self.m.frames.frame_size
+        starts = [o for o in fi.subtables if o <= off]
+        if not starts:
+            return None
+        state = fi.subtables[max(starts)]
+        return state if state in ("freed", "free") else None
+
+    def _check_read(self, who: str, cpu: int, pa: int) -> None:
+        fi = self._info(pa)
+        if fi is None:
+            return
+        if fi.state is FrameState.FREE:
+            self._freed(who, cpu, pa, fi)
+        elif fi.state is FrameState.PGTABLE and self._fragment_freed(pa, fi):
+            raise self.fail(f"{who} on cpu{cpu} touched {pa:#x}, in a page-table fragment "
+                            f"that was freed (its page lives on for other tables). "
+                            f"Frame history: {frame_story(fi)}",
+                            cpu=cpu, frame=pa - pa % self.m.frames.frame_size)
+
     def _freed(self, who: str, cpu: int, pa: int, fi: FrameInfo) -> None:
         st = self.m.kernel.cpus[cpu]
         since = st.reader_since()
@@ -48,19 +71,13 @@ class UseAfterFree(Checker):
                         cpu=cpu, frame=pa - pa % self.m.frames.frame_size)
 
     def on_walker_read(self, cpu: int, pa: int, size: int, value: int, level: str) -> None:
-        fi = self._info(pa)
-        if fi is not None and fi.state is FrameState.FREE:
-            self._freed(f"the page-table walker reading a {level} entry", cpu, pa, fi)
+        self._check_read(f"the page-table walker reading a {level} entry", cpu, pa)
 
     def on_walker_write(self, cpu: int, pa: int, size: int, value: int, level: str) -> None:
-        fi = self._info(pa)
-        if fi is not None and fi.state is FrameState.FREE:
-            self._freed(f"the walker's A/D-bit write to a {level} entry", cpu, pa, fi)
+        self._check_read(f"the walker's A/D-bit write to a {level} entry", cpu, pa)
 
     def on_kernel_load(self, cpu: int, pa: int, size: int, value: int, what: str) -> None:
-        fi = self._info(pa)
-        if fi is not None and fi.state is FrameState.FREE:
-            self._freed(f"a kernel load ({what or 'load'})", cpu, pa, fi)
+        self._check_read(f"a kernel load ({what or 'load'})", cpu, pa)
 
     def on_kernel_store(self, cpu: int, pa: int, size: int, value: int, what: str) -> None:
         fi = self._info(pa)

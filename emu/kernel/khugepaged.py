@@ -67,6 +67,10 @@ class KhugepagedMixin:
         old = yield from self.read_entry("pmd", pmd_pa, "pmdp_collapse_flush")
         yield from self.clear_entry("pmd", pmd_pa, "pmdp_collapse_flush")
         yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size)
+        if self.arch.collapse_flush_serializes:
+            # book3s64 hash: serialize_against_pte_lookup() IPIs every CPU and
+            # waits for IRQs-off hash_page() walks still using the old table
+            yield s.TlbRemoveTableSyncOne()
         return old
 
     def rw_nolock_pmd_same(self: Kernel, pmd_pa: int, pmdval: int) -> s.KernelGen:
