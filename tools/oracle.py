@@ -57,6 +57,10 @@ class OracleCase:
 BUILDERS: dict[str, Callable[[random.Random, Arch, int], OracleCase]] = {}
 SETUPS: dict[str, Callable[[unicorn.Uc, int], None]] = {}
 USER_MODE: dict[str, bool] = {}  # does the oracle CPU run in user mode?
+# Arch options the compared walker runs with (the facilities Unicorn's CPU
+# has), and a Unicorn CPU model to select before the CPU is created.
+ARCH_OPTIONS: dict[str, dict[str, object]] = {}
+CPU_MODELS: dict[str, int] = {}
 
 
 def compare(arch_name: str, n: int, seed: int = 1) -> tuple[int, list[str]]:
@@ -64,11 +68,13 @@ def compare(arch_name: str, n: int, seed: int = 1) -> tuple[int, list[str]]:
     if arch_name not in BUILDERS:
         load_plugins()
     rng = random.Random(seed)
-    arch = get_arch(arch_name)
+    arch = get_arch(arch_name, **ARCH_OPTIONS.get(arch_name, {}))
     mem_size = 16 << 20
     case = BUILDERS[arch_name](rng, arch, mem_size)
     buf = ctypes.create_string_buffer(bytes(case.mem), mem_size)
     uc = unicorn.Uc(arch.uc_arch, arch.uc_mode)
+    if arch_name in CPU_MODELS:
+        uc.ctl_set_cpu_model(CPU_MODELS[arch_name])
     uc.ctl_set_tcg_buffer_size(16 << 20)
     uc.mem_map_ptr(0, mem_size, unicorn.UC_PROT_ALL, ctypes.addressof(buf))
     SETUPS[arch_name](uc, case.root)

@@ -409,7 +409,9 @@ class HalvesPolicy(S390Policy):
             fi = k.frames.info(frame)
             if page.bits & ~(AA | PP):
                 problems.append(f"page {frame:#x}: stray _refcount bits {page.bits:#04x}")
-            if fi.state is not FrameState.PGTABLE:
+            waiting = fi.state is FrameState.RCU_PENDING and not page.bits and not page.active
+            if fi.state is not FrameState.PGTABLE and not waiting:
+                # an emptied page waits for pte_free_now, else it is a table page
                 problems.append(f"page {frame:#x} holds tables but is {fi.state.value}")
             for bit in (0, 1):
                 state = fi.subtables.get(bit * self.half_size(k))
