@@ -20,6 +20,10 @@ populate = false        # fault every page in at setup (or an integer: the first
 [[cpu]]
 program = "touch"       # guest/programs/<arch>/<program>.S
 args = [0x10000000, 512, "page_size"]
+
+[expect]                # for tools/results_table.py
+arches = ["x86-pae"]    # the arches this scenario is meant for
+caught = ["pte_free_immediate", "no_lockless_sync@x86-pae"]  # variants it must catch
 ```
 
 Every problem is a `ScenarioError` naming the file, the key and the reason.
@@ -213,11 +217,18 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
     if not programs:
         raise ScenarioError(source, "cpu", "no [[cpu]] program given")
+    expect = _get(doc, "expect", dict, source, "", {})
+    _check_keys(expect, {"arches", "caught"}, source, "expect")
+    for key in ("arches", "caught"):
+        items = _get(expect, key, list, source, "expect", [])
+        for j, item in enumerate(items):
+            if not isinstance(item, str):
+                raise ScenarioError(source, f"expect.{key}[{j}]", "expected a string")
     return Scenario(source, arch, cpus, mem, vmas, programs, list(variants), override,
                     base_dir or Path.cwd(),
                     options=_get(doc, "arch_options", dict, source, "", {}),
                     explore=_get(doc, "explore", dict, source, "", {}),
-                    expect=_get(doc, "expect", dict, source, "", {}),
+                    expect=expect,
                     description=_get(doc, "description", str, source, "", ""))
 
 
