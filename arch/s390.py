@@ -158,8 +158,9 @@ class S390(Arch):
     ks_mode: ClassVar[int] = keystone.KS_MODE_BIG_ENDIAN
     cs_arch: ClassVar[int] = capstone.CS_ARCH_SYSZ
     cs_mode: ClassVar[int] = capstone.CS_MODE_BIG_ENDIAN
-    # Text and stacks below 2 GiB share one region-third entry (one segment table).
-    code_base: ClassVar[int] = 0x0100_0000
+    # Text and stacks below 2 GiB share one region-third entry (one segment table);
+    # scenarios place their VMAs in the first few dozen MiB.
+    code_base: ClassVar[int] = 0x0800_0000
     stack_top: ClassVar[int] = 0x7F00_0000
     word_size: ClassVar[int] = 8
     # ARCH_ENABLE_SPLIT_PMD_PTLOCK (PGTABLE_LEVELS > 2), and split PTE locks
@@ -410,44 +411,72 @@ class S390(Arch):
         """Compensate Keystone's SystemZ PC-relative fixups.
 
         For a label operand of a PC-relative instruction (j, jne, brctg,
-        larl, brasl, jg, ...), Keystone encodes (target - 2 * pc) instead
-        of (target - pc), and it range-checks a numeric operand before
-        making it relative. So every label reference in an instruction is
-        rewritten as `label + pc`, the instruction's own address, measured
-        by assembling the text before it (s390 instruction lengths do not
-        depend on operand values). Directives (`.quad label`) get absolute
-        values right and are left alone.
+        larl, jg, ...) Keystone's encoding is short by `base` plus the bytes
+        of all instructions (not data) before the branch; a numeric operand
+        it range-checks before making it relative. So every label reference
+        in an instruction becomes `(label + base + I)`, with I measured by
+        assembling the instructions before it (s390 instruction lengths do
+        not depend on operand values). Data directives, and macros made of
+        them (`svc`), do not count; `.quad label` is encoded right as is.
         """
         lines = [line.split("#", 1)[0] for line in text.splitlines()]
         labels = {m.group(1) for m in map(_LABEL_DEF.match, lines) if m}
+        if not labels:
+            return text
+        data_macros: set[str] = set()
+        macro: list[str] | None = None
+        kind: list[str] = []  # per line: "macro" (a definition), "data" or "insn"
+        for line in lines:
+            words = line.split()
+            if words and words[0] == ".macro":
+                macro = words[1:2]
+                body: list[str] = []
+                kind.append("macro")
+            elif macro is not None:
+                if words and words[0] == ".endm":
+                    if body and all(w.startswith(".") for w in body):
+                        data_macros.add(macro[0])
+                    macro = None
+                elif words:
+                    body.append(words[0])
+                kind.append("macro")
+            else:
+                m = _LABEL_DEF.match(line)
+                rest = (line[m.end():] if m else line).split()
+                is_data = bool(rest) and (rest[0].startswith(".") or rest[0] in data_macros)
+                kind.append("data" if is_data else "insn")
 
-        def split(line: str) -> tuple[str, str, bool]:
+        def refs(line: str) -> tuple[str, str] | None:
             m = _LABEL_DEF.match(line)
             head, rest = (line[: m.end()], line[m.end():]) if m else ("", line)
-            refs = not rest.lstrip().startswith(".") and any(
-                t in labels for t in _NAME.findall(rest))
-            return head, rest, refs
+            if any(t in labels for t in _NAME.findall(rest)):
+                return head, rest
+            return None
 
-        def subst(rest: str, value: Callable[[str], str]) -> str:
-            return _NAME.sub(lambda t: value(t.group(1)) if t.group(1) in labels
+        def subst(rest: str, value: str) -> str:
+            return _NAME.sub(lambda t: value.format(t.group(1)) if t.group(1) in labels
                              else t.group(1), rest)
 
-        # For measuring, references become 0 (forward ones would not assemble).
+        # Instructions only, label references as 0 (forward ones would not assemble).
         measured = []
-        for line in lines:
-            head, rest, refs = split(line)
-            measured.append(head + subst(rest, lambda _n: "0") if refs else line)
+        for line, k in zip(lines, kind, strict=True):
+            r = refs(line) if k == "insn" else None
+            if k == "data":
+                m = _LABEL_DEF.match(line)
+                measured.append(line[: m.end()] if m else "")
+            else:
+                measured.append(r[0] + subst(r[1], "0") if r else line)
         ks = keystone.Ks(self.ks_arch, self.ks_mode)
         out = []
-        for i, line in enumerate(lines):
-            head, rest, refs = split(line)
-            if not refs:
+        for i, (line, k) in enumerate(zip(lines, kind, strict=True)):
+            r = refs(line) if k == "insn" else None
+            if r is None:
                 out.append(line)
                 continue
             try:
                 enc, _ = ks.asm("\n".join(measured[:i]) + "\n", base)
             except keystone.KsError:
                 return text  # let the real assembly report the error
-            pc = base + len(enc or b"")
-            out.append(head + subst(rest, lambda n, pc=pc: f"({n} + {pc:#x})"))
+            skew = base + len(enc or b"")
+            out.append(r[0] + subst(r[1], "({} + " + f"{skew:#x})"))
         return "\n".join(out) + "\n"
