@@ -143,3 +143,34 @@ def test_default_checkers_are_fresh_instances():
     a, b = default_checkers(), default_checkers()
     assert [type(x) for x in a] == [type(x) for x in b]
     assert all(x is not y for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("variant", [(), ("no_pmd_same_recheck",)])
+def test_detached_table_checker_on_adjust_pte_racing_reclaim(variant):
+    """arm's adjust_pte (aliasing switched on over x86 tables): without the
+    pmd_same() recheck it reads the alias's table after MADV_DONTNEED
+    detached it, holding that table's ptl."""
+    import sys
+    from pathlib import Path
+
+    from arch.base import Access
+    from emu.check import DetachedTable
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_kernel_contracts import BASE as CBASE
+    from test_kernel_contracts import is_op, pmd_of, two_mappings
+    m = two_mappings(variant)
+    m.add_checker(DetachedTable())
+    k = m.kernel
+    b = CBASE + 2 * m.arch.pmd_size
+    b_ptl = k.pte_lockptr(m.mm, k.read_entry_now(pmd_of(m, b), 8))
+    il = Interleaving(m)
+    il.start(0, k.handle_mm_fault(CBASE, Access.READ))
+    il.start(1, k.madvise_dontneed(m.mm, b, b + m.arch.pmd_size))
+    il.run_until(0, is_op(s.SpinLock, b_ptl))
+    il.run_while_runnable(1)
+    if variant:
+        with pytest.raises(Violation, match="skipped the pmd_same") as exc:
+            il.finish()
+        assert exc.value.checker == "detached-table"
+    else:
+        il.finish()

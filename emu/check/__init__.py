@@ -6,6 +6,7 @@ told otherwise; each checker module owns one invariant.
 
 from emu.check.accounting import Accounting
 from emu.check.base import Checker, Violation
+from emu.check.detached import DetachedTable
 from emu.check.lockless_sync import LocklessSync
 from emu.check.stale_tlb import StaleTlb
 from emu.check.torn import TornRead
@@ -14,8 +15,8 @@ from emu.check.uaf import UseAfterFree
 
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
-    return [UseAfterFree(), StaleTlb(), TornRead(), LocklessSync(), Accounting()]
+    return [UseAfterFree(), DetachedTable(), StaleTlb(), TornRead(), LocklessSync(), Accounting()]
 
 
-__all__ = ["Accounting", "Checker", "LocklessSync", "StaleTlb", "TornRead", "UseAfterFree",
+__all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "StaleTlb", "TornRead", "UseAfterFree",
            "Violation", "default_checkers"]

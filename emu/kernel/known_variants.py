@@ -67,12 +67,17 @@ class CollapseNoClear:
 
 
 @variant("free_before_flush",
-         "an empty PTE table is freed before the TLB flush has reached the other "
-         "CPUs: a walk in flight or a TLB entry built from it outlives the table "
+         "munmap (or empty-table reclaim) frees a detached PTE table before the TLB "
+         "flush has reached the other CPUs: on arches that free tables right after "
+         "the flush (arm 2-level), a walk still in flight reads the freed table "
          "(the ordering tlb_finish_mmu() exists for)")
 class FreeBeforeFlush:
-    def flush_and_free_table(self: Kernel, mm: MM, addr: int, table: int) -> s.KernelGen:
-        yield from self.tlb_remove_table(mm, table)
+    def flush_and_free_table(self: Kernel, mm: MM, addr: int, table: int,
+                             rcu: bool = False) -> s.KernelGen:
+        if rcu:
+            yield from self.policy.free_defer(self, mm, table, "pte")
+        else:
+            yield from self.tlb_remove_table(mm, table)
         yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
 
 

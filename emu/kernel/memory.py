@@ -103,8 +103,21 @@ class MemoryMixin:
                 continue
             table = a.table_pa("pmd", pmdval)
             yield from self.clear_entry("pmd", pmd_pa, "free_pgtables: pmd_clear")
-            yield s.TlbFlushRange(addr, addr + pmd_size)
             self.mm_dec_nr_ptes(mm)
+            yield from self.flush_and_free_table(mm, addr, table)
+
+    def flush_and_free_table(self: Kernel, mm: MM, addr: int, table: int,
+                             rcu: bool = False) -> s.KernelGen:
+        """tlb_finish_mmu(): flush every CPU's TLB for the range, then free the table.
+
+        The flush comes first: on arches that free tables right after it (no
+        RCU table freeing), its IPI is what waits out walks still in flight.
+        `rcu` forces an RCU-deferred free whatever the arch's mmu_gather does.
+        """
+        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
+        if rcu:
+            yield from self.policy.free_defer(self, mm, table, "pte")
+        else:
             yield from self.tlb_remove_table(mm, table)
 
     def tlb_remove_table(self: Kernel, mm: MM, table: int) -> s.KernelGen:

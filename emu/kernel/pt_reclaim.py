@@ -7,7 +7,8 @@ read side of mmap_lock is held, so `pte_offset_map_rw_nolock()` users such
 as arm's `adjust_pte()` can be holding the table: they must recheck
 `pmd_same()` under the ptl. The table is freed through the arch's
 mmu_gather path after the TLB flush (RCU-deferred where the arch frees
-tables by RCU).
+tables by RCU). ptemu reclaims on every arch: where the arch's mmu_gather
+would free at once, the reclaimed table is still freed after a grace period.
 """
 
 from __future__ import annotations
@@ -68,10 +69,7 @@ class PtReclaimMixin:
         if not empty:
             return False
         self.mm_dec_nr_ptes(mm)
-        yield from self.flush_and_free_table(mm, addr, table)
+        # Linux only reclaims where tables are freed by RCU (PT_RECLAIM depends
+        # on MMU_GATHER_RCU_TABLE_FREE): pte_offset_map() users may hold it.
+        yield from self.flush_and_free_table(mm, addr, table, rcu=True)
         return True
-
-    def flush_and_free_table(self: Kernel, mm: MM, addr: int, table: int) -> s.KernelGen:
-        """tlb_finish_mmu(): flush every CPU's TLB for the range, then free the table."""
-        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
-        yield from self.tlb_remove_table(mm, table)

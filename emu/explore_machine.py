@@ -1,0 +1,203 @@
+"""A machine made for running thousands of schedules: cheap reset, footprints.
+
+`ExploreMachine` is a `Machine` whose `reset()` costs what the last run
+touched, not what the machine holds: physical memory comes back page by page
+(only pages written since the snapshot: by host code through `PhysMem.write`,
+or by guest code through a writable translation handed to Unicorn), and
+frame metadata frame by frame (only frames the allocator handed out, freed,
+relabelled or was asked about). The rest of the kernel model's Python state
+is restored as `Machine.reset()` does it.
+
+It can also log every physical access and allocator event of a step (for
+the exhaustive strategy's partial-order reduction), and skip the end-of-run
+trace and memory hashes that exploration never looks at.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from arch.base import PERM_W, Access, MemoryImage
+from emu.cpu import TlbEntry, VCpu
+from emu.machine import Machine
+from emu.physmem import FrameAllocator, PhysMem
+
+PAGE_SHIFT = 12  # granule of dirty-page tracking (bytes are restored 4 KiB at a time)
+
+# A physical-access log entry: ("r" | "w", pa, size) for memory, or
+# ("alloc" | "set", pfn, nframes) for frames allocated or freed / relabelled,
+# ("meta", pfn, 1) for frame metadata read.
+LogEntry = tuple[str, int, int]
+
+
+class TrackingPhysMem(PhysMem):
+    """PhysMem that remembers which 4 KiB pages host code wrote since the snapshot."""
+
+    def init_tracking(self, frame_shift: int) -> None:
+        self.dirty: set[int] = set()
+        self.frame_shift = frame_shift
+        self.log: list[LogEntry] | None = None
+        self.full_restore = False
+
+    def write(self, pa: int, data: bytes) -> None:
+        super().write(pa, data)
+        n = len(data)
+        if n:
+            first, last = pa >> PAGE_SHIFT, (pa + n - 1) >> PAGE_SHIFT
+            if first == last:
+                self.dirty.add(first)
+            else:
+                self.dirty.update(range(first, last + 1))
+            if self.log is not None:
+                self.log.append(("w", pa, n))
+
+    def read(self, pa: int, size: int) -> bytes:
+        if self.log is not None and size:
+            self.log.append(("r", pa, size))
+        return super().read(pa, size)
+
+    def mark_dirty(self, pa: int, size: int) -> None:
+        self.dirty.update(range(pa >> PAGE_SHIFT, ((pa + size - 1) >> PAGE_SHIFT) + 1))
+
+    def restore(self, image: bytes) -> None:
+        if self.full_restore:
+            super().restore(image)
+            self.full_restore = False
+        else:
+            view = memoryview(image)
+            buf = self.buf
+            for page in sorted(self.dirty):
+                a = page << PAGE_SHIFT
+                b = min(a + (1 << PAGE_SHIFT), self.size)
+                buf[a:b] = view[a:b]
+        self.dirty.clear()
+
+
+class TrackingFrameAllocator(FrameAllocator):
+    """FrameAllocator that remembers which frames' metadata may have changed."""
+
+    def init_tracking(self, mem: TrackingPhysMem) -> None:
+        self.touched: set[int] = set()
+        self._tmem = mem
+        self.after_free: Any = None  # called with the pa of every frame freed
+
+    def _note(self, pfn: int, nframes: int = 1, kind: str = "alloc") -> None:
+        self.touched.update(range(pfn, pfn + nframes))
+        log = self._tmem.log
+        if log is not None:
+            log.append((kind, pfn, nframes))
+
+    def alloc(self, purpose: str, cpu: int | None, *args: Any, **kw: Any) -> int:
+        pa = super().alloc(purpose, cpu, *args, **kw)
+        nframes = kw.get("nframes", args[3] if len(args) > 3 else 1)
+        self._note(pa // self.frame_size, nframes)
+        return pa
+
+    def free(self, pa: int, cpu: int | None, why: str = "freed") -> None:
+        if 0 <= pa // self.frame_size < self.nframes:
+            self._note(pa // self.frame_size, 1)
+        super().free(pa, cpu, why)
+        if self.after_free is not None:
+            self.after_free(pa)
+
+    def set_state(self, pa: int, *args: Any, **kw: Any) -> None:
+        self._note(pa // self.frame_size, 1, "set")
+        super().set_state(pa, *args, **kw)
+
+    def info(self, pa: int) -> Any:
+        fi = super().info(pa)
+        # callers may change what they get (sub-table states): count it as touched
+        self.touched.add(fi.pfn)
+        log = self._tmem.log
+        if log is not None:
+            log.append(("meta", fi.pfn, 1))
+        return fi
+
+
+class _LoggedImage(MemoryImage):
+    """The raw RAM buffer seen through the access log (functional translations)."""
+
+    def __init__(self, mem: TrackingPhysMem) -> None:
+        super().__init__(mem.buf)
+        self.mem = mem
+
+    def read(self, pa: int, size: int) -> bytes:
+        if pa < 0 or pa + size > self.mem.size:
+            raise IndexError(pa)
+        return self.mem.read(pa, size)
+
+
+class ExploreMachine(Machine):
+    """A Machine with a cheap reset(), optional access logging and optional digests."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        # The buffer stays where every Unicorn instance mapped it; only the
+        # Python class of the objects wrapping it changes.
+        self.mem.__class__ = TrackingPhysMem
+        self.mem.init_tracking((self.frames.frame_size - 1).bit_length())
+        self.frames.__class__ = TrackingFrameAllocator
+        self.frames.init_tracking(self.mem)
+        # Any frame freed may sit in some CPU's Unicorn TLB: drop those caches so
+        # the next access comes back through our TLB model, where checkers see it
+        # (the base machine does this for page-table frames only).
+        self.frames.after_free = lambda pa: self.flush_uc_tlbs()
+        self.digests = True
+        self._infos: list[Any] | None = None
+        # Services translate user addresses over the raw buffer (copy_to_user);
+        # while accesses are logged, make those reads visible too.
+        plain = self.arch.translate_functional
+
+        def translate(mem: Any, root: int, va: int, access: Access, user: bool = True) -> Any:
+            if self.mem.log is not None and mem is self.mem.buf:
+                mem = _LoggedImage(self.mem)
+            return plain(mem, root, va, access, user)
+
+        self.arch.translate_functional = translate
+
+    # ---- snapshot / reset ---------------------------------------------------------
+    def snapshot(self) -> None:
+        infos = self.frames.__dict__.pop("frames")
+        try:
+            super().snapshot()
+        finally:
+            self.frames.frames = infos
+        self._infos = copy.deepcopy(infos)
+        self.mem.dirty.clear()
+        self.frames.touched.clear()
+
+    def reset(self) -> None:
+        if any(c.sync_walks for c in self.cpus):
+            self.mem.full_restore = True  # fills in the hook bypass dirty tracking
+        touched = self.frames.touched
+        super().reset()  # restores frames.__dict__ but not the frame list (popped)
+        live = self.frames.frames
+        for pfn in sorted(touched):
+            saved = self._infos[pfn]
+            if live[pfn] != saved:
+                live[pfn] = copy.deepcopy(saved)
+        self.frames.touched = set()
+
+    # ---- tracking guest writes and accesses -------------------------------------
+    def on_tlb_use(self, cpu: VCpu, entry: TlbEntry, va: int, acc: Access) -> None:
+        tr = entry.tr
+        pa = tr.pa(va)
+        gran = self.arch.uc_page_size
+        page = pa - pa % gran
+        writable = bool(tr.perms & PERM_W)
+        if writable:
+            self.mem.mark_dirty(page, gran)
+        log = self.mem.log
+        if log is not None:
+            log.append(("w" if writable else "r", page, gran))
+            for pfn, _gen in entry.gens:
+                log.append(("meta", pfn, 1))
+        super().on_tlb_use(cpu, entry, va, acc)
+
+    def hypercall(self, cpu: VCpu) -> None:
+        self.trapped = True
+        super().hypercall(cpu)
+
+    def memory_digest(self) -> str:
+        return super().memory_digest() if self.digests else ""
