@@ -1,0 +1,261 @@
+"""`ptemu explore` and `ptemu replay`: the exploration front end (rich lives here).
+
+explore: run many schedules of a scenario under a strategy (random, PCT,
+exhaustive), stop at the first failure, minimise it, print the report and
+the schedule string, and save the failure to .ptemu/failures/scheduleNNN.json
+(exclusive create, so concurrent runs never overwrite each other).
+replay: re-run one schedule (from such a file, or a scenario plus
+--schedule) and print the step-by-step trace and the same report.
+
+Exit status: 0 clean, 1 a failure was found / reproduced, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from emu.cli import COMMANDS, EXIT_FOUND, EXIT_OK, UsageError, console, err_console
+
+FAILURES_DIR = Path(".ptemu") / "failures"
+
+
+def scenario_ref(text: str) -> str:
+    """An absolute path for a scenario file, the name itself for a built-in one."""
+    p = Path(text)
+    return str(p.resolve()) if p.is_file() else text
+
+
+def save_failure(report_json: str, directory: Path = FAILURES_DIR) -> Path:
+    """Write to the first free scheduleNNN.json; exclusive create never overwrites."""
+    directory.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while True:
+        path = directory / f"schedule{n:03d}.json"
+        try:
+            with open(path, "x") as f:
+                f.write(report_json)
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def print_report(report: Any) -> None:
+    lines = report.lines()
+    head = lines[0]
+    if report.failed:
+        console.print(f"[bold red]{report.kind}[/]: {head.split(': ', 1)[1]}", markup=True,
+                      highlight=False)
+    else:
+        console.print(f"[bold green]{head}[/]")
+    for line in lines[1:]:
+        console.print(line, markup=False)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from emu.explore import ExploreConfig
+    if args.schedules < 1:
+        raise UsageError(f"--schedules must be at least 1, got {args.schedules}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.depth is not None and args.depth < (1 if args.strategy == "pct" else 0):
+        raise UsageError(f"--depth {args.depth} is out of range for {args.strategy}")
+    if args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+    return ExploreConfig(scenario=scenario_ref(args.scenario), arch=args.arch,
+                         variants=tuple(args.variant or ()), strategy=args.strategy,
+                         schedules=args.schedules, seed=args.seed, depth=args.depth,
+                         jobs=args.jobs, max_steps=args.max_steps, por=args.por,
+                         minimize=not args.no_minimize)
+
+
+def _check_scenario(cfg: Any) -> None:
+    """Fail fast (exit 2) on a scenario that does not load or build."""
+    from emu.explore import load_scenario
+    from emu.kernel.variants import build_kernel_class
+    sc = load_scenario(cfg)
+    build_kernel_class(sc.variants, sc.override, sc.base_dir)
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from emu.explore import explore
+    from emu.svg import write_svg
+    cfg = _config(args)
+    _check_scenario(cfg)
+    console.print(f"[bold]explore[/] {cfg.scenario}"
+                  + (f" variants={','.join(cfg.variants)}" if cfg.variants else "")
+                  + f" strategy={cfg.strategy} schedules={cfg.schedules} seed={cfg.seed}"
+                  + (f" depth={cfg.depth}" if cfg.depth is not None else "")
+                  + f" jobs={cfg.jobs}", highlight=False)
+    t0 = time.perf_counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:>8.1f} schedules/s"),
+               TextColumn("[red]{task.fields[found]} failing[/]"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=not console.is_terminal,
+                  disable=args.quiet) as prog:
+        task = prog.add_task("schedules", total=cfg.schedules, rate=0.0, found=0)
+
+        def progress(done: int, total: int, found: int) -> None:
+            dt = time.perf_counter() - t0
+            prog.update(task, completed=done, rate=done / dt if dt else 0.0, found=found)
+        res = explore(cfg, progress)
+    st = res.stats
+    t = Table(show_header=False, title="exploration")
+    t.add_row("schedules run", f"{st.schedules}" + (" (search exhausted)" if st.exhausted else ""))
+    if st.interleavings is not None:
+        t.add_row("interleavings", f"{st.interleavings} distinct up to independent steps"
+                  f" ({st.pruned} executions cut by sleep sets)")
+    t.add_row("steps", f"{st.steps} ({st.steps_per_s:,.0f} steps/s)")
+    t.add_row("rate", f"{st.schedules_per_s:.1f} schedules/s")
+    if st.k is not None:
+        t.add_row("PCT", f"depth {cfg.pct_depth()}, run-length estimate k={st.k}")
+    if st.step_limited:
+        t.add_row("step limit", f"{st.step_limited} runs stopped at --max-steps {cfg.max_steps}")
+    console.print(t)
+    for note in res.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    out: dict[str, Any] = {"format": "ptemu-explore/1", "clean": res.report is None,
+                           "config": dict(vars(cfg)), "stats": dict(vars(st)),
+                           "minimize_runs": res.minimize_runs,
+                           "report": res.report.to_dict() if res.report else None}
+    if res.report is None:
+        if st.exhausted is False and cfg.strategy == "exhaustive":
+            console.print(f"[yellow]clean within the budget of {cfg.schedules} executions; "
+                          "the search was not exhausted[/]")
+        else:
+            console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure")
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+        return EXIT_OK
+    rep = res.report
+    console.rule("failure")
+    print_report(rep)
+    if res.minimize_runs:
+        console.print(f"(minimised in {res.minimize_runs} runs: {rep.original_context_switches}"
+                      f" -> {rep.context_switches} context switches)")
+    path = save_failure(rep.to_json())
+    console.print(f"schedule: {rep.schedule}", markup=False, highlight=False)
+    console.print(f"saved to {path}; replay with: ptemu replay {path}", markup=False)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    if args.svg and res.machine is not None:
+        write_svg(args.svg, res.machine, rep)
+        console.print(f"timeline written to {args.svg}", markup=False)
+    return EXIT_FOUND
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from emu.explore import ExploreConfig, build_machine, failure_of
+    from emu.report import Report, build_report
+    from emu.sched import Replay, ReplayDivergence, decode
+    from emu.svg import write_svg
+    target = Path(args.target)
+    recorded = None
+    if target.suffix == ".json" and target.is_file():
+        try:
+            recorded = Report.from_json(target.read_text())
+        except ValueError as exc:
+            raise UsageError(f"{target}: {exc}") from None
+        cfg = ExploreConfig(scenario=recorded.scenario, arch=args.arch or recorded.arch,
+                            variants=tuple(recorded.variants), max_steps=args.max_steps)
+        schedule = args.schedule or recorded.schedule
+    else:
+        if not args.schedule:
+            raise UsageError("replay of a scenario needs --schedule pt1:... "
+                             "(or give a failure .json file)")
+        cfg = ExploreConfig(scenario=scenario_ref(args.target), arch=args.arch,
+                            variants=tuple(args.variant or ()), max_steps=args.max_steps)
+        schedule = args.schedule
+    choices = decode(schedule)
+    _check_scenario(cfg)
+    m = build_machine(cfg, trace=True)
+    m.reset()
+    try:
+        r = m.run(Replay(choices, strict_end=False), max_steps=cfg.max_steps)
+    except ReplayDivergence as exc:
+        raise UsageError(f"the schedule does not fit this scenario: {exc}") from None
+    f = failure_of(r)
+    rep = build_report(m, r, f, original_schedule=schedule)
+    lines = m.trace_lines()
+    if args.trace and len(lines) > args.trace:
+        console.print(f"({len(lines) - args.trace} earlier trace lines not shown; --trace 0 "
+                      "shows all)", markup=False)
+        lines = lines[-args.trace:]
+    console.rule("trace")
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    console.rule("report")
+    print_report(rep)
+    if recorded is not None and (recorded.kind, recorded.step) != (rep.kind, rep.step):
+        err_console.print(f"ptemu: warning: the file recorded {recorded.kind} at step "
+                          f"{recorded.step}; this replay gives {rep.kind} at step {rep.step}",
+                          markup=False)
+    if args.json:
+        Path(args.json).write_text(rep.to_json())
+    if args.svg:
+        write_svg(args.svg, m, rep)
+        console.print(f"timeline written to {args.svg}", markup=False)
+    return EXIT_FOUND if f is not None else EXIT_OK
+
+
+def _add_explore(sub: argparse._SubParsersAction) -> None:
+    from emu.explore import STRATEGIES
+    from emu.sched.footprint import POR_MODES
+    p = sub.add_parser(
+        "explore", help="run many schedules; report, minimise and save the first failure",
+        description="Explore schedules of a scenario with a strategy: random, PCT "
+                    "(probabilistic concurrency testing, bug depth --depth) or exhaustive "
+                    "(depth-first over every interleaving, with partial-order reduction; "
+                    "--depth bounds preemptions). Every checker is on. The first failure "
+                    "is minimised (fewest context switches), reported and saved under "
+                    ".ptemu/failures/.",
+        epilog="Exit status: 0 clean, 1 failure found, 2 bad input.")
+    p.add_argument("scenario", help="scenario TOML file, or the name of a built-in one")
+    p.add_argument("--arch", help="override the scenario's [machine] arch")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="add a named kernel variant (repeatable; see `ptemu list variants`)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="pct", help="default: pct")
+    p.add_argument("--schedules", type=int, default=1000, metavar="N",
+                   help="schedules to run (exhaustive: at most this many executions)")
+    p.add_argument("--seed", type=int, default=0, help="root seed; schedule i gets its own sub-seed")
+    p.add_argument("--depth", type=int, default=None, metavar="D",
+                   help="PCT bug depth (default 2); exhaustive: preemption bound (default none)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="worker processes (random/pct); results do not depend on J")
+    p.add_argument("--por", choices=POR_MODES, default="frames",
+                   help="exhaustive: partial-order reduction (default frames)")
+    p.add_argument("--max-steps", type=int, default=200_000, help="step limit of one run")
+    p.add_argument("--no-minimize", action="store_true", help="report the schedule as found")
+    p.add_argument("--json", metavar="FILE", help="write the result (stats and report) as JSON")
+    p.add_argument("--svg", metavar="FILE", help="write a swimlane timeline of the failure")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_explore)
+
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay", help="re-run one schedule; print its trace and report",
+        description="Re-run one schedule exactly: from a failure file written by `explore`, "
+                    "or a scenario and --schedule pt1:... Prints the step-by-step trace "
+                    "and the report.",
+        epilog="Exit status: 0 clean, 1 failure reproduced, 2 bad input.")
+    p.add_argument("target", help="FAILURE.json, or a scenario file / built-in name")
+    p.add_argument("--schedule", help="the schedule string (pt1:...)")
+    p.add_argument("--arch", help="override the arch")
+    p.add_argument("--variant", action="append", metavar="NAME", help="add a kernel variant")
+    p.add_argument("--trace", type=int, default=400, metavar="N",
+                   help="print the last N trace lines (0: all; default 400)")
+    p.add_argument("--max-steps", type=int, default=2_000_000, help="step limit")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--svg", metavar="FILE", help="write a swimlane timeline")
+    p.set_defaults(func=cmd_replay)
+
+
+COMMANDS["explore"] = _add_explore
+COMMANDS["replay"] = _add_replay

@@ -1,0 +1,406 @@
+"""The exploration driver: run many schedules, find the first failure, minimise it.
+
+Owns the phases of `ptemu explore`:
+
+1. build one `ExploreMachine` (checkers on, trace off), snapshot it, and run
+   every schedule from a reset, never rebuilding the machine;
+2. random / PCT: schedule i is driven by a strategy seeded with
+   `sub_seed(seed, i)`, so it is the same schedule whatever the job count;
+   with `jobs > 1` the indices are handed out in order to worker processes
+   (each with its own machine), and the failure reported is the one with
+   the lowest index; exhaustive: one depth-first search in this process;
+3. minimise the failing schedule (delta debugging over its context switches,
+   `emu.sched.guided`) keeping the same kind of failure;
+4. replay the minimised schedule with the trace on and build the report
+   (`emu.report`).
+
+A failure is a checker's violation (use-after-free, torn read, ...), a
+deadlock, a crashed vCPU, or a program exiting non-zero. Runs that hit the
+step limit are counted, not reported. The core never imports rich: progress
+is reported through a callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from emu import scenario as scenario_mod
+from emu.check import default_checkers
+from emu.explore_machine import ExploreMachine
+from emu.machine import RunResult
+from emu.report import Report, build_report
+from emu.sched.exhaustive import ExhaustiveSearch, SleepBlocked
+from emu.sched.footprint import FootprintRecorder
+from emu.sched.guided import GuidedReplay, switch_points
+from emu.sched.pct import PCTStrategy
+from emu.sched.schedule import context_switches, decode
+from emu.sched.strategies import RandomStrategy, Replay
+
+STRATEGIES = ("random", "pct", "exhaustive")
+CHUNK = 8  # schedules per job handed to a worker process
+
+
+def sub_seed(root: int, index: int) -> int:
+    """The seed of schedule `index`: a hash, so neighbours are unrelated."""
+    digest = hashlib.sha256(f"ptemu:{root}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@dataclass(frozen=True)
+class ExploreConfig:
+    scenario: str
+    arch: str | None = None
+    variants: tuple[str, ...] = ()
+    strategy: str = "pct"
+    schedules: int = 1000
+    seed: int = 0
+    depth: int | None = None  # PCT bug depth; exhaustive: preemption bound (None: none)
+    jobs: int = 1
+    max_steps: int = 200_000
+    por: str = "frames"  # exhaustive: partial-order reduction mode
+    minimize: bool = True
+    minimize_budget: int = 400  # runs the minimiser may spend
+    pct_k: int | None = None  # PCT run-length estimate (None: measured)
+
+    def pct_depth(self) -> int:
+        return self.depth if self.depth is not None else 2
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failing run, in a form that crosses process boundaries."""
+
+    index: int
+    kind: str  # checker name, "deadlock", "crash" or "exit"
+    message: str
+    schedule: str
+    steps: int
+
+
+def failure_of(r: RunResult) -> tuple[str, str] | None:
+    """(kind, message) if the run failed, else None."""
+    if r.violation is not None:
+        return r.violation.checker, r.violation.message
+    if r.deadlock:
+        return "deadlock", r.deadlock
+    if r.crashes:
+        cpu = min(r.crashes)
+        return "crash", f"cpu{cpu} {r.crashes[cpu]}"
+    bad = sorted(c for c, code in r.exit_codes.items() if code not in (0, None))
+    if bad:
+        return "exit", f"cpu{bad[0]} exited with status {r.exit_codes[bad[0]]}"
+    return None
+
+
+def load_scenario(cfg: ExploreConfig) -> scenario_mod.Scenario:
+    sc = scenario_mod.load(cfg.scenario)
+    for v in cfg.variants:
+        if v not in sc.variants:
+            sc.variants.append(v)
+    return sc
+
+
+def build_machine(cfg: ExploreConfig, trace: bool = False) -> ExploreMachine:
+    m = ExploreMachine(load_scenario(cfg), arch=cfg.arch, trace=trace,
+                       checkers=default_checkers())
+    m.digests = False
+    m.snapshot()
+    return m
+
+
+@dataclass
+class Stats:
+    schedules: int = 0  # schedules run up to and including the first failure
+    steps: int = 0
+    step_limited: int = 0
+    seconds: float = 0.0
+    failures: int = 0  # failing schedules seen (exhaustive: all of them)
+    interleavings: int | None = None  # exhaustive: executions run to their end
+    pruned: int | None = None  # exhaustive: executions cut by sleep sets
+    exhausted: bool | None = None  # exhaustive: the whole tree was explored
+    k: int | None = None  # PCT run-length estimate used
+
+    @property
+    def schedules_per_s(self) -> float:
+        return self.schedules / self.seconds if self.seconds else 0.0
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class ExploreResult:
+    config: ExploreConfig
+    stats: Stats
+    failure: Failure | None = None
+    report: Report | None = None
+    minimize_runs: int = 0
+    notes: list[str] = field(default_factory=list)
+    machine: ExploreMachine | None = None  # holds the traced replay of the report
+
+
+Progress = Callable[[int, int, int], None]  # (schedules done, total, failures)
+
+
+# ---- running one schedule ------------------------------------------------------------
+
+
+def pct_k(cfg: ExploreConfig, m: ExploreMachine) -> int:
+    """PCT's run-length estimate: the length of one unpreempted run."""
+    if cfg.pct_k:
+        return cfg.pct_k
+    m.reset()
+    r = m.run(PCTStrategy(sub_seed(cfg.seed, -1), depth=1, k=1), max_steps=cfg.max_steps)
+    return max(1, r.steps)
+
+
+def strategy_for(cfg: ExploreConfig, index: int, k: int) -> Any:
+    seed = sub_seed(cfg.seed, index)
+    if cfg.strategy == "random":
+        return RandomStrategy(seed)
+    if cfg.strategy == "pct":
+        return PCTStrategy(seed, cfg.pct_depth(), k)
+    raise ValueError(f"strategy {cfg.strategy!r} has no per-index schedules")
+
+
+def run_range(m: ExploreMachine, cfg: ExploreConfig, k: int, start: int, stop: int,
+              progress: Callable[[int], None] | None = None) -> tuple[Failure | None, Stats]:
+    """Run schedules start..stop-1 on `m`; stop at the first failure."""
+    st = Stats()
+    for i in range(start, stop):
+        m.reset()
+        r = m.run(strategy_for(cfg, i, k), max_steps=cfg.max_steps)
+        st.schedules += 1
+        st.steps += r.steps
+        st.step_limited += r.step_limit
+        f = failure_of(r)
+        if progress is not None:
+            progress(1 if f else 0)
+        if f is not None:
+            st.failures += 1
+            return Failure(i, f[0], f[1], r.schedule, r.steps), st
+    return None, st
+
+
+# ---- worker processes ------------------------------------------------------------------
+
+_WORKER: tuple[ExploreMachine, ExploreConfig, int] | None = None
+
+
+def _worker_init(cfg: ExploreConfig, k: int) -> None:
+    global _WORKER
+    _WORKER = (build_machine(cfg), cfg, k)
+
+
+def _worker_run(start: int, stop: int) -> tuple[Failure | None, Stats]:
+    m, cfg, k = _WORKER
+    return run_range(m, cfg, k, start, stop)
+
+
+def _parallel(cfg: ExploreConfig, k: int, progress: Progress | None) -> tuple[Failure | None, Stats]:
+    total = Stats()
+    best: Failure | None = None
+    ctx = multiprocessing.get_context("spawn")  # no Unicorn state inherited by fork
+    chunks = [(a, min(a + CHUNK, cfg.schedules)) for a in range(0, cfg.schedules, CHUNK)]
+    done = 0
+    with ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_worker_init,
+                             initargs=(cfg, k)) as pool:
+        pending: dict[Future, tuple[int, int]] = {}
+        nxt = 0
+        while nxt < len(chunks) or pending:
+            while nxt < len(chunks) and len(pending) < 2 * cfg.jobs \
+                    and (best is None or chunks[nxt][0] < best.index):
+                a, b = chunks[nxt]
+                pending[pool.submit(_worker_run, a, b)] = (a, b)
+                nxt += 1
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in sorted(finished, key=lambda f: pending[f][0]):
+                a, b = pending.pop(fut)
+                fail, st = fut.result()
+                total.steps += st.steps
+                total.step_limited += st.step_limited
+                total.failures += st.failures
+                done += st.schedules
+                if fail is not None and (best is None or fail.index < best.index):
+                    best = fail
+                if progress is not None:
+                    progress(done, cfg.schedules, total.failures)
+            if best is not None and nxt < len(chunks) and chunks[nxt][0] >= best.index:
+                nxt = len(chunks)  # nothing below the failure is left to hand out
+    total.schedules = best.index + 1 if best is not None else cfg.schedules
+    return best, total
+
+
+# ---- exhaustive ----------------------------------------------------------------------------
+
+
+def _exhaustive(cfg: ExploreConfig, m: ExploreMachine,
+                progress: Progress | None) -> tuple[Failure | None, Stats]:
+    rec = FootprintRecorder(cfg.por)
+    m.add_checker(rec)
+    m.checkers.insert(0, m.checkers.pop())  # first: see FootprintRecorder.on_run_end
+    search = ExhaustiveSearch(rec, preemptions=cfg.depth)
+    st = Stats()
+    first: Failure | None = None
+    index = 0
+    try:
+        while index < cfg.schedules:
+            m.reset()
+            blocked = False
+            try:
+                r = m.run(search, max_steps=cfg.max_steps)
+            except SleepBlocked:
+                blocked = True
+                st.steps += m.step
+            else:
+                st.steps += r.steps
+                st.step_limited += r.step_limit
+                f = failure_of(r)
+                if f is not None:
+                    st.failures += 1
+                    if first is None:
+                        first = Failure(index, f[0], f[1], r.schedule, r.steps)
+            index += 1
+            if progress is not None:
+                progress(index, cfg.schedules, st.failures)
+            if not search.end_execution(blocked):
+                break
+    finally:
+        m.checkers.remove(rec)
+        rec.detach()
+    st.schedules = index
+    st.interleavings = search.complete
+    st.pruned = search.blocked
+    st.exhausted = search.finished
+    return first, st
+
+
+# ---- minimisation ------------------------------------------------------------------------
+
+
+def ddmin(items: list, test: Callable[[list], bool]) -> list:
+    """Zeller's delta debugging: a 1-minimal sublist of `items` for which `test` holds."""
+    if test([]):
+        return []
+    n = 2
+    while len(items) >= 2:
+        size = -(-len(items) // n)
+        parts = [items[i:i + size] for i in range(0, len(items), size)]
+        for j, part in enumerate(parts):
+            if test(part):
+                items, n = part, 2
+                break
+            rest = [x for q, p in enumerate(parts) if q != j for x in p]
+            if n > 2 and test(rest):
+                items, n = rest, max(n - 1, 2)
+                break
+        else:
+            if n >= len(items):
+                break
+            n = min(2 * n, len(items))
+    return items
+
+
+class Minimiser:
+    """Fewest context switches that still fail with the same kind of failure."""
+
+    def __init__(self, m: ExploreMachine, cfg: ExploreConfig, kind: str) -> None:
+        self.m = m
+        self.cfg = cfg
+        self.kind = kind
+        self.runs = 0
+        self.cache: dict[tuple, list[int] | None] = {}
+        self.best: list[int] | None = None
+
+    def attempt(self, points: list[tuple[int, int]]) -> bool:
+        key = tuple(points)
+        if key in self.cache:
+            return self.cache[key] is not None
+        if self.runs >= self.cfg.minimize_budget:
+            return False
+        self.runs += 1
+        self.m.reset()
+        r = self.m.run(GuidedReplay(points), max_steps=self.cfg.max_steps)
+        f = failure_of(r)
+        ok = f is not None and f[0] == self.kind
+        choices = decode(r.schedule)
+        self.cache[key] = choices if ok else None
+        if ok and (self.best is None or (context_switches(choices), len(choices))
+                   < (context_switches(self.best), len(self.best))):
+            self.best = choices
+        return ok
+
+    def run(self, choices: list[int]) -> list[int]:
+        self.best = choices
+        for _ in range(4):
+            before = context_switches(self.best)
+            ddmin(switch_points(self.best), self.attempt)
+            if context_switches(self.best) >= before or self.runs >= self.cfg.minimize_budget:
+                break
+        return self.best
+
+
+# ---- the whole exploration ------------------------------------------------------------------
+
+
+def explore(cfg: ExploreConfig, progress: Progress | None = None) -> ExploreResult:
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {cfg.strategy!r}; known: {', '.join(STRATEGIES)}")
+    m = build_machine(cfg)
+    t0 = time.perf_counter()
+    k = None
+    if cfg.strategy == "exhaustive":
+        fail, st = _exhaustive(cfg, m, progress)
+    else:
+        k = pct_k(cfg, m) if cfg.strategy == "pct" else 0
+        if cfg.jobs > 1:
+            fail, st = _parallel(cfg, k, progress)
+        else:
+            done = [0, 0]
+
+            def tick(failed: int) -> None:
+                done[0] += 1
+                done[1] += failed
+                if progress is not None:
+                    progress(done[0], cfg.schedules, done[1])
+            fail, st = run_range(m, cfg, k, 0, cfg.schedules, tick)
+    st.seconds = time.perf_counter() - t0
+    st.k = k if cfg.strategy == "pct" else None
+    res = ExploreResult(cfg, st, fail, machine=m)
+    if fail is None:
+        return res
+    choices = decode(fail.schedule)
+    if cfg.minimize:
+        mini = Minimiser(m, cfg, fail.kind)
+        choices = mini.run(choices)
+        res.minimize_runs = mini.runs
+    res.report = replay_report(cfg, choices, fail, original=fail.schedule, m=m)
+    if res.report.kind != fail.kind:
+        res.notes.append(f"replaying the schedule gave {res.report.kind}, not {fail.kind}")
+    return res
+
+
+def replay_report(cfg: ExploreConfig, choices: list[int], fail: Failure | None = None,
+                  original: str = "", m: ExploreMachine | None = None,
+                  strict: bool = True) -> Report:
+    """Re-run `choices` with the trace on and build the report of what happens."""
+    if m is None:
+        m = build_machine(cfg)
+    m.trace.enabled = True
+    m.reset()
+    try:
+        r = m.run(Replay(choices, strict_end=False), max_steps=cfg.max_steps)
+    finally:
+        m.trace.enabled = False
+    f = failure_of(r)
+    return build_report(m, r, f, cfg, index=fail.index if fail else None,
+                        original_schedule=original or r.schedule)
