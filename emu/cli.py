@@ -186,6 +186,8 @@ def _common(p: argparse.ArgumentParser, scenario: bool = True) -> None:
 # Extra subcommands: name -> function adding its parser to the subparsers.
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
+import emu.cli_explore  # noqa: E402, F401 - registers `explore` and `replay`
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
