@@ -26,6 +26,9 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEMOS: dict[str, str] = {
     "touch": "touch: two vCPUs fault in 1,024 pages over several PMDs, then verify them",
+    "torn-pae": "torn-pae: a torn 64-bit PMD read on x86-PAE found and drawn (torn-pae.svg), "
+                "pmdp_get_lockless() clean over every interleaving, and why "
+                "pmdp_get_lockless_sync() is needed when the table is freed",
 }
 
 
@@ -110,6 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.name not in DEMOS:
         raise UsageError(f"unknown demo {args.name!r}; demos: {', '.join(DEMOS)}")
+    if args.name == "torn-pae":
+        from emu.cli_demo import run_torn_pae
+        console.print(f"[bold]demo[/] {DEMOS[args.name]}")
+        return run_torn_pae(args)
     args.scenario = args.name
     console.print(f"[bold]demo[/] {DEMOS[args.name]}")
     return cmd_run(args)
@@ -212,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", help="demo name: " + ", ".join(DEMOS))
     _common(d, scenario=False)
     d.add_argument("--trace", type=int, default=20, metavar="N", help="print the last N trace lines")
+    d.add_argument("--svg-dir", default=".", help="where torn-pae writes its SVG timelines")
     d.set_defaults(func=cmd_demo)
 
     pg = sub.add_parser("pgtable", help="inspect page tables",

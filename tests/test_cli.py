@@ -60,3 +60,11 @@ def test_a_scenario_too_big_for_its_memory_is_a_one_line_error(tmp_path, capsys)
     assert main(["run", str(f)]) == 2
     err = capsys.readouterr().err
     assert "memory_mib" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_demo_torn_pae_shows_all_three_acts(tmp_path, capsys):
+    assert main(["demo", "torn-pae", "--svg-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "torn-read" in out and "clean over all" in out and "lockless-sync" in out
+    assert (tmp_path / "torn-pae.svg").read_text().startswith("<svg")
