@@ -415,3 +415,32 @@ def test_lockless_pmd_read_never_returns_a_value_the_entry_never_held(variant):
         return
     il.finish()
     assert il.tasks[0].result == huge
+
+
+def test_collapse_finding_a_folio_that_truncate_is_removing():
+    """Regression (found by PCT on collapse_truncate): collapse looked the huge
+    folio up, slept on its lock while truncate removed and freed it, then took
+    a reference on the freed folio and freed it again."""
+    m = machine(thp=True, pmd_mapping=False, populate=2)
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    folio = cache.lookup(0)
+    il = Interleaving(m)
+    il.start(1, k.truncate(cache, 0))
+    # truncate takes the folio lock and starts its second unmap pass; the folio
+    # is still in the cache, so collapse finds it and sleeps on the lock
+    il.run_until(1, lambda op: isinstance(op, s.DownWrite) and op.sem is folio.lock)
+    il.step(1)
+    il.run_until(1, lambda op: isinstance(op, s.DownRead))
+
+    def collapse():
+        yield s.DownRead(m.mm.mmap_lock)
+        r = yield from k.collapse_pte_mapped_thp(m.mm, BASE, True)
+        yield s.UpRead(m.mm.mmap_lock)
+        return r
+
+    il.start(0, collapse())
+    il.run_while_runnable(0)  # blocks on the folio lock
+    il.finish()
+    il.pass_grace_period()
+    assert audit(k) == []

@@ -140,8 +140,14 @@ class KhugepagedMixin:
         folio: Folio | None = vma.file.lookup(index)
         if folio is None or not folio.large or folio.index != index or not folio.in_cache:
             return SCAN_PAGE_COMPOUND
-        yield s.DownWrite(folio.lock)  # find_lock_page()
+        # filemap_lock_folio(): the reference is taken with the lookup, then the
+        # lock; a folio truncated meanwhile is no longer the file's
         folio.get()
+        yield s.DownWrite(folio.lock)
+        if not folio.in_cache:
+            yield s.UpWrite(folio.lock)
+            self.put_folio(folio)
+            return SCAN_FAIL
         result, pmd_pa = yield from self.find_pmd_or_thp_or_none(mm, haddr)
         if result in (SCAN_PMD_NONE, SCAN_PMD_NULL):
             return (yield from self._collapse_install(mm, vma, haddr, folio, install_pmd))
