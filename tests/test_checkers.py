@@ -174,3 +174,54 @@ def test_detached_table_checker_on_adjust_pte_racing_reclaim(variant):
         assert exc.value.checker == "detached-table"
     else:
         il.finish()
+
+
+@pytest.mark.parametrize("variant", [(), ("free_before_flush",)])
+def test_table_freed_before_the_flush_ipi_reaches_a_walk_in_flight(variant):
+    """On an arch without RCU table freeing (arm 2-level; here x86-PAE tables with
+    IPI flushes and immediate frees), munmap's flush IPI is what waits for a
+    hardware walk still reading the table: free it first and the walk reads a
+    freed table."""
+    from emu.cpu import Mode
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 2
+    memory_mib = 16
+
+    [kernel]
+    variants = {list(variant)!r}
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "anon"
+    populate = 2
+
+    [[cpu]]
+    program = "read_pages"
+    args = [{BASE}, 2, 4096, 1000]
+    """
+    m = Machine(scenario.parse(textwrap.dedent(text).replace("'", '"'), "<t>"),
+                checkers=[UseAfterFree()])
+    m.arch.rcu_table_free = False  # instance knobs: a non-RCU, IPI-flushing arch
+    m.arch.tlb_flush_kind = "ipi"
+    k, cpu = m.kernel, m.cpus[0]
+    il = Interleaving(m)
+    il.start(1, k.do_munmap(m.mm, BASE, BASE + m.arch.pmd_size))
+    # let munmap detach and zap (its zap flush waits for no walk: cpu0 is idle)
+    il.run_until(1, lambda op: isinstance(op, s.Store) and op.what == "free_pgtables: pmd_clear")
+    # cpu0 starts a walk for its data access and reads the pmd: the table is still attached
+    cpu.flush_all()
+    while not (cpu.mode is Mode.WALK and cpu.walk_msg.level == "pte" and BASE <= cpu.walk_req[0] < BASE + m.arch.pmd_size):
+        cpu.step()
+        m.step += 1
+    il.run_while_runnable(1)  # clears the pmd; frees and/or flushes
+    if variant:
+        assert k.frames.info(cpu.walk_msg.pa).state.value == "free"
+        with pytest.raises(Violation, match="walker"):
+            cpu.step()
+    else:
+        assert not il.tasks[1].done  # the flush IPI waits for the walk
+        cpu.step()  # the walk reads the (detached, still allocated) table
+        il.finish()
