@@ -32,15 +32,17 @@ from typing import Any
 
 from emu import scenario as scenario_mod
 from emu.check import default_checkers
+from emu.cpu import Mode
 from emu.explore_machine import ExploreMachine
 from emu.machine import RunResult
 from emu.report import Report, build_report
 from emu.sched.exhaustive import ExhaustiveSearch, SleepBlocked
 from emu.sched.footprint import FootprintRecorder
-from emu.sched.guided import GuidedReplay, switch_points
+from emu.sched.guided import AnchorRecorder, GuidedReplay
 from emu.sched.pct import PCTStrategy
-from emu.sched.schedule import context_switches, decode
+from emu.sched.schedule import RCU_TASK, context_switches, decode
 from emu.sched.strategies import RandomStrategy, Replay
+from emu.trace import describe_op
 
 STRATEGIES = ("random", "pct", "exhaustive")
 CHUNK = 8  # schedules per job handed to a worker process
@@ -310,40 +312,69 @@ def ddmin(items: list, test: Callable[[list], bool]) -> list:
     return items
 
 
+def next_step(m: ExploreMachine, task: int) -> str:
+    """What `task` would do if it ran now: an anchor for minimisation."""
+    if task == RCU_TASK:
+        return "rcu callback"
+    c = m.cpus[task]
+    if c.mode is Mode.KERNEL and c.task is not None:
+        return f"kernel {c.task.name}: {describe_op(c.task.pending)}"
+    if c.mode is Mode.WALK and c.walk_msg is not None:
+        msg = c.walk_msg
+        return f"walk {type(msg).__name__} {msg.level} {msg.pa:#x}"
+    return f"guest {c.pc:#x}"
+
+
 class Minimiser:
-    """Fewest context switches that still fail with the same kind of failure."""
+    """Fewest context switches that still fail with the same kind of failure.
+
+    Delta debugging over the switch points of the failing run (anchored at
+    what each preempted task was about to do, `emu.sched.guided`); whatever
+    a candidate leaves unsaid, the guided replay's completion rule decides.
+    Repeated from the best run found while that keeps lowering the count.
+    """
 
     def __init__(self, m: ExploreMachine, cfg: ExploreConfig, kind: str) -> None:
         self.m = m
         self.cfg = cfg
         self.kind = kind
         self.runs = 0
-        self.cache: dict[tuple, list[int] | None] = {}
-        self.best: list[int] | None = None
+        self.cache: dict[tuple, bool] = {}
+        self.best: list[int] = []
 
-    def attempt(self, points: list[tuple[int, int]]) -> bool:
+    def describe(self, task: int) -> str:
+        return next_step(self.m, task)
+
+    def points(self, choices: list[int]) -> list:
+        rec = AnchorRecorder(choices, self.describe)
+        self.m.reset()
+        self.m.run(rec, max_steps=self.cfg.max_steps)
+        return rec.finish()
+
+    def attempt(self, points: list) -> bool:
         key = tuple(points)
         if key in self.cache:
-            return self.cache[key] is not None
+            return self.cache[key]
         if self.runs >= self.cfg.minimize_budget:
             return False
         self.runs += 1
         self.m.reset()
-        r = self.m.run(GuidedReplay(points), max_steps=self.cfg.max_steps)
+        r = self.m.run(GuidedReplay(points, self.describe), max_steps=self.cfg.max_steps)
         f = failure_of(r)
         ok = f is not None and f[0] == self.kind
-        choices = decode(r.schedule)
-        self.cache[key] = choices if ok else None
-        if ok and (self.best is None or (context_switches(choices), len(choices))
-                   < (context_switches(self.best), len(self.best))):
-            self.best = choices
+        self.cache[key] = ok
+        if ok:
+            choices = decode(r.schedule)
+            if (context_switches(choices), len(choices)) < \
+                    (context_switches(self.best), len(self.best)):
+                self.best = choices
         return ok
 
     def run(self, choices: list[int]) -> list[int]:
         self.best = choices
         for _ in range(4):
             before = context_switches(self.best)
-            ddmin(switch_points(self.best), self.attempt)
+            ddmin(self.points(self.best), self.attempt)
             if context_switches(self.best) >= before or self.runs >= self.cfg.minimize_budget:
                 break
         return self.best

@@ -133,7 +133,9 @@ class Report:
 
 # ---- building a report from a finished run -----------------------------------------------
 
-_FRAME_RE = re.compile(r"frame (0x[0-9a-f]+)")
+# where a message without a frame field names one: the allocator's "double
+# free of frame 0x..", the kernel model's "freeing a pte table at 0x.."
+_FRAME_RE = re.compile(r"(?:frame|table at|page at) (0x[0-9a-f]+)")
 
 
 def _frame_of(m: Machine, r: RunResult) -> int | None:

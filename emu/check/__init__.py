@@ -7,7 +7,6 @@ told otherwise; each checker module owns one invariant.
 from emu.check.accounting import Accounting
 from emu.check.base import Checker, Violation
 from emu.check.detached import DetachedTable
-from emu.check.double_free import DoubleFree
 from emu.check.lockless_sync import LocklessSync
 from emu.check.reuse import StalePointer
 from emu.check.stale_tlb import StaleTlb
@@ -17,9 +16,9 @@ from emu.check.uaf import UseAfterFree
 
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
-    return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), TornRead(), LocklessSync(), DoubleFree(),
+    return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), TornRead(), LocklessSync(),
             Accounting()]
 
 
-__all__ = ["Accounting", "Checker", "DetachedTable", "DoubleFree", "LocklessSync", "StalePointer", "StaleTlb",
+__all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "StalePointer", "StaleTlb",
            "TornRead", "UseAfterFree", "Violation", "default_checkers"]

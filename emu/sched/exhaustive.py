@@ -31,8 +31,10 @@ preemption); deeper choice points are revisited first.
 `preemptions` bounds the search (iterative context bounding, Musuvathi and
 Qadeer, PLDI 2007): a switch away from a task that could still run counts
 as a preemption; switches forced by a task blocking or finishing are free.
-Most concurrency bugs need very few. A bounded search is a bug-finding
-mode, not a proof.
+Most concurrency bugs need very few. Reductions are switched off under a
+bound (a sleeping or unraced alternative may be the only one within the
+bound, Coons et al. 2013), so the bounded search tries every choice within
+the bound: complete for bugs that need at most that many preemptions.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class ExhaustiveSearch:
                  dpor: bool = True) -> None:
         self.rec = recorder
         self.bound = preemptions
-        self.reduce = recorder.mode != "none"
+        self.reduce = recorder.mode != "none" and preemptions is None
         self.dpor = dpor and self.reduce
         self.stack: list[Node] = []
         self.finished = False

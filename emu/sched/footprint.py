@@ -18,7 +18,10 @@ Keys (all stable across runs, so footprints of different executions compare):
 - ("alloc",): the allocator's free lists (allocation order decides pfns);
 - ("lock", name) / ("sem", name): a spinlock or rwsem by name (locks that
   share a name are conservatively one); down_read/up_read are "c";
-- ("irq", cpu): whether `cpu` would take an IPI now (IRQs off, mid-walk);
+- ("irq", cpu): whether `cpu` would take an IPI now: written when IRQs go
+  off or a walk starts (which holds IPIs back), read by steps that send an
+  IPI and wait; turning IRQs back on and ending a walk are releases, which
+  touch nothing (as a lock release in Flanagan and Godefroid's DPOR);
 - ("rcur", cpu): `cpu`'s RCU read-side nesting;
 - ("tlb", cpu): `cpu`'s TLB contents;
 - ("rcu",): grace periods and callbacks (a quiescent state is a "c");
@@ -180,9 +183,7 @@ class FootprintRecorder(Checker):
             elif after is Mode.WALK:
                 merge(fp, ("irq", task), "w")  # mid-walk: IPIs wait
         elif mode_before is Mode.WALK:
-            merge(fp, ("tlb", task), "w")
-            if after is not Mode.WALK:
-                merge(fp, ("irq", task), "w")
+            merge(fp, ("tlb", task), "w")  # the walk's end ("irq" is released, see IrqEnable)
         elif mode_before is Mode.KERNEL and self.mode == "coarse":
             merge(fp, ("kpy",), "w")
         if self.mode == "coarse":
@@ -191,9 +192,8 @@ class FootprintRecorder(Checker):
             if m.trapped or entered or left:
                 merge(fp, ("kpy",), "w")
         if after is Mode.DONE or after is Mode.CRASHED:
-            # offline: a quiescent state for good, and IPIs stop waiting for it
+            # offline: a quiescent state for good (IPIs stop waiting for it: a release)
             merge(fp, ("rcu",), "c")
-            merge(fp, ("irq", task), "w")
         return fp
 
     # ---- machine events ----------------------------------------------------------
@@ -211,8 +211,12 @@ class FootprintRecorder(Checker):
             merge(fp, ("sem", op.sem.name), "w")
         elif t in (ks.SpinUnlock, ks.UpRead, ks.UpWrite):
             pass
-        elif t is ks.IrqDisable or t is ks.IrqEnable:
+        elif t is ks.IrqDisable:
+            # Like a lock: turning IRQs off holds the other CPUs' IPIs back;
+            # turning them on only lets an IPI already ordered after it go.
             merge(fp, ("irq", cpu), "w")
+        elif t is ks.IrqEnable:
+            pass
         elif t is ks.RcuReadLock or t is ks.RcuReadUnlock:
             merge(fp, ("rcur", cpu), "w")
         elif t is ks.TlbFlushRange or t is ks.TlbRemoveTableSyncOne:
