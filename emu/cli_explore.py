@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +76,22 @@ def _config(args: argparse.Namespace) -> Any:
                          minimize=not args.no_minimize)
 
 
-def _check_scenario(cfg: Any) -> None:
-    """Fail fast (exit 2) on a scenario that does not load or build."""
+def _check_scenario(cfg: Any) -> Any:
+    """Fail fast (exit 2) on a scenario that does not load or build; returns it."""
     from emu.explore import load_scenario
     from emu.kernel.variants import build_kernel_class
     sc = load_scenario(cfg)
     build_kernel_class(sc.variants, sc.override, sc.base_dir)
+    return sc
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
     from emu.explore import explore
     from emu.svg import write_svg
     cfg = _config(args)
-    _check_scenario(cfg)
+    sc = _check_scenario(cfg)
+    if cfg.depth is None and isinstance(sc.explore.get("depth"), int):
+        cfg = replace(cfg, depth=sc.explore["depth"])  # the scenario's own [explore] depth
     console.print(f"[bold]explore[/] {cfg.scenario}"
                   + (f" variants={','.join(cfg.variants)}" if cfg.variants else "")
                   + f" strategy={cfg.strategy} schedules={cfg.schedules} seed={cfg.seed}"
