@@ -57,6 +57,18 @@ class TrackingPhysMem(PhysMem):
             self.log.append(("r", pa, size))
         return super().read(pa, size)
 
+    # read_int/write_int are the hot paths of walker and kernel accesses: the
+    # same checks and effects as PhysMem's, with fewer Python calls.
+    def read_int(self, pa: int, size: int, byteorder: str) -> int:
+        if pa < 0 or size < 0 or pa + size > self.size:
+            self.check(pa, size)
+        if self.log is not None and size:
+            self.log.append(("r", pa, size))
+        return int.from_bytes(self.buf[pa:pa + size], byteorder)
+
+    def write_int(self, pa: int, size: int, value: int, byteorder: str) -> None:
+        self.write(pa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, byteorder))
+
     def mark_dirty(self, pa: int, size: int) -> None:
         self.dirty.update(range(pa >> PAGE_SHIFT, ((pa + size - 1) >> PAGE_SHIFT) + 1))
 
@@ -128,6 +140,21 @@ class _LoggedImage(MemoryImage):
         return self.mem.read(pa, size)
 
 
+def _copy_info(saved: Any) -> Any:
+    """A FrameInfo as it was: containers copied one level down (their elements,
+    FrameEvents and sub-table states, are never changed in place)."""
+    fi = object.__new__(type(saved))
+    d = dict(saved.__dict__)
+    for name, value in d.items():
+        if type(value) in _CONTAINERS:
+            d[name] = type(value)(value)
+    fi.__dict__.update(d)
+    return fi
+
+
+_CONTAINERS = (list, dict, set)
+
+
 class ExploreMachine(Machine):
     """A Machine with a cheap reset(), optional access logging and optional digests."""
 
@@ -142,7 +169,7 @@ class ExploreMachine(Machine):
         # Any frame freed may sit in some CPU's Unicorn TLB: drop those caches so
         # the next access comes back through our TLB model, where checkers see it
         # (the base machine does this for page-table frames only).
-        self.frames.after_free = lambda pa: self.flush_uc_tlbs()
+        self.frames.after_free = self._frame_freed
         self.digests = True
         self._infos: list[Any] | None = None
         # Services translate user addresses over the raw buffer (copy_to_user);
@@ -156,14 +183,24 @@ class ExploreMachine(Machine):
 
         self.arch.translate_functional = translate
 
+    def _frame_freed(self, pa: int) -> None:
+        self.flush_uc_tlbs()
+
     # ---- snapshot / reset ---------------------------------------------------------
+    # allocator lists of plain ints: copied shallowly (a deepcopy walks every int)
+    _INT_LISTS = ("_free", "_quarantine")
+
     def snapshot(self) -> None:
-        infos = self.frames.__dict__.pop("frames")
+        fd = self.frames.__dict__
+        infos = fd.pop("frames")
+        lists = {k: fd.pop(k) for k in self._INT_LISTS if k in fd}
         try:
             super().snapshot()
         finally:
-            self.frames.frames = infos
+            fd["frames"] = infos
+            fd.update(lists)
         self._infos = copy.deepcopy(infos)
+        self._lists = {k: type(v)(v) for k, v in lists.items()}
         self.mem.dirty.clear()
         self.frames.touched.clear()
 
@@ -171,12 +208,14 @@ class ExploreMachine(Machine):
         if any(c.sync_walks for c in self.cpus):
             self.mem.full_restore = True  # fills in the hook bypass dirty tracking
         touched = self.frames.touched
-        super().reset()  # restores frames.__dict__ but not the frame list (popped)
+        super().reset()  # restores frames.__dict__ but not what snapshot() popped
+        for k, v in self._lists.items():
+            setattr(self.frames, k, type(v)(v))
         live = self.frames.frames
         for pfn in sorted(touched):
             saved = self._infos[pfn]
             if live[pfn] != saved:
-                live[pfn] = copy.deepcopy(saved)
+                live[pfn] = _copy_info(saved)
         self.frames.touched = set()
 
     # ---- tracking guest writes and accesses -------------------------------------
