@@ -9,13 +9,26 @@ by the accounting checker at quiescence.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from arch.base import Level
 from emu.physmem import FrameState, PhysMemError
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
+
+
+def table_entries(k: Kernel, table: int, lv: Level) -> tuple[int, ...]:
+    """Every entry of one table, read in one go (audits run outside the schedule)."""
+    raw = k.mem.read(table, lv.table_bytes)
+    fmt = {2: "H", 4: "I", 8: "Q"}.get(lv.entry_size)
+    if fmt is None:
+        n = lv.entry_size
+        return tuple(int.from_bytes(raw[i:i + n], k.arch.byteorder) for i in range(0, len(raw), n))
+    order = "<" if k.arch.byteorder == "little" else ">"
+    return struct.unpack(f"{order}{lv.entries}{fmt}", raw)
 
 
 def reachable_tables(k: Kernel) -> dict[str, list[int]]:
@@ -28,8 +41,7 @@ def reachable_tables(k: Kernel) -> dict[str, list[int]]:
         out[lv.name].append(table)
         if lv.name == "pte":
             return
-        for i in range(lv.entries):
-            val = k.read_entry_now(table + i * lv.entry_size, lv.entry_size)
+        for val in table_entries(k, table, lv):
             if a.entry_none(lv.name, val) or not a.entry_present(lv.name, val):
                 continue
             if lv.name == "pmd" and a.pmd_trans_huge(val):
@@ -48,8 +60,7 @@ def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
     tables = reachable_tables(k)
     lv = a.level("pmd")
     for t in tables["pmd"]:
-        for i in range(lv.entries):
-            val = k.read_entry_now(t + i * lv.entry_size, lv.entry_size)
+        for val in table_entries(k, t, lv):
             if a.pmd_trans_huge(val):
                 folio = k.folio_of(a.pmd_huge_pa(val))
                 maps[id(folio)] += 1
@@ -57,8 +68,7 @@ def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
                     rss[k.mm_counter_kind(folio)] += folio.nr_pages
     pl = a.level("pte")
     for t in tables["pte"]:
-        for i in range(pl.entries):
-            val = k.read_entry_now(t + i * pl.entry_size, pl.entry_size)
+        for val in table_entries(k, t, pl):
             if a.pte_present(val) and not a.pte_none(val):
                 folio = k.folio_of(a.pte_pa(val))
                 maps[id(folio)] += 1
