@@ -168,6 +168,15 @@ def _breaking_step(m: Machine, step: int | None, cpu: int | None) -> str:
     return f"guest {m.disasm(task, c.pc)}"
 
 
+def _crash_step(m: Machine, cpu: int, default: int | None) -> int | None:
+    """The step at which `cpu` crashed (the run went on with the other CPUs)."""
+    task = f"cpu{cpu}"
+    for step, t, kind, text in reversed(m.trace.records):
+        if t == task and kind == "note" and isinstance(text, str) and text.startswith("crashed"):
+            return step
+    return default
+
+
 def _lanes(m: Machine, last: int) -> dict[str, list[str]]:
     by_task: dict[str, list] = {}
     for rec in m.trace.records:
@@ -188,6 +197,7 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
     cpu = v.cpu if v is not None else None
     if kind == "crash":
         cpu = min(r.crashes)
+        step = _crash_step(m, cpu, step)
     frame = _frame_of(m, r)
     history: list[FrameEventRow] = []
     state = ""
