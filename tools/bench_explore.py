@@ -16,7 +16,7 @@ For each scenario (default: three built-in x86-PAE ones), in one run:
 - the same exploration with --jobs 1 and --jobs 2 (wall clock; worker start-up
   included), and the speedup.
 
-    python tools/bench_explore.py [--schedules N] [--jobs-schedules N] [SCENARIO ...]
+    python tools/bench_explore.py [--schedules N] [--jobs-seconds S] [SCENARIO ...]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def machine_steps(cfg: ExploreConfig, schedules: int) -> tuple[int, float, float
     return steps, t_run, t_reset
 
 
-def bench(name: str, schedules: int, jobs_schedules: int) -> dict:
+def bench(name: str, schedules: int, jobs_seconds: float) -> dict:
     cfg = ExploreConfig(name, strategy="pct", schedules=schedules, minimize=False)
     res = explore(cfg)
     if res.report is not None:
@@ -132,6 +132,9 @@ def bench(name: str, schedules: int, jobs_schedules: int) -> dict:
     steps, t_run, t_reset = machine_steps(cfg, max(10, schedules // 4))
     m = build_machine(cfg)
     bare_n, bare_t = bare_unicorn(m)
+    # long enough that worker start-up (a spawned interpreter building its
+    # own machine) is small against the work
+    jobs_schedules = max(20, int(st.schedules_per_s * jobs_seconds))
     t1 = time.perf_counter()
     explore(ExploreConfig(name, strategy="pct", schedules=jobs_schedules, minimize=False, jobs=1))
     j1 = time.perf_counter() - t1
@@ -144,7 +147,7 @@ def bench(name: str, schedules: int, jobs_schedules: int) -> dict:
             "steps/schedule": st.steps / st.schedules, "step us": step_us,
             "reset ms": 1e3 * t_reset / max(10, schedules // 4), "bare us": bare_us,
             "ratio": step_us / bare_us, "ratio incl. reset": (t_run + t_reset) / steps * 1e6 / bare_us,
-            "jobs1 s": j1, "jobs2 s": j2, "speedup": j1 / j2}
+            "jobs n": jobs_schedules, "jobs1 s": j1, "jobs2 s": j2, "speedup": j1 / j2}
 
 
 def main(argv: list[str]) -> int:
@@ -152,19 +155,19 @@ def main(argv: list[str]) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenarios", nargs="*", default=DEFAULT)
     ap.add_argument("--schedules", type=int, default=100, help="PCT schedules per scenario")
-    ap.add_argument("--jobs-schedules", type=int, default=300,
-                    help="schedules for the --jobs 1 / --jobs 2 comparison")
+    ap.add_argument("--jobs-seconds", type=float, default=12.0,
+                    help="size the --jobs 1 / --jobs 2 runs to about this many seconds at --jobs 1")
     args = ap.parse_args(argv)
-    rows = [bench(n, args.schedules, args.jobs_schedules) for n in args.scenarios]
+    rows = [bench(n, args.schedules, args.jobs_seconds) for n in args.scenarios]
     head = (f"{'scenario':<14} {'sched/s':>8} {'steps/s':>8} {'steps/sch':>9} {'step us':>8} "
-            f"{'reset ms':>8} {'bare us':>8} {'ratio':>6} {'w/reset':>7} {'jobs1 s':>8} "
+            f"{'reset ms':>8} {'bare us':>8} {'ratio':>6} {'w/reset':>7} {'jobs n':>6} {'jobs1 s':>8} "
             f"{'jobs2 s':>8} {'speedup':>7}")
     print(head)
     for r in rows:
         print(f"{r['scenario']:<14} {r['schedules/s']:>8.1f} {r['steps/s']:>8.0f} "
               f"{r['steps/schedule']:>9.0f} {r['step us']:>8.1f} {r['reset ms']:>8.2f} "
               f"{r['bare us']:>8.2f} {r['ratio']:>6.1f} {r['ratio incl. reset']:>7.1f} "
-              f"{r['jobs1 s']:>8.2f} {r['jobs2 s']:>8.2f} {r['speedup']:>7.2f}")
+              f"{r['jobs n']:>6} {r['jobs1 s']:>8.2f} {r['jobs2 s']:>8.2f} {r['speedup']:>7.2f}")
     return 0
 
 

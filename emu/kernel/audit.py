@@ -31,6 +31,12 @@ def table_entries(k: Kernel, table: int, lv: Level) -> tuple[int, ...]:
     return struct.unpack(f"{order}{lv.entries}{fmt}", raw)
 
 
+def used_entries(k: Kernel, table: int, lv: Level) -> list[int]:
+    """The entries of one table that are not the arch's empty entry (which is none)."""
+    empty = k.arch.empty_entry(lv.name)
+    return [v for v in table_entries(k, table, lv) if v != empty]
+
+
 def reachable_tables(k: Kernel) -> dict[str, list[int]]:
     """Physical addresses of every live table, by level (root included)."""
     a = k.arch
@@ -41,7 +47,7 @@ def reachable_tables(k: Kernel) -> dict[str, list[int]]:
         out[lv.name].append(table)
         if lv.name == "pte":
             return
-        for val in table_entries(k, table, lv):
+        for val in used_entries(k, table, lv):
             if a.entry_none(lv.name, val) or not a.entry_present(lv.name, val):
                 continue
             if lv.name == "pmd" and a.pmd_trans_huge(val):
@@ -60,7 +66,7 @@ def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
     tables = reachable_tables(k)
     lv = a.level("pmd")
     for t in tables["pmd"]:
-        for val in table_entries(k, t, lv):
+        for val in used_entries(k, t, lv):
             if a.pmd_trans_huge(val):
                 folio = k.folio_of(a.pmd_huge_pa(val))
                 maps[id(folio)] += 1
@@ -68,7 +74,7 @@ def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
                     rss[k.mm_counter_kind(folio)] += folio.nr_pages
     pl = a.level("pte")
     for t in tables["pte"]:
-        for val in table_entries(k, t, pl):
+        for val in used_entries(k, t, pl):
             if a.pte_present(val) and not a.pte_none(val):
                 folio = k.folio_of(a.pte_pa(val))
                 maps[id(folio)] += 1
