@@ -16,6 +16,7 @@ the same trace gives the same bytes.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from html import escape
@@ -46,6 +47,8 @@ class Timeline:
     subtitle: str = ""
     # (step, lane, text): short labels written under a lane for key steps
     labels: list[tuple[int, str, str]] = field(default_factory=list)
+    # (step, lane, text): what a lane starts doing at a step (a service, a fault)
+    segments: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 def _window(steps: list[int], focus: int | None, width: int) -> tuple[int, int]:
@@ -56,6 +59,24 @@ def _window(steps: list[int], focus: int | None, width: int) -> tuple[int, int]:
         return first, last
     end = last if focus is None else min(last, focus + width // 10)
     return max(first, end - width + 1), end
+
+
+CHAR_W = 6.1  # px per character of the 10px monospace labels
+
+
+class _Rows:
+    """Label rows: each label goes to the first row where it does not overlap."""
+
+    def __init__(self, n: int) -> None:
+        self.ends = [-1e9] * n
+
+    def place(self, x: float, text: str) -> int | None:
+        w = len(text) * CHAR_W + 6
+        for i, end in enumerate(self.ends):
+            if x >= end:
+                self.ends[i] = x + w
+                return i
+        return None
 
 
 def render(tl: Timeline, describe: Callable[[tuple], str], max_columns: int = 400) -> str:
@@ -71,10 +92,17 @@ def render(tl: Timeline, describe: Callable[[tuple], str], max_columns: int = 40
     shown = [s for s in steps if lo <= s <= hi]
     col = {s: i for i, s in enumerate(shown)}
     cw = 6 if len(shown) > 150 else 10  # column width
-    lane_h, lane_gap, left, top = 28, 46 if tl.labels else 8, 70, 86
-    width = left + max(len(shown), 1) * cw + 40
     lanes = tl.lanes
-    height = top + len(lanes) * (lane_h + lane_gap) + 130
+    seg_h, lane_h, lab_rows = 14, 28, 3  # segment-label row, lane, access-label rows
+    block = seg_h + lane_h + lab_rows * 12 + 10
+    caption: list[str] = []
+    if tl.violation_step is not None:
+        who = f" on {tl.violation_lane}" if tl.violation_lane else ""
+        caption = textwrap.wrap(f"x step {tl.violation_step}{who}: {tl.violation_text}", 150)[:4]
+    left, top = 70, 104 + 16 * max(len(caption) - 1, 0)
+    chart_w = max(len(shown), 1) * cw
+    width = left + chart_w + 260
+    height = top + len(lanes) * block + 150
     out: list[str] = []
     add = out.append
     add(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -83,17 +111,18 @@ def render(tl: Timeline, describe: Callable[[tuple], str], max_columns: int = 40
     add(f'<text x="10" y="20" font-size="15" font-weight="bold">{escape(tl.title)}</text>')
     if tl.subtitle:
         add(f'<text x="10" y="38">{escape(tl.subtitle)}</text>')
+    for i, line in enumerate(caption):
+        add(f'<text x="10" y="{56 + 16 * i}" fill="{MARK}" font-weight="bold">'
+            f'{escape(line)}</text>')
     note = f"steps {lo}..{hi} of the run, one column per step, time runs left to right"
     if steps and lo > steps[0]:
         note += f" ({sum(1 for s in steps if s < lo)} earlier steps not shown)"
-    add(f'<text x="10" y="56" fill="#555">{escape(note)}</text>')
-    lane_y = {name: top + i * (lane_h + lane_gap) for i, name in enumerate(lanes)}
+    add(f'<text x="10" y="{top - 30}" fill="#555">{escape(note)}</text>')
+    lane_y = {name: top + i * block + seg_h for i, name in enumerate(lanes)}
     for name, y in lane_y.items():
-        add(f'<rect x="{left}" y="{y}" width="{max(len(shown), 1) * cw}" height="{lane_h}" '
-            f'fill="#f4f4f4"/>')
+        add(f'<rect x="{left}" y="{y}" width="{chart_w}" height="{lane_h}" fill="#f4f4f4"/>')
         add(f'<text x="10" y="{y + lane_h // 2 + 4}" font-weight="bold">{escape(name)}</text>')
-    # step ruler every ~10% of the window
-    tick = max(1, len(shown) // 10)
+    tick = max(1, len(shown) // 10)  # step ruler every ~10% of the window
     for i in range(0, len(shown), tick):
         x = left + i * cw
         add(f'<line x1="{x}" y1="{top - 6}" x2="{x}" y2="{top - 2}" stroke="#999"/>')
@@ -102,43 +131,57 @@ def render(tl: Timeline, describe: Callable[[tuple], str], max_columns: int = 40
         if step not in col or task not in lane_y:
             continue
         x = left + col[step] * cw
-        y = lane_y[task]
         colour = COLOURS.get(rec[2], "#999")
-        add(f'<rect x="{x}" y="{y + 3}" width="{cw - 1}" height="{lane_h - 6}" fill="{colour}">'
-            f'<title>{escape(describe(rec))}</title></rect>')
-    for n, (step, lane, text) in enumerate(sorted(tl.labels)):
+        add(f'<rect x="{x}" y="{lane_y[task] + 3}" width="{cw - 1}" height="{lane_h - 6}" '
+            f'fill="{colour}"><title>{escape(describe(rec))}</title></rect>')
+    # what each stretch of a lane is doing, above the lane
+    seg_rows = {name: _Rows(1) for name in lanes}
+    for step, lane, text in tl.segments:
+        if step in col and lane in lane_y:
+            x = left + col[step] * cw
+            if seg_rows[lane].place(x, text) is not None:
+                add(f'<text x="{x}" y="{lane_y[lane] - 3}" font-size="10" fill="#333">'
+                    f'{escape(text)}</text>')
+    # accesses to the frame concerned, below the lane
+    rows = {name: _Rows(lab_rows) for name in lanes}
+    for step, lane, text in sorted(tl.labels):
         if step in col and lane in lane_y:
             x = left + col[step] * cw + cw // 2
-            y = lane_y[lane] + lane_h + 11 + 12 * (n % 3)
+            row = rows[lane].place(x, text)
+            if row is None:
+                continue
+            y = lane_y[lane] + lane_h + 11 + 12 * row
             add(f'<line x1="{x}" y1="{lane_y[lane] + lane_h - 3}" x2="{x}" y2="{y - 9}" '
                 f'stroke="#333" stroke-width="0.5"/>')
             add(f'<text x="{x + 2}" y="{y}" font-size="10" fill="#333">{escape(text)}</text>')
-    bottom = top + len(lanes) * (lane_h + lane_gap)
+    bottom = top + len(lanes) * block
+    mrows = _Rows(3)
     for mk in tl.markers:
         if mk.step in col:
             x = left + col[mk.step] * cw + cw // 2
-            add(f'<line x1="{x}" y1="{top - 4}" x2="{x}" y2="{bottom}" stroke="{mk.colour}" '
-                f'stroke-dasharray="4,3"/>')
-            add(f'<text x="{x + 3}" y="{bottom + 12}" font-size="10" fill="{mk.colour}">'
-                f'{escape(mk.text)}</text>')
+            row = mrows.place(x, mk.text) or 0
+            add(f'<line x1="{x}" y1="{top - 4}" x2="{x}" y2="{bottom + 12 * row}" '
+                f'stroke="{mk.colour}" stroke-dasharray="4,3"/>')
+            add(f'<text x="{x + 3}" y="{bottom + 10 + 12 * row}" font-size="10" '
+                f'fill="{mk.colour}">{escape(mk.text)}</text>')
     if tl.violation_step is not None and tl.violation_step in col:
         x = left + col[tl.violation_step] * cw
         lane = tl.violation_lane if tl.violation_lane in lane_y else lanes[0]
         y = lane_y[lane]
         add(f'<rect x="{x - 2}" y="{y}" width="{cw + 3}" height="{lane_h}" fill="none" '
             f'stroke="{MARK}" stroke-width="3"/>')
-        add(f'<text x="{x + cw + 4}" y="{y - 2}" fill="{MARK}" font-weight="bold">'
-            f'{escape("violation: " + tl.violation_text)}</text>')
-    # legend
-    ly = bottom + 34
+        add(f'<text x="{x + cw + 4}" y="{y + lane_h // 2 + 4}" fill="{MARK}" '
+            f'font-weight="bold">x violation</text>')
+    ly = bottom + 44  # legend
     lx = 10
     for kind in ("guest", "walk", "kernel", "rcu"):
         add(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{COLOURS[kind]}"/>')
         add(f'<text x="{lx + 16}" y="{ly + 10}">{escape(LABELS[kind])}</text>')
         ly += 18
-    add(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="none" stroke="{MARK}" stroke-width="2"/>')
+    add(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="none" stroke="{MARK}" '
+        f'stroke-width="2"/>')
     add(f'<text x="{lx + 16}" y="{ly + 10}">the step where a checker saw the invariant break; '
-        f'dashed lines: the frame concerned allocated / freed</text>')
+        f'dashed lines: the frame concerned allocated / freed; hover a box for its step</text>')
     add("</svg>")
     return "\n".join(out) + "\n"
 
@@ -163,17 +206,22 @@ def timeline_for(m: Any, report: Any, lanes: Iterable[str] | None = None) -> Tim
         for step, task, kind, text in m.trace.records:
             if kind not in ("kernel", "walk") or not isinstance(text, str):
                 continue
-            for tok in _ADDR.findall(text):
-                if lo <= int(tok, 16) < hi:
-                    hits.append((step, task, _short(text)))
-                    break
+            if any(lo <= int(tok, 16) < hi for tok in _ADDR.findall(text)) \
+                    or _points_into(m, text, lo, hi):
+                hits.append((step, task, _short(text)))
         end = report.step if report.step is not None else 1 << 62
-        labels = [h for h in hits if h[0] <= end][-12:]
+        hits = [h for h in hits if h[0] <= end]
+        labels = [h for lane in names for h in [x for x in hits if x[1] == lane][-8:]]
+    segments = []
+    for step, task, kind, text in m.trace.records:
+        if kind == "note" and isinstance(text, str) and \
+                (text.startswith("hypercall ") or text.startswith("walk fault")):
+            segments.append((step, task, _short_note(text)))
     return Timeline(title=title, records=list(m.trace.records), lanes=names, markers=markers,
-                    labels=labels,
+                    labels=labels, segments=segments,
                     violation_step=report.step if report.failed else None,
                     violation_lane=f"cpu{report.cpu}" if report.cpu is not None else None,
-                    violation_text=report.message[:140], subtitle=sub)
+                    violation_text=report.message[:600], subtitle=sub)
 
 
 _ADDR = re.compile(r"\[(0x[0-9a-f]+)\]")
@@ -183,6 +231,33 @@ def _short(text: str) -> str:
     body = text.split(": ", 1)[1] if ": " in text else text
     body = body.split("  ;")[0]
     return body if len(body) <= 30 else body[:29] + "…"
+
+
+_WALK_READ = re.compile(r"read (\w+) \[0x[0-9a-f]+\] = (0x[0-9a-f]+)")
+
+
+def _points_into(m: Any, text: str, lo: int, hi: int) -> bool:
+    """A walker read whose entry points to a table in [lo, hi) (how it got there)."""
+    hit = _WALK_READ.search(text)
+    if not hit:
+        return False
+    level, val = hit.group(1), int(hit.group(2), 16)
+    try:
+        a = m.arch
+        if a.entry_none(level, val) or not a.entry_present(level, val):
+            return False
+        if level == "pmd" and a.pmd_trans_huge(val):
+            return False
+        return lo <= a.table_pa(level, val) < hi
+    except (KeyError, ValueError, NotImplementedError):
+        return False
+
+
+def _short_note(text: str) -> str:
+    if text.startswith("walk fault: "):
+        return "fault: " + text[len("walk fault: "):].split(" at ")[0]
+    body = text[len("hypercall "):] if text.startswith("hypercall ") else text
+    return body if len(body) <= 40 else body[:39] + "…"
 
 
 def write_svg(path: str, m: Any, report: Any) -> None:
