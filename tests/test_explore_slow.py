@@ -10,13 +10,9 @@ from emu.sched import decode
 
 pytestmark = pytest.mark.slow
 
-# Found by these runs: a fault racing zap_pte_range()'s PAE clear (low word,
-# then high) reads low=0/high=NX with ptep_get_lockless(), which is neither
-# none nor present; Linux's do_swap_page() then re-checks the entry under
-# the ptl (pte_unmap_same(), there for PAE's split entries) and retries, the
-# model returns SIGSEGV. Until the model retries, the correct code "crashes".
-MODEL_GAP = pytest.mark.xfail(reason="kernel model lacks do_swap_page's pte_unmap_same() "
-                                     "retry for a half-cleared PAE pte", strict=False)
+# These runs found a model gap, since fixed: a fault racing zap_pte_range()'s
+# PAE clear read low=0/high=NX and returned SIGSEGV instead of rechecking under
+# the ptl (pte_unmap_same()); see tests/test_kernel_contracts.py.
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,6 @@ def test_walker_use_after_free_found_by_pct_replayed_and_minimised(walker):
         (rep.kind, rep.step, rep.message, rep.lanes)
 
 
-@MODEL_GAP
 def test_walker_correct_code_clean_over_5000(walker):
     clean = explore(ExploreConfig(walker, strategy="pct", schedules=5000, jobs=2))
     assert clean.report is None and clean.stats.schedules == 5000
@@ -49,7 +44,6 @@ def test_retract_x86_pte_free_immediate_found_and_minimised():
     assert res.report.context_switches <= 4
 
 
-@MODEL_GAP
 def test_retract_x86_correct_code_clean():
     clean = explore(ExploreConfig("retract_x86", strategy="pct", schedules=1000, jobs=2))
     assert clean.report is None

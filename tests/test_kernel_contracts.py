@@ -444,3 +444,24 @@ def test_collapse_finding_a_folio_that_truncate_is_removing():
     il.finish()
     il.pass_grace_period()
     assert audit(k) == []
+
+
+def test_fault_reading_a_half_cleared_pae_pte_retries():
+    """Regression (found by PCT on walker-vs-retract): a fault's lockless read
+    caught zap's PAE clear between its two stores (low=0, high=NX): neither
+    none nor present. Linux rechecks under the ptl (pte_unmap_same()) and
+    retries; the model returned SIGSEGV."""
+    from arch.base import Access
+    from emu.kernel.fault import VM_FAULT_RETRY_ACCESS
+    m = machine(populate=1)
+    k = m.kernel
+    vma = m.mm.find_vma(BASE)
+    il = Interleaving(m)
+    il.start(1, k.zap_page_range(m.mm, vma, BASE, BASE + m.arch.page_size))
+    # zap has cleared the low word of the pte, not yet the high one
+    il.run_until(1, lambda op: isinstance(op, s.Store) and op.what.startswith("zap_pte_range")
+                 and op.pa % 8 == 4)
+    il.start(0, k.handle_mm_fault(BASE, Access.READ))
+    il.run_until(0, is_op(s.SpinLock))  # read the half-cleared pte locklessly
+    il.finish()
+    assert il.tasks[0].result == VM_FAULT_RETRY_ACCESS

@@ -82,7 +82,14 @@ class FaultMixin:
         if a.pte_none(vmf.orig_pte):
             return (yield from self.handle_pte_none(vmf, ptep))
         if not a.pte_present(vmf.orig_pte):
-            yield from self.pte_unmap(ptep)
+            # do_swap_page()'s pte_unmap_same(): a lockless read can catch a
+            # pte half-cleared (PAE clears low, then high); recheck under the
+            # ptl and retry the access if it changed
+            yield s.SpinLock(ptl)
+            cur = yield from self.read_entry("pte", ptep, "pte_unmap_same")
+            yield from self.pte_unmap_unlock(ptep, ptl)
+            if cur != vmf.orig_pte:
+                return VM_FAULT_RETRY_ACCESS
             return VM_FAULT_SIGSEGV  # swap and migration entries are not modelled
         # Present: make it young (and dirty on a write) if it is still the same
         # pte; pte_same() is what makes the _rw_nolock mapping safe here.
