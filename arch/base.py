@@ -293,6 +293,13 @@ class Arch(ABC):
         """Human-readable decoding of an entry, for `ptemu pgtable dump`."""
         return f"{val:#x}"
 
+    def describe_hardware(self, level: str, entry_pa: int, read: Callable[[int, int], int]) -> str:
+        """What the MMU reads for the Linux entry at `entry_pa`, where that is a
+        separate word (arm's hardware pte 2048 bytes on), for `ptemu pgtable
+        dump`; "" where the MMU reads the Linux entry itself. `read(pa, size)`
+        reads physical memory and may raise for an address outside RAM."""
+        return ""
+
     # ---- page-table allocation policy ------------------------------------
     # Name of the kernel's table allocator for this arch (emu/kernel/pgalloc.py
     # POLICIES): "page" is one table per page.

@@ -3,7 +3,9 @@
 Walks Linux's view of the tables (the arch's `levels`, `table_pa`,
 `describe_entry`) over physical memory without side effects, and reports
 each table's frame and, where tables share a frame (fragments, halves,
-hardware+Linux pairs), where in the frame it sits.
+hardware+Linux pairs), where in the frame it sits. Where the MMU reads a
+separate copy of an entry (arm's hardware ptes), the arch's
+`describe_hardware` adds it to the entry's decoding.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def dump_rows(arch: Arch, mem: PhysMem, frames: FrameAllocator, root: int, start
     rows: list[DumpRow] = []
     levels = arch.levels
 
+    def read(pa: int, size: int) -> int:
+        return mem.read_int(pa, size, arch.byteorder)
+
     def visit(depth: int, table: int, base_va: int) -> None:
         lv = levels[depth]
         span = 1 << lv.shift
@@ -65,7 +70,14 @@ def dump_rows(arch: Arch, mem: PhysMem, frames: FrameAllocator, root: int, start
             if val == arch.empty_entry(lv.name):
                 continue
             va = base_va + i * span
-            rows.append(DumpRow(lv.name, table, i, epa, va, val, arch.describe_entry(lv.name, val), note))
+            decoded = arch.describe_entry(lv.name, val)
+            try:
+                hw = arch.describe_hardware(lv.name, epa, read)
+            except PhysMemError:
+                hw = "h/w copy outside RAM"
+            if hw:
+                decoded += f"; {hw}"
+            rows.append(DumpRow(lv.name, table, i, epa, va, val, decoded, note))
             is_leaf = lv.name == "pte" or (lv.name == "pmd" and arch.pmd_trans_huge(val))
             if not is_leaf and arch.entry_present(lv.name, val) and depth + 1 < len(levels):
                 visit(depth + 1, arch.table_pa(lv.name, val), va)

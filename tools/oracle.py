@@ -28,6 +28,10 @@ from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 from arch import get_arch  # noqa: E402
 from arch.base import Access, Arch, Translation  # noqa: E402
 
+# Plugins (tools/oracle_<arch>.py) `import oracle`: when this file runs as a
+# script, that name must be this module, not a second copy of it.
+sys.modules.setdefault("oracle", sys.modules[__name__])
+
 _PROT = {Access.READ: unicorn.UC_PROT_READ, Access.WRITE: unicorn.UC_PROT_WRITE,
          Access.FETCH: unicorn.UC_PROT_EXEC}
 

@@ -1,0 +1,17 @@
+@ madvise_collapse(addr, len): MADV_COLLAPSE the range. exit(0) when it succeeded
+@ or lost a race (-EAGAIN, which MADV_COLLAPSE may return); exit(1) otherwise.
+    mov r7, #SYS_madvise
+    mov r2, #25
+    svc #0
+    cmp r0, #0
+    beq done
+    cmn r0, #11             @ -EAGAIN
+    bne failed
+done:
+    mov r7, #SYS_exit
+    mov r0, #0
+    svc #0
+failed:
+    mov r7, #SYS_exit
+    mov r0, #1
+    svc #0
