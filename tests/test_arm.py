@@ -3,9 +3,11 @@ walker, young/dirty emulation end to end, and the Unicorn oracle."""
 
 from __future__ import annotations
 
+import ctypes
 import random
 
 import pytest
+import unicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from unicorn import arm_const as ua
@@ -22,7 +24,7 @@ from emu.sched import RandomStrategy
 
 ARM = get_arch("arm")
 ROOT, PAGE, TARGET = 0x4000, 0x9000, 0x20000
-VA = 0x1020_3000  # pmd pair 0x81, second MiB, pte index 3 of hardware pt1
+VA = 0x1030_3000  # pmd pair 0x81, its second MiB (L1 0x103): Linux pte 259, hardware pt1 entry 3
 
 
 def put(mem: bytearray, pa: int, val: int) -> None:
@@ -173,8 +175,22 @@ def test_property_pmd_round_trip(pfn):
 # ---- the hardware walker --------------------------------------------------------------
 
 
+def test_walk_reads_the_hardware_l1_word_and_hardware_l2_entry():
+    mem = linux_mapping(YOUNG_RW)
+    reads, tr = run_walk(mem, VA + 0x123, Access.WRITE)
+    assert isinstance(tr, Translation) and tr.pa(VA + 0x123) == TARGET + 0x123
+    assert tr.size == 4096 and tr.perms == PERM_R | PERM_W
+    # L1 index 0x103 is the second word of pair 0x81; the L2 entry is in hardware pt1
+    assert [(r.pa, r.size) for r in reads] == [(ROOT + 0x103 * 4, 4), (PAGE + 3072 + 3 * 4, 4)]
+    assert tr.tables == (ROOT, PAGE + 3072) and tr.leaf_pa == PAGE + 3072 + 12
 
 
+def test_a_present_linux_pte_with_a_zero_hardware_entry_faults():
+    """Young emulation: the walker never looks at the Linux copy."""
+    mem = linux_mapping(YOUNG_RW & ~A.L_PTE_YOUNG)
+    assert get(mem, PAGE + 0x40C) == YOUNG_RW & ~A.L_PTE_YOUNG
+    _, res = run_walk(mem, VA, Access.READ)
+    assert isinstance(res, Fault) and (res.level, res.reason) == ("pte", "not-present")
 
 
 def test_clean_page_is_read_only_to_the_mmu():
@@ -185,11 +201,33 @@ def test_clean_page_is_read_only_to_the_mmu():
     assert isinstance(res, Fault) and res.reason == "protection"
 
 
+@pytest.mark.parametrize("hw_flags,user,access,ok", [
+    (A.PTE_EXT_AP0 | A.PTE_EXT_AP1, True, Access.WRITE, True),                   # AP=3
+    (A.PTE_EXT_AP0, True, Access.READ, False),                                   # AP=1 user
+    (A.PTE_EXT_AP0, False, Access.WRITE, True),                                  # AP=1 priv
+    (A.PTE_EXT_AP1, True, Access.READ, True),                                    # AP=2 user R
+    (A.PTE_EXT_AP1, True, Access.WRITE, False),
+    (A.PTE_EXT_AP1, False, Access.WRITE, True),
+    (A.PTE_EXT_APX | A.PTE_EXT_AP0, False, Access.READ, True),                   # AP=5 priv RO
+    (A.PTE_EXT_APX | A.PTE_EXT_AP0, False, Access.WRITE, False),
+    (A.PTE_EXT_APX | A.PTE_EXT_AP0, True, Access.READ, False),
+    (A.PTE_EXT_APX, True, Access.READ, False),                                   # AP=4 reserved
+    (A.PTE_EXT_APX | A.PTE_EXT_AP0 | A.PTE_EXT_AP1, True, Access.WRITE, False),  # AP=7
+    (A.PTE_EXT_APX | A.PTE_EXT_AP0 | A.PTE_EXT_AP1, True, Access.FETCH, True),
+    (0, False, Access.READ, False),                                              # AP=0
+    (A.PTE_EXT_AP0 | A.PTE_EXT_AP1 | A.PTE_EXT_XN, True, Access.FETCH, False),   # XN
+    (A.PTE_EXT_AP0 | A.PTE_EXT_AP1 | A.PTE_EXT_XN, True, Access.READ, True),
+])
+def test_small_page_access_permissions(hw_flags, user, access, ok):
+    mem = linux_mapping(0)
+    put(mem, PAGE + 3072 + 12, TARGET | A.PTE_TYPE_SMALL | hw_flags)
+    _, res = run_walk(mem, VA, access, user)
+    assert isinstance(res, Translation) == ok
 
 
 def test_pxn_table_stops_privileged_fetch_only():
     mem = linux_mapping(YOUNG_RW & ~A.L_PTE_XN)
-    assert get(mem, ROOT + 0x102 * 4) & A.PMD_PXNTABLE
+    assert get(mem, ROOT + 0x103 * 4) & A.PMD_PXNTABLE
     assert isinstance(run_walk(mem, VA, Access.FETCH, user=True)[1], Translation)
     res = run_walk(mem, VA, Access.FETCH, user=False)[1]
     assert isinstance(res, Fault) and res.reason == "protection"
@@ -198,8 +236,8 @@ def test_pxn_table_stops_privileged_fetch_only():
 
 def test_domain_fault_comes_before_the_l2_read():
     mem = linux_mapping(YOUNG_RW)
-    l1 = get(mem, ROOT + 0x102 * 4)
-    put(mem, ROOT + 0x102 * 4, (l1 & ~A.PMD_DOMAIN_MASK) | (7 << A.PMD_DOMAIN_SHIFT))
+    l1 = get(mem, ROOT + 0x103 * 4)
+    put(mem, ROOT + 0x103 * 4, (l1 & ~A.PMD_DOMAIN_MASK) | (7 << A.PMD_DOMAIN_SHIFT))
     reads, res = run_walk(mem, VA, Access.READ)
     assert isinstance(res, Fault) and (res.level, res.reason) == ("pmd", "protection")
     assert len(reads) == 1
@@ -210,6 +248,28 @@ def test_domain_fault_comes_before_the_l2_read():
     assert isinstance(tr, Translation) and tr.perms == PERM_R | PERM_W | PERM_X
 
 
+def test_large_page_section_and_supersection():
+    mem = linux_mapping(0)
+    put(mem, PAGE + 3072 + 12, 0x0005_0000 | A.PTE_TYPE_LARGE | A.PTE_EXT_AP0 | A.PTE_EXT_AP1)
+    tr = run_walk(mem, VA + 0x10, Access.READ)[1]
+    assert tr.pa(VA + 0x10) == 0x0005_0000 + (VA & 0xFFFF) + 0x10  # 64 KiB page
+    sect = 0x0030_0000 | A.PMD_TYPE_SECT | A.PMD_SECT_AP0 | A.PMD_SECT_AP1 | (1 << 5)
+    put(mem, ROOT + 0x300 * 4, sect)
+    tr = run_walk(mem, 0x3008_8004, Access.WRITE)[1]
+    assert tr.pa(0x3008_8004) == 0x0038_8004 and tr.size == 4096  # cached 4 KiB at a time
+    put(mem, ROOT + 0x300 * 4, sect | A.PMD_SECT_APX)
+    assert isinstance(run_walk(mem, 0x3008_8004, Access.WRITE)[1], Fault)
+    put(mem, ROOT + 0x300 * 4, (sect | A.PMD_SECT_XN) & ~A.PMD_TYPE_MASK | 3)  # PXN section
+    assert isinstance(run_walk(mem, 0x3008_8004, Access.READ)[1], Translation)
+    assert isinstance(run_walk(mem, 0x3008_8004, Access.FETCH)[1], Fault)  # XN
+    no_pxn = A.Arm()
+    no_pxn.has_pxn = False  # type 0b11 is then a reserved encoding: a fault
+    assert isinstance(run_walk(mem, 0x3008_8004, Access.READ, arch=no_pxn)[1], Fault)
+    # supersection: 16 MiB, domain 0, PA[35:32] from bits 23:20
+    sup = 0x0100_0000 | A.PMD_TYPE_SECT | A.PMD_SECT_SUPER | A.PMD_SECT_AP0 | A.PMD_SECT_AP1
+    put(mem, ROOT + 0x5A3 * 4, sup | (0x2 << 20))
+    tr = run_walk(mem, 0x5A3F_0008, Access.READ)[1]
+    assert tr.pa(0x5A3F_0008) == (2 << 32) | 0x013F_0008
 
 
 def test_functional_translate_never_raises_on_wild_pointers():
@@ -445,8 +505,39 @@ def test_unicorn_oracle_catches_a_walker_that_reads_the_linux_copy(monkeypatch):
 
 
 
+def test_supersection_extended_base_matches_unicorn_execution():
+    """The oracle leaves PA[39:32] out (uc_vmem_translate truncates it); the CPU
+    itself honours it: a fetch through such a supersection misses RAM, as ptemu says."""
+    import oracle_arm
+    size = 1 << 22
+    mem = bytearray(size)
+    root = 0x10000
+    sup = A.PMD_TYPE_SECT | A.PMD_SECT_SUPER | A.PMD_SECT_AP0 | A.PMD_SECT_AP1
+    for i in range(16):
+        put(mem, root + (0x400 + i) * 4, sup | (1 << 20))
+    tr = ARM.translate_functional(mem, root, 0x4000_0200, Access.FETCH, user=False)
+    assert isinstance(tr, Translation) and tr.pa(0x4000_0200) == (1 << 32) | 0x200
+    mem[0x200:0x204] = bytes.fromhex("000091e5")  # ldr r0, [r1]
+    buf = ctypes.create_string_buffer(bytes(mem), size)
+    uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_ARM)
+    uc.ctl_set_tcg_buffer_size(8 << 20)
+    uc.mem_map_ptr(0, size, unicorn.UC_PROT_ALL, ctypes.addressof(buf))
+    oracle_arm._setup_arm_svc(uc, root)
+    with pytest.raises(unicorn.UcError) as err:
+        uc.emu_start(0x4000_0200, 0, 0, 1)
+    assert err.value.errno == unicorn.UC_ERR_FETCH_UNMAPPED
+    view = memoryview(buf).cast("B")
+    for i in range(16):  # without the extended bits the same code runs from PA 0x200
+        view[root + (0x400 + i) * 4: root + (0x400 + i) * 4 + 4] = sup.to_bytes(4, "little")
+    uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+    uc.reg_write(ua.UC_ARM_REG_R1, 0x4000_0000 + root + 0x400 * 4)  # loads that very L1 entry
+    uc.emu_start(0x4000_0200, 0, 0, 1)
+    assert uc.reg_read(ua.UC_ARM_REG_R0) == sup
+
+
 def test_oracle_builder_is_deterministic():
     import oracle
+    import oracle_arm  # noqa: F401 - registers the arm builder
     a = oracle.BUILDERS["arm"](random.Random(9), ARM, 16 << 20)
     b = oracle.BUILDERS["arm"](random.Random(9), ARM, 16 << 20)
     assert a.mem == b.mem and a.vas == b.vas
