@@ -8,9 +8,9 @@ walk, to set up a vCPU and to decode a hypercall.
 
 A hardware walk is a generator (gem5's `stepWalk` idea): it yields
 `PteRead` / `PteSetBits` / `PteWrite` messages, each of which is one scheduling point,
-and returns a `Translation` or a `Fault`. `emu/walk_driver.py` runs it
-straight through (in Unicorn's TLB-fill hook) or one message per step
-(under the scheduler). `translate_functional` runs the same generator over
+and returns a `Translation` or a `Fault`. The machine runs it straight
+through (`Machine.run_walk_now`, inside Unicorn's TLB-fill hook) or one
+message per scheduler step (`VCpu._walk_step`). `translate_functional` runs the same generator over
 a plain memory image without side effects, for tools and oracles.
 """
 

@@ -104,3 +104,31 @@ class Interleaving:
                 k.rcu.quiescent(c, self.m.step, k.online_cpus())
         while k.rcu.ready_callbacks():
             self.step(RCU_TASK)
+
+
+# ---- routines tests race against each other -----------------------------------------
+
+READ_PTE_UNDER_RCU = "read pte under rcu"
+
+
+def rcu_pte_reader(k: Any, pmd_pa: int, addr: int, note: str = "") -> KernelGen:
+    """A pte_offset_map() user: map the table, read the pte, unmap. Returns the pte."""
+    from emu.kernel import steps as st
+    ptep = yield from k.pte_offset_map(pmd_pa, addr)
+    if note:
+        yield st.Note(note)
+    value = yield st.Load(ptep, k.arch.level("pte").entry_size, READ_PTE_UNDER_RCU)
+    yield from k.pte_unmap(ptep)
+    return value
+
+
+def about_to_read_pte(op: Any) -> bool:
+    """run_until() predicate: the reader holds the table and reads it next."""
+    from emu.kernel import steps as st
+    return isinstance(op, st.Load) and op.what == READ_PTE_UNDER_RCU
+
+
+def zap_and_retract(k: Any, cache: Any) -> KernelGen:
+    """Zap a file's mappings, then retract its page tables, as collapse_file() does."""
+    yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
+    yield from k.retract_page_tables(cache, 0)

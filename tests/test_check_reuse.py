@@ -12,9 +12,8 @@ from arch.base import Access
 from emu import scenario
 from emu.check import StalePointer, UseAfterFree
 from emu.check.base import Violation
-from emu.kernel import steps as s
 from emu.machine import Machine
-from emu.testing import Interleaving
+from emu.testing import Interleaving, about_to_read_pte, rcu_pte_reader, zap_and_retract
 
 BASE = 0x1000_0000
 OTHER = 0x2000_0000
@@ -59,20 +58,10 @@ def test_reader_through_a_table_freed_and_reused_under_it(variant):
     table = m.arch.table_pa("pmd", k.read_entry_now(pmd_pa, 8))
     cache = m.mm.find_vma(BASE).file
 
-    def reader():
-        ptep = yield from k.pte_offset_map(pmd_pa, BASE)
-        value = yield s.Load(ptep, 8, "read pte under rcu")
-        yield from k.pte_unmap(ptep)
-        return value
-
-    def retract():
-        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
-        yield from k.retract_page_tables(cache, 0)
-
     il = Interleaving(m)
-    il.start(0, reader())
-    il.start(1, retract())
-    il.run_until(0, lambda op: isinstance(op, s.Load) and op.what == "read pte under rcu")
+    il.start(0, rcu_pte_reader(k, pmd_pa, BASE))
+    il.start(1, zap_and_retract(k, cache))
+    il.run_until(0, about_to_read_pte)
     il.run_while_runnable(1)
     il.start(2, k.handle_mm_fault(OTHER, Access.WRITE))  # allocates: a table, a page
     il.run_while_runnable(2)

@@ -12,7 +12,7 @@ from emu.check.base import Violation
 from emu.kernel import steps as s
 from emu.machine import Machine
 from emu.sched import RandomStrategy
-from emu.testing import Interleaving
+from emu.testing import Interleaving, about_to_read_pte, rcu_pte_reader, zap_and_retract
 
 BASE = 0x1000_0000
 
@@ -46,20 +46,10 @@ def test_use_after_free_of_a_retracted_table_by_an_rcu_reader(variant):
     pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
     cache = m.mm.find_vma(BASE).file
 
-    def reader():
-        ptep = yield from k.pte_offset_map(pmd_pa, BASE)
-        value = yield s.Load(ptep, 8, "read pte under rcu")
-        yield from k.pte_unmap(ptep)
-        return value
-
-    def retract():
-        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
-        yield from k.retract_page_tables(cache, 0)
-
     il = Interleaving(m)
-    il.start(0, reader())
-    il.start(1, retract())
-    il.run_until(0, lambda op: isinstance(op, s.Load) and op.what == "read pte under rcu")
+    il.start(0, rcu_pte_reader(k, pmd_pa, BASE))
+    il.start(1, zap_and_retract(k, cache))
+    il.run_until(0, about_to_read_pte)
     il.run_while_runnable(1)
     if variant:
         with pytest.raises(Violation, match="freed frame") as exc:
@@ -70,29 +60,18 @@ def test_use_after_free_of_a_retracted_table_by_an_rcu_reader(variant):
 
 
 class ZapWithoutFlush:
-    """Test-local bug: zap_pte_range releases pages without flushing TLBs."""
+    """Test-local bug: zap_pte_range() releases pages without flushing TLBs
+    (the correct routine, with its flush_tlb_range() step dropped)."""
 
     def zap_pte_range(self, mm, vma, pmd_pa, start, end):
-        a = self.arch
-        r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
-        if r is None:
-            return
-        ptep0, ptl = r
-        lv = a.level("pte")
-        released = []
-        for addr in range(start, end, a.page_size):
-            ptep = ptep0 + (lv.index(addr) - lv.index(start)) * lv.entry_size
-            cur = yield from self.read_entry("pte", ptep)
-            if a.pte_none(cur):
-                continue
-            yield from self.clear_entry("pte", ptep)
-            folio = self.folio_of(a.pte_pa(cur))
-            folio.unmap()
-            mm.rss[self.mm_counter_kind(folio)] -= 1
-            released.append(folio)
-        yield from self.pte_unmap_unlock(ptep0, ptl)
-        for folio in released:  # no flush_tlb_range() before the pages go
-            self.put_folio(folio)
+        gen = super().zap_pte_range(mm, vma, pmd_pa, start, end)
+        value = None
+        try:
+            while True:
+                op = gen.send(value)
+                value = None if isinstance(op, s.TlbFlushRange) else (yield op)
+        except StopIteration as stop:
+            return stop.value
 
 
 def run_guest(m: Machine, n: int) -> None:

@@ -20,7 +20,7 @@ from emu.kernel.audit import audit
 from emu.kernel.core import KernelBug
 from emu.machine import Machine
 from emu.physmem import FrameState
-from emu.testing import Interleaving
+from emu.testing import Interleaving, about_to_read_pte, rcu_pte_reader, zap_and_retract
 
 BASE = 0x1000_0000  # 2 MiB aligned on every arch whose PMD is <= 8 MiB... x86 here
 
@@ -143,23 +143,11 @@ def test_deferred_table_free_waits_for_earlier_reader(variant):
     table = m.arch.table_pa("pmd", k.read_entry_now(pmd_pa, 8))
     cache = m.mm.find_vma(BASE).file
 
-    def reader():
-        ptep = yield from k.pte_offset_map(pmd_pa, BASE)
-        yield s.Note("reader holds the table")
-        value = yield s.Load(ptep, 8, "read pte under rcu")
-        yield from k.pte_unmap(ptep)
-        return value
-
-    def retract():
-        # zap first, as collapse_file() does before retracting
-        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
-        yield from k.retract_page_tables(cache, 0)
-
     il = Interleaving(m)
-    il.start(0, reader())
-    il.start(1, retract())
+    il.start(0, rcu_pte_reader(k, pmd_pa, BASE, note="reader holds the table"))
+    il.start(1, zap_and_retract(k, cache))
     # the reader has mapped the table and is about to read it
-    il.run_until(0, lambda op: isinstance(op, s.Load) and op.what == "read pte under rcu")
+    il.run_until(0, about_to_read_pte)
     il.run_while_runnable(1)
     il.pass_grace_period()  # cpu0 is in a read-side section: the GP cannot end
     state = m.frames.info(table).state

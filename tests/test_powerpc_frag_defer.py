@@ -17,7 +17,7 @@ from emu.kernel.audit import audit
 from emu.kernel.core import KernelBug
 from emu.machine import Machine
 from emu.physmem import FrameState
-from emu.testing import Interleaving
+from emu.testing import Interleaving, about_to_read_pte, rcu_pte_reader, zap_and_retract
 
 TEXT = """
 [machine]
@@ -54,10 +54,7 @@ def build(variants) -> Machine:
 
 
 def retract(m: Machine, base: int):
-    k = m.kernel
-    cache = m.mm.find_vma(base).file
-    yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
-    yield from k.retract_page_tables(cache, 0)
+    return zap_and_retract(m.kernel, m.mm.find_vma(base).file)
 
 
 @pytest.mark.parametrize("variant", [(), ("frag_shared_rcu_head",)])
@@ -92,23 +89,16 @@ def test_reader_of_a_fragment_freed_inside_a_live_page_is_caught(variant):
     reader still holding that fragment reads freed memory all the same."""
     from emu.check import UseAfterFree
     from emu.check.base import Violation
-    from emu.kernel import steps as s
     m = build(variant)
     m.add_checker(UseAfterFree())
     k, a = m.kernel, m.arch
     base = 8 * a.pmd_size
     pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, base, alloc=False), "pmd")
 
-    def reader():
-        ptep = yield from k.pte_offset_map(pmd_pa, base)
-        value = yield s.Load(ptep, 8, "read pte under rcu")
-        yield from k.pte_unmap(ptep)
-        return value
-
     il = Interleaving(m)
-    il.start(0, reader())
+    il.start(0, rcu_pte_reader(k, pmd_pa, base))
     il.start(1, retract(m, base))
-    il.run_until(0, lambda op: isinstance(op, s.Load) and op.what == "read pte under rcu")
+    il.run_until(0, about_to_read_pte)
     il.run_while_runnable(1)
     if variant:
         with pytest.raises(Violation, match="fragment that was freed"):

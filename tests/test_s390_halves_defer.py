@@ -15,7 +15,7 @@ from emu import scenario
 from emu.kernel.audit import audit
 from emu.machine import Machine
 from emu.physmem import FrameState
-from emu.testing import Interleaving
+from emu.testing import Interleaving, zap_and_retract
 
 TEXT = """
 [machine]
@@ -67,12 +67,8 @@ def test_retracting_one_half_keeps_the_page_for_the_other(variant):
     assert frame == k.frames.frame_base(tables[1]), "the two tables must be halves of one page"
     cache = m.mm.find_vma(bases[0]).file
 
-    def retract():
-        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
-        yield from k.retract_page_tables(cache, 0)
-
     il = Interleaving(m)
-    il.start(0, retract())
+    il.start(0, zap_and_retract(k, cache))
     il.finish()
     il.pass_grace_period()
     problems = audit(k)
