@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from emu.cli import COMMANDS, EXIT_FOUND, EXIT_OK, UsageError, console, err_console
+from emu.cli_output import check_file, write_text
 
 FAILURES_DIR = Path(".ptemu") / "failures"
 
@@ -88,6 +89,8 @@ def _check_scenario(cfg: Any) -> Any:
 def cmd_explore(args: argparse.Namespace) -> int:
     from emu.explore import explore
     from emu.svg import write_svg
+    check_file(args.json, "--json")
+    check_file(args.svg, "--svg", stdout_ok=False)
     cfg = _config(args)
     sc = _check_scenario(cfg)
     if cfg.depth is None and isinstance(sc.explore.get("depth"), int):
@@ -135,7 +138,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         else:
             console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure")
         if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+            write_text(args.json, json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
         return EXIT_OK
     rep = res.report
     console.rule("failure")
@@ -147,7 +150,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     console.print(f"schedule: {rep.schedule}", markup=False, highlight=False)
     console.print(f"saved to {path}; replay with: ptemu replay {path}", markup=False)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+        write_text(args.json, json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
     if args.svg and res.machine is not None:
         write_svg(args.svg, res.machine, rep)
         console.print(f"timeline written to {args.svg}", markup=False)
@@ -159,12 +162,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from emu.report import Report, build_report
     from emu.sched import Replay, ReplayDivergence, decode
     from emu.svg import write_svg
+    check_file(args.json, "--json")
+    check_file(args.svg, "--svg", stdout_ok=False)
+    if args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
     target = Path(args.target)
     recorded = None
     if target.suffix == ".json" and target.is_file():
         try:
             recorded = Report.from_json(target.read_text())
-        except ValueError as exc:
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{target}: {exc}") from None
         cfg = ExploreConfig(scenario=recorded.scenario, arch=args.arch or recorded.arch,
                             variants=tuple(recorded.variants), max_steps=args.max_steps)
@@ -180,10 +187,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _check_scenario(cfg)
     m = build_machine(cfg, trace=True)
     m.reset()
+    strategy = Replay(choices, strict_end=not args.allow_prefix)
     try:
-        r = m.run(Replay(choices, strict_end=False), max_steps=cfg.max_steps)
+        r = m.run(strategy, max_steps=cfg.max_steps)
     except ReplayDivergence as exc:
-        raise UsageError(f"the schedule does not fit this scenario: {exc}") from None
+        raise UsageError(f"the schedule does not fit this scenario: {exc}"
+                         + ("" if args.allow_prefix else " (--allow-prefix replays a prefix "
+                            "and lets round-robin finish the run)")) from None
+    if strategy.pos < len(choices) and not args.allow_prefix:
+        raise UsageError(f"the schedule has {len(choices)} steps but the run ended after "
+                         f"{strategy.pos} (--allow-prefix accepts that)")
     f = failure_of(r)
     rep = build_report(m, r, f, original_schedule=schedule)
     lines = m.trace_lines()
@@ -201,7 +214,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                           f"{recorded.step}; this replay gives {rep.kind} at step {rep.step}",
                           markup=False)
     if args.json:
-        Path(args.json).write_text(rep.to_json())
+        write_text(args.json, rep.to_json())
     if args.svg:
         write_svg(args.svg, m, rep)
         console.print(f"timeline written to {args.svg}", markup=False)
@@ -236,7 +249,8 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
                    help="exhaustive: partial-order reduction (default frames)")
     p.add_argument("--max-steps", type=int, default=200_000, help="step limit of one run")
     p.add_argument("--no-minimize", action="store_true", help="report the schedule as found")
-    p.add_argument("--json", metavar="FILE", help="write the result (stats and report) as JSON")
+    p.add_argument("--json", metavar="FILE",
+                   help="write the result (stats and report) as JSON (- for stdout)")
     p.add_argument("--svg", metavar="FILE", help="write a swimlane timeline of the failure")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explore)
@@ -256,7 +270,10 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", type=int, default=400, metavar="N",
                    help="print the last N trace lines (0: all; default 400)")
     p.add_argument("--max-steps", type=int, default=2_000_000, help="step limit")
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--allow-prefix", action="store_true",
+                   help="accept a schedule shorter than the run (round-robin finishes it) "
+                        "or longer (the rest is ignored)")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON (- for stdout)")
     p.add_argument("--svg", metavar="FILE", help="write a swimlane timeline")
     p.set_defaults(func=cmd_replay)
 

@@ -29,6 +29,25 @@ FORMAT = "ptemu-failure/1"
 LAST_STEPS = 12  # per task
 
 
+# what replay reads from a failure file must have the right type, or be refused
+_FIELD_TYPES: dict[str, str] = {
+    "kind": "str", "message": "str", "scenario": "str", "arch": "str", "variants": "list[str]",
+    "schedule": "str", "original_schedule": "str", "strategy": "str", "step": "int|None",
+    "cpu": "int|None", "frame": "int|None", "seed": "int", "lanes": "dict",
+    "details": "dict", "frame_history": "list", "steps": "int",
+}
+
+
+def _is(value: Any, want: str) -> bool:
+    if want == "list[str]":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if want.endswith("|None") and value is None:
+        return True
+    base = want.removesuffix("|None")
+    typ = {"str": str, "int": int, "dict": dict, "list": list}[base]
+    return isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+
+
 @dataclass
 class FrameEventRow:
     step: int
@@ -80,7 +99,17 @@ class Report:
             raise ValueError(f"not a ptemu failure file (format {d.get('format')!r}, "
                              f"expected {FORMAT!r})")
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["frame_history"] = [FrameEventRow(**e) for e in d.get("frame_history", [])]
+        for key, want in _FIELD_TYPES.items():
+            if key in d and not _is(d[key], want):
+                raise ValueError(f"malformed ptemu failure file: {key}: expected {want}, "
+                                 f"got {type(d[key]).__name__}")
+        for key in ("scenario", "schedule"):
+            if key not in d:
+                raise ValueError(f"malformed ptemu failure file: {key}: missing")
+        rows = d.get("frame_history", [])
+        if not all(isinstance(e, dict) for e in rows):
+            raise ValueError("malformed ptemu failure file: frame_history: expected objects")
+        d["frame_history"] = [FrameEventRow(**e) for e in rows]
         return cls(**d)
 
     @classmethod
@@ -89,6 +118,8 @@ class Report:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("not a ptemu failure file (JSON nested too deeply)") from None
         if not isinstance(d, dict):
             raise ValueError("not a ptemu failure file (not a JSON object)")
         try:
