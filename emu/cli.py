@@ -74,8 +74,11 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     from emu.check import default_checkers
     from emu.kernel.core import KernelBug
     from emu.machine import Machine
+    from emu.overrides import cli_overrides
     from emu.physmem import PhysMemError
     sc = scenario.load(args.scenario)
+    sc.overrides.extend(o for o in cli_overrides(getattr(args, "override", None))
+                        if o not in sc.overrides)
     try:
         return Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
     except KernelBug as exc:
@@ -94,8 +97,11 @@ def make_strategy(args: argparse.Namespace):  # noqa: ANN201
 
 def run_json(m, r) -> dict:  # noqa: ANN001
     """`run --json`: the outcome of one run as data (format ptemu-run/1)."""
+    from emu.overrides import override_records
     return {"format": "ptemu-run/1", "scenario": m.scenario.source, "arch": m.arch.name,
-            "variants": list(m.scenario.variants), "steps": r.steps,
+            "variants": list(m.scenario.variants),
+            "overrides": override_records(m.scenario.overrides, m.scenario.base_dir),
+            "steps": r.steps,
             "exit_codes": {f"cpu{c}": code for c, code in r.exit_codes.items()},
             "crashes": {f"cpu{c}": text for c, text in r.crashes.items()},
             "violation": str(r.violation) if r.violation else None,
@@ -274,6 +280,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from emu.overrides import add_override_option
     p = argparse.ArgumentParser(
         prog="ptemu",
         description="Find, replay and explain races between page-table walkers and "
@@ -290,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(r)
     r.add_argument("--trace", type=int, default=0, metavar="N", help="print the last N trace lines")
     r.add_argument("--json", metavar="FILE", help="write the outcome as JSON (- for stdout)")
+    add_override_option(r)
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run a built-in demonstration",

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from emu.cli import COMMANDS, EXIT_FOUND, EXIT_OK, UsageError, console, err_console
 from emu.cli_output import check_file, write_text
+from emu.overrides import add_override_option, changed_since, cli_overrides, override_records
 
 FAILURES_DIR = Path(".ptemu") / "failures"
 
@@ -71,7 +72,8 @@ def _config(args: argparse.Namespace) -> Any:
     if args.max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
     return ExploreConfig(scenario=scenario_ref(args.scenario), arch=args.arch,
-                         variants=tuple(args.variant or ()), strategy=args.strategy,
+                         variants=tuple(args.variant or ()),
+                         overrides=cli_overrides(args.override), strategy=args.strategy,
                          schedules=args.schedules, seed=args.seed, depth=args.depth,
                          jobs=args.jobs, max_steps=args.max_steps, por=args.por,
                          minimize=not args.no_minimize)
@@ -97,6 +99,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         cfg = replace(cfg, depth=sc.explore["depth"])  # the scenario's own [explore] depth
     console.print(f"[bold]explore[/] {cfg.scenario}"
                   + (f" variants={','.join(cfg.variants)}" if cfg.variants else "")
+                  + (f" overrides={','.join(sc.overrides)}" if sc.overrides else "")
                   + f" strategy={cfg.strategy} schedules={cfg.schedules} seed={cfg.seed}"
                   + (f" depth={cfg.depth}" if cfg.depth is not None else "")
                   + f" jobs={cfg.jobs}", highlight=False)
@@ -129,6 +132,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/] {note}")
     out: dict[str, Any] = {"format": "ptemu-explore/1", "clean": res.report is None,
                            "config": dict(vars(cfg)), "stats": dict(vars(st)),
+                           "variants": list(sc.variants),
+                           "overrides": override_records(sc.overrides, sc.base_dir),
                            "minimize_runs": res.minimize_runs,
                            "report": res.report.to_dict() if res.report else None}
     if res.report is None:
@@ -173,18 +178,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
             recorded = Report.from_json(target.read_text())
         except (ValueError, OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{target}: {exc}") from None
+        # overrides given on the explore command line were recorded with absolute
+        # paths; the scenario's own come back with the scenario
+        given = tuple(o["spec"] for o in recorded.overrides
+                      if Path(str(o.get("spec", "")).rpartition(":")[0]).is_absolute())
         cfg = ExploreConfig(scenario=recorded.scenario, arch=args.arch or recorded.arch,
-                            variants=tuple(recorded.variants), max_steps=args.max_steps)
+                            variants=tuple(recorded.variants),
+                            overrides=given + cli_overrides(args.override),
+                            max_steps=args.max_steps)
         schedule = args.schedule or recorded.schedule
     else:
         if not args.schedule:
             raise UsageError("replay of a scenario needs --schedule pt1:... "
                              "(or give a failure .json file)")
         cfg = ExploreConfig(scenario=scenario_ref(args.target), arch=args.arch,
-                            variants=tuple(args.variant or ()), max_steps=args.max_steps)
+                            variants=tuple(args.variant or ()),
+                            overrides=cli_overrides(args.override), max_steps=args.max_steps)
         schedule = args.schedule
     choices = decode(schedule)
-    _check_scenario(cfg)
+    sc = _check_scenario(cfg)
+    if recorded is not None:
+        for f in changed_since(recorded.overrides, sc.base_dir):
+            err_console.print(f"ptemu: warning: override {f} changed since the failure was "
+                              "saved (its sha256 differs)", markup=False)
     m = build_machine(cfg, trace=True)
     m.reset()
     strategy = Replay(choices, strict_end=not args.allow_prefix)
@@ -237,6 +253,7 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="override the scenario's [machine] arch")
     p.add_argument("--variant", action="append", metavar="NAME",
                    help="add a named kernel variant (repeatable; see `ptemu list variants`)")
+    add_override_option(p)
     p.add_argument("--strategy", choices=STRATEGIES, default="pct", help="default: pct")
     p.add_argument("--schedules", type=int, default=1000, metavar="N",
                    help="schedules to run (exhaustive: at most this many executions)")
@@ -267,6 +284,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", help="the schedule string (pt1:...)")
     p.add_argument("--arch", help="override the arch")
     p.add_argument("--variant", action="append", metavar="NAME", help="add a kernel variant")
+    add_override_option(p)
     p.add_argument("--trace", type=int, default=400, metavar="N",
                    help="print the last N trace lines (0: all; default 400)")
     p.add_argument("--max-steps", type=int, default=2_000_000, help="step limit")

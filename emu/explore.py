@@ -59,6 +59,7 @@ class ExploreConfig:
     scenario: str
     arch: str | None = None
     variants: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()  # absolute "path.py:Class", added to the scenario's own
     strategy: str = "pct"
     schedules: int = 1000
     seed: int = 0
@@ -105,6 +106,9 @@ def load_scenario(cfg: ExploreConfig) -> scenario_mod.Scenario:
     for v in cfg.variants:
         if v not in sc.variants:
             sc.variants.append(v)
+    for o in cfg.overrides:
+        if o not in sc.overrides:
+            sc.overrides.append(o)
     return sc
 
 

@@ -33,7 +33,7 @@ from emu.scenario import Scenario, ScenarioError, eval_int
 from emu.sched.schedule import RCU_TASK, encode, task_name
 from emu.sched.strategies import Strategy
 from emu.trace import Trace, describe_op
-from guest.asm import Program, load_program
+from guest.asm import Program, inline_program, load_program, load_program_file
 
 CODE_SLOT = 0x10000  # bytes of text VMA per vCPU
 STACK_SIZE = 0x10000
@@ -137,10 +137,16 @@ class Machine(KernelHooks):
             self.cpus.append(VCpu(self, i))
         for i, spec in enumerate(sc.programs):
             base = a.code_base + i * CODE_SLOT
+            key = f"cpu[{i}].asm" if spec.asm else f"cpu[{i}].program"
             try:
-                prog = load_program(a, spec.program, base)
+                if spec.asm:
+                    prog = inline_program(a, spec.asm, base, sc.source, spec.asm_line)
+                elif spec.path is not None:
+                    prog = load_program_file(a, spec.path, base, spec.program)
+                else:
+                    prog = load_program(a, spec.program, base)
             except ValueError as exc:
-                raise ScenarioError(sc.source, f"cpu[{i}].program", str(exc)) from None
+                raise ScenarioError(sc.source, key, str(exc)) from None
             if len(prog.code) > CODE_SLOT:
                 raise ScenarioError(sc.source, f"cpu[{i}].program", "program larger than 64 KiB")
             self.programs[i] = prog

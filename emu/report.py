@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emu.cpu import Mode
+from emu.overrides import override_records
 from emu.physmem import PhysMemError
 from emu.sched.schedule import context_switches, decode
 from emu.trace import describe_op
@@ -34,13 +35,15 @@ _FIELD_TYPES: dict[str, str] = {
     "kind": "str", "message": "str", "scenario": "str", "arch": "str", "variants": "list[str]",
     "schedule": "str", "original_schedule": "str", "strategy": "str", "step": "int|None",
     "cpu": "int|None", "frame": "int|None", "seed": "int", "lanes": "dict",
-    "details": "dict", "frame_history": "list", "steps": "int",
+    "details": "dict", "frame_history": "list", "steps": "int", "overrides": "list[dict]",
 }
 
 
 def _is(value: Any, want: str) -> bool:
     if want == "list[str]":
         return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if want == "list[dict]":
+        return isinstance(value, list) and all(isinstance(x, dict) for x in value)
     if want.endswith("|None") and value is None:
         return True
     base = want.removesuffix("|None")
@@ -62,6 +65,7 @@ class Report:
     scenario: str
     arch: str
     variants: list[str]
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # spec, file, class, sha256
     strategy: str = "replay"
     seed: int = 0
     depth: int | None = None
@@ -136,6 +140,9 @@ class Report:
             out.append(f"{self.kind}: {self.message}")
         out.append(f"scenario {self.scenario} on {self.arch}"
                    + (f", variants {', '.join(self.variants)}" if self.variants else ""))
+        for o in self.overrides:
+            out.append(f"override {o.get('file')}:{o.get('class')} "
+                       f"(sha256 {str(o.get('sha256', ''))[:12]})")
         if self.index is not None:
             depth = f", depth {self.depth}" if self.depth is not None else ""
             out.append(f"found by {self.strategy} (seed {self.seed}{depth}) at schedule #{self.index}")
@@ -248,7 +255,9 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
         details["frame_base"] = details_base
     return Report(
         kind=kind, message=message, scenario=m.scenario.source, arch=m.arch.name,
-        variants=list(m.scenario.variants), strategy=cfg.strategy if cfg else "replay",
+        variants=list(m.scenario.variants),
+        overrides=override_records(m.scenario.overrides, m.scenario.base_dir),
+        strategy=cfg.strategy if cfg else "replay",
         seed=cfg.seed if cfg else 0, depth=cfg.depth if cfg else None, index=index,
         step=step, cpu=cpu, breaking_step=_breaking_step(m, step, cpu), frame=frame,
         frame_state=state, frame_history=history, lanes=_lanes(m, last), schedule=r.schedule,

@@ -13,9 +13,10 @@ No correct routine tests a variant flag.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def load_override(spec: str, base_dir: Path) -> type:
     path = (base_dir / file_part).resolve()
     if not path.is_file():
         raise VariantError(f"override file {path} not found")
-    mod_name = f"ptemu_override_{abs(hash(str(path))) % 10**8}"
+    # a name from the path's digest: str hash() differs between processes
+    mod_name = f"ptemu_override_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
     spec_obj = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec_obj)
     sys.modules[mod_name] = module
@@ -84,18 +86,29 @@ def as_mixin(cls: type) -> type:
     return cls
 
 
-def build_kernel_class(names: list[str], override: str = "", base_dir: Path | None = None) -> type:
-    """The Kernel class with the named variants (and a user override) mixed in."""
-    import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
+def build_kernel_class(names: list[str], override: str | Sequence[str] = (),
+                       base_dir: Path | None = None) -> type:
+    """The Kernel class with the named variants (and the user's overrides) mixed in.
 
+    Overrides come first, in the order given (the first one's method wins);
+    at most one of them may replace the arch's table policy.
+    """
+    import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
+    from emu.kernel.pgalloc import TablePolicy
+
+    overrides = [override] if isinstance(override, str) else list(override)
+    overrides = [o for o in overrides if o]
     mixins: list[type] = []
     for n in names:
         if n not in VARIANTS:
             raise VariantError(f"unknown variant {n!r}; known: {', '.join(sorted(VARIANTS)) or 'none'}")
         mixins.append(VARIANTS[n].mixin)
-    if override:
-        mixins.insert(0, as_mixin(load_override(override, base_dir or Path.cwd())))
+    users = [load_override(o, base_dir or Path.cwd()) for o in overrides]
+    policies = [o for o, cls in zip(overrides, users, strict=True) if issubclass(cls, TablePolicy)]
+    if len(policies) > 1:
+        raise VariantError(f"overrides {' and '.join(policies)} both replace the table policy; "
+                           "give one")
+    mixins[:0] = [as_mixin(cls) for cls in users]
     if not mixins:
         return Kernel
-    return type("Kernel[" + ",".join(names + ([override] if override else [])) + "]",
-                (*mixins, Kernel), {})
+    return type("Kernel[" + ",".join(names + overrides) + "]", (*mixins, Kernel), {})
