@@ -93,6 +93,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from emu.svg import write_svg
     check_file(args.json, "--json")
     check_file(args.svg, "--svg", stdout_ok=False)
+    check_file(args.trace_json, "--trace-json")
     cfg = _config(args)
     sc = _check_scenario(cfg)
     if cfg.depth is None and isinstance(sc.explore.get("depth"), int):
@@ -159,7 +160,30 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if args.svg and res.machine is not None:
         write_svg(args.svg, res.machine, rep)
         console.print(f"timeline written to {args.svg}", markup=False)
+    if args.trace_json and res.machine is not None:
+        _write_trace_json(args.trace_json, res.machine, rep)
     return EXIT_FOUND
+
+
+def _write_trace_json(path: str, m: Any, rep: Any) -> None:
+    from emu.trace_event import trace_json
+    write_text(path, trace_json(m, rep))
+    if path != "-":
+        console.print(f"trace-event JSON (Perfetto, chrome://tracing) written to {path}",
+                      markup=False)
+
+
+def _dump_at(text: str | None) -> int | str | None:
+    """--dump-at: a step number or `fail`, checked before the run."""
+    if text is None or text == "fail":
+        return text
+    try:
+        n = int(text, 0)
+    except ValueError:
+        raise UsageError(f"--dump-at {text!r}: expected a step number or 'fail'") from None
+    if n < 0:
+        raise UsageError(f"--dump-at {n}: a step number is at least 0")
+    return n
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -169,6 +193,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from emu.svg import write_svg
     check_file(args.json, "--json")
     check_file(args.svg, "--svg", stdout_ok=False)
+    check_file(args.trace_json, "--trace-json")
+    dump_at = _dump_at(args.dump_at)
     if args.max_steps < 1:
         raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
     target = Path(args.target)
@@ -234,6 +260,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.svg:
         write_svg(args.svg, m, rep)
         console.print(f"timeline written to {args.svg}", markup=False)
+    if args.trace_json:
+        _write_trace_json(args.trace_json, m, rep)
+    if dump_at is not None:
+        from emu.state_dump import state_lines
+        if dump_at == "fail" or dump_at >= r.steps:
+            when = f"when the run stopped, after step {r.steps - 1}" + \
+                (f" ({rep.kind})" if f is not None else " (clean)")
+        else:
+            m.reset()  # again, up to the step asked for
+            m.run(Replay(choices, strict_end=False), max_steps=dump_at)
+            when = f"before step {dump_at} runs"
+        console.rule(f"state {when}")
+        for line in state_lines(m, when)[1:]:
+            console.print(line, markup=False, highlight=False)
     return EXIT_FOUND if f is not None else EXIT_OK
 
 
@@ -269,6 +309,8 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE",
                    help="write the result (stats and report) as JSON (- for stdout)")
     p.add_argument("--svg", metavar="FILE", help="write a swimlane timeline of the failure")
+    p.add_argument("--trace-json", metavar="FILE",
+                   help="write the failure's timeline as Chrome trace-event JSON (Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_explore)
 
@@ -293,6 +335,11 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                         "or longer (the rest is ignored)")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (- for stdout)")
     p.add_argument("--svg", metavar="FILE", help="write a swimlane timeline")
+    p.add_argument("--trace-json", metavar="FILE",
+                   help="write the timeline as Chrome trace-event JSON (open in Perfetto)")
+    p.add_argument("--dump-at", metavar="STEP|fail",
+                   help="print the page tables and every CPU's TLB before STEP runs, or "
+                        "where the run stopped (fail)")
     p.set_defaults(func=cmd_replay)
 
 

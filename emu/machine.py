@@ -232,6 +232,7 @@ class Machine(KernelHooks):
         strategy.new_execution()
         viol = deadlock = None
         limit = False
+        t: int | None = None  # the task taking the current step
         try:
             while True:
                 runnable = self.runnable_tasks()
@@ -252,17 +253,18 @@ class Machine(KernelHooks):
                 else:
                     self.cpus[t].step()
                 self.step += 1
+            t = None  # checks at the end of the run belong to no step
             for c in self.checkers:
                 c.on_run_end()
         except Violation as v:
             viol = v
-            self.step += 1
         except KernelBug as exc:
             viol = Violation("kernel-bug", str(exc), self.step)
-            self.step += 1
         except PhysMemError as exc:
             name = "double-free" if "double free" in str(exc) else "physmem"
             viol = Violation(name, str(exc), self.step)
+        if viol is not None:
+            self._trace_failing_step(viol, t)
             self.step += 1
         return RunResult(
             steps=self.step, schedule=encode(self.choices), violation=viol, deadlock=deadlock,
@@ -270,6 +272,37 @@ class Machine(KernelHooks):
             exit_codes={c.index: c.exit_code for c in self.cpus if c.index in self.programs},
             crashes={c.index: c.crash for c in self.cpus if c.crash},
             trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
+
+    def _trace_failing_step(self, v: Violation, t: int | None) -> None:
+        """Name the task whose step failed, and make sure that step is in the trace.
+
+        A checker may reject a kernel step before it is performed (and so
+        before it is traced), the allocator or the model may raise inside
+        it, and an RCU callback is traced after it runs: without this the
+        report, the lanes and the timeline would all lack the very step
+        that broke the invariant.
+        """
+        if t is None or v.step != self.step:
+            return  # a check at the end of the run belongs to no step
+        if v.cpu is None and t != RCU_TASK:
+            v.cpu = t
+        lane = "rcu" if t == RCU_TASK else f"cpu{t}"
+        if t == RCU_TASK:
+            v.details.setdefault("task", "rcu")
+        if any(r[0] == v.step and r[1] == lane and r[2] != "note"
+               for r in reversed(self.trace.records[-64:])):
+            return
+        if t == RCU_TASK:
+            self.trace.add(v.step, "rcu", "rcu", f"callback failed: {v.checker}")
+            return
+        c = self.cpus[t]
+        if c.mode is Mode.KERNEL and c.task is not None and c.task.last_op is not None:
+            self.trace.add(v.step, lane, "kernel", f"{c.task.name}: {describe_op(c.task.last_op)}")
+        elif c.mode is Mode.WALK and c.walk_msg is not None:
+            msg = c.walk_msg
+            self.trace.add(v.step, lane, "walk", f"{type(msg).__name__} {msg.level} [{msg.pa:#x}]")
+        else:
+            self.trace.add(v.step, lane, "guest", c.pc)
 
     def deadlock_report(self) -> str:
         parts = []

@@ -34,7 +34,7 @@ LAST_STEPS = 12  # per task
 _FIELD_TYPES: dict[str, str] = {
     "kind": "str", "message": "str", "scenario": "str", "arch": "str", "variants": "list[str]",
     "schedule": "str", "original_schedule": "str", "strategy": "str", "step": "int|None",
-    "cpu": "int|None", "frame": "int|None", "seed": "int", "lanes": "dict",
+    "cpu": "int|None", "task": "str", "title": "str", "frame": "int|None", "seed": "int", "lanes": "dict",
     "details": "dict", "frame_history": "list", "steps": "int", "overrides": "list[dict]",
 }
 
@@ -72,6 +72,8 @@ class Report:
     index: int | None = None  # which schedule of the exploration failed
     step: int | None = None  # the step that broke it
     cpu: int | None = None
+    task: str = ""  # the task whose step broke it: "cpu1", "rcu"; "" for an end-of-run check
+    title: str = ""  # kind and message without addresses or counts: the same bug, the same title
     breaking_step: str = ""
     frame: int | None = None
     frame_state: str = ""
@@ -146,9 +148,12 @@ class Report:
         if self.index is not None:
             depth = f", depth {self.depth}" if self.depth is not None else ""
             out.append(f"found by {self.strategy} (seed {self.seed}{depth}) at schedule #{self.index}")
+        if self.title:
+            out.append(f"title: {self.title}")
         if self.step is not None:
-            who = f"cpu{self.cpu}" if self.cpu is not None else "-"
-            out.append(f"broken at step {self.step} on {who}: {self.breaking_step}")
+            who = self.task or (f"cpu{self.cpu}" if self.cpu is not None else "")
+            out.append(f"broken at step {self.step}" + (f" on {who}" if who else "")
+                       + f": {self.breaking_step}")
         if self.frame is not None:
             base = self.details.get("frame_base", self.frame)
             where = f"{self.frame:#x} in frame {base:#x}" if base != self.frame else f"frame {base:#x}"
@@ -185,10 +190,28 @@ def _frame_of(m: Machine, r: RunResult) -> int | None:
     return int(hit.group(1), 16) if hit else None
 
 
+_ADDRESS = re.compile(r"\b0x[0-9a-f]+\b")
+_NUMBER = re.compile(r"\b\d+\b")
+_CPU = re.compile(r"\bcpu\d+\b")
+
+
+def stable_title(kind: str, message: str) -> str:
+    """What failed, without addresses, CPU numbers or counts (as syzkaller titles are):
+    the same bug found by two schedules, or on two machines, gets the same title."""
+    text = _CPU.sub("cpuN", message)
+    text = _ADDRESS.sub("ADDR", text)
+    text = _NUMBER.sub("N", text)
+    text = re.split(r"; |\. | \(", text, maxsplit=1)[0]  # the first clause says what
+    return f"{kind}: {text[:120].rstrip()}"
+
+
 def _breaking_step(m: Machine, step: int | None, cpu: int | None) -> str:
     """The step at which the run failed, as a trace line, or the step in flight."""
     if step is None:
         return ""
+    if step >= m.step - 1 and not any(rec[0] == step and rec[2] != "note"
+                                      for rec in m.trace.records[-64:]):
+        return "the end of the run (a check over the whole final state)"
     task = f"cpu{cpu}" if cpu is not None else None
     recs = [rec for rec in m.trace.records if rec[0] == step
             and (task is None or rec[1] == task) and rec[2] != "note"]
@@ -236,6 +259,8 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
     if kind == "crash":
         cpu = min(r.crashes)
         step = _crash_step(m, cpu, step)
+    task = "rcu" if v is not None and v.details.get("task") == "rcu" else \
+        (f"cpu{cpu}" if cpu is not None else "")
     frame = _frame_of(m, r)
     history: list[FrameEventRow] = []
     state = ""
@@ -259,7 +284,8 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
         overrides=override_records(m.scenario.overrides, m.scenario.base_dir),
         strategy=cfg.strategy if cfg else "replay",
         seed=cfg.seed if cfg else 0, depth=cfg.depth if cfg else None, index=index,
-        step=step, cpu=cpu, breaking_step=_breaking_step(m, step, cpu), frame=frame,
+        step=step, cpu=cpu, task=task,
+        title=stable_title(kind, message) if failure is not None else "", breaking_step=_breaking_step(m, step, cpu), frame=frame,
         frame_state=state, frame_history=history, lanes=_lanes(m, last), schedule=r.schedule,
         original_schedule=orig, context_switches=context_switches(decode(r.schedule)),
         original_context_switches=context_switches(decode(orig)), steps=r.steps,
