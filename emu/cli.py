@@ -269,6 +269,7 @@ def _common(p: argparse.ArgumentParser, scenario: bool = True, defaults: bool = 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
 import emu.cli_explore  # noqa: E402, F401 - registers `explore` and `replay`
+import emu.cli_failures  # noqa: E402, F401 - registers `failures`
 
 
 def _version() -> str:

@@ -24,29 +24,8 @@ from rich.table import Table
 
 from emu.cli import COMMANDS, EXIT_FOUND, EXIT_OK, UsageError, console, err_console
 from emu.cli_output import check_file, write_text
+from emu.failure_db import DB_DIR, FailureDb, save_failure, scenario_ref
 from emu.overrides import add_override_option, changed_since, cli_overrides, override_records
-
-FAILURES_DIR = Path(".ptemu") / "failures"
-
-
-def scenario_ref(text: str) -> str:
-    """An absolute path for a scenario file, the name itself for a built-in one."""
-    p = Path(text)
-    return str(p.resolve()) if p.is_file() else text
-
-
-def save_failure(report_json: str, directory: Path = FAILURES_DIR) -> Path:
-    """Write to the first free scheduleNNN.json; exclusive create never overwrites."""
-    directory.mkdir(parents=True, exist_ok=True)
-    n = 0
-    while True:
-        path = directory / f"schedule{n:03d}.json"
-        try:
-            with open(path, "x") as f:
-                f.write(report_json)
-            return path
-        except FileExistsError:
-            n += 1
 
 
 def print_report(report: Any) -> None:
@@ -90,6 +69,7 @@ def _check_scenario(cfg: Any) -> Any:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     from emu.explore import explore
+    from emu.explore_reuse import record, reuse_phase
     from emu.svg import write_svg
     check_file(args.json, "--json")
     check_file(args.svg, "--svg", stdout_ok=False)
@@ -104,6 +84,13 @@ def cmd_explore(args: argparse.Namespace) -> int:
                   + f" strategy={cfg.strategy} schedules={cfg.schedules} seed={cfg.seed}"
                   + (f" depth={cfg.depth}" if cfg.depth is not None else "")
                   + f" jobs={cfg.jobs}", highlight=False)
+    db = None if args.no_db else FailureDb(args.db or DB_DIR)
+    if db is not None:
+        reused = reuse_phase(cfg, db)
+        for note in reused.notes():
+            console.print(note, markup=False, highlight=False)
+        if reused.failing is not None:
+            return _report_reused(args, reused)
     t0 = time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:>8.1f} schedules/s"),
@@ -155,6 +142,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
     path = save_failure(rep.to_json())
     console.print(f"schedule: {rep.schedule}", markup=False, highlight=False)
     console.print(f"saved to {path}; replay with: ptemu replay {path}", markup=False)
+    if db is not None:
+        dbpath, new = record(cfg, db, rep)
+        console.print(f"failure database: {'new entry' if new else 'already known as'} {dbpath}"
+                      " (the next explore of this scenario replays it first)", markup=False)
     if args.json:
         write_text(args.json, json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
     if args.svg and res.machine is not None:
@@ -162,6 +153,27 @@ def cmd_explore(args: argparse.Namespace) -> int:
         console.print(f"timeline written to {args.svg}", markup=False)
     if args.trace_json and res.machine is not None:
         _write_trace_json(args.trace_json, res.machine, rep)
+    return EXIT_FOUND
+
+
+def _report_reused(args: argparse.Namespace, reused: Any) -> int:
+    """A saved failure still fails: report it, as a found one, without exploring."""
+    from emu.svg import write_svg
+    rep = reused.failing
+    console.rule("failure (a saved failure, replayed first)")
+    print_report(rep)
+    console.print(f"schedule: {rep.schedule}", markup=False, highlight=False)
+    console.print(f"replay with: ptemu replay {reused.failing_path}  (no new schedules were "
+                  "explored; --no-db explores without the database)", markup=False)
+    if args.json:
+        out = {"format": "ptemu-explore/1", "clean": False, "reused": str(reused.failing_path),
+               "report": rep.to_dict()}
+        write_text(args.json, json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
+    if args.svg:
+        write_svg(args.svg, reused.machine, rep)
+        console.print(f"timeline written to {args.svg}", markup=False)
+    if args.trace_json:
+        _write_trace_json(args.trace_json, reused.machine, rep)
     return EXIT_FOUND
 
 
@@ -204,6 +216,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             recorded = Report.from_json(target.read_text())
         except (ValueError, OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"{target}: {exc}") from None
+        scen = Path(recorded.scenario)
+        if not scen.is_absolute() and (target.parent / scen).is_file():
+            recorded.scenario = str((target.parent / scen).resolve())  # a database entry
         # overrides given on the explore command line were recorded with absolute
         # paths; the scenario's own come back with the scenario
         given = tuple(o["spec"] for o in recorded.overrides
@@ -312,6 +327,9 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace-json", metavar="FILE",
                    help="write the failure's timeline as Chrome trace-event JSON (Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-db", action="store_true",
+                   help="neither replay nor record failures in the failure database")
+    p.add_argument("--db", metavar="DIR", help=f"the failure database (default {DB_DIR})")
     p.set_defaults(func=cmd_explore)
 
 

@@ -16,7 +16,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from emu.cli import main
-from emu.cli_explore import save_failure
 from emu.explore import (
     ExploreConfig,
     build_machine,
@@ -27,6 +26,7 @@ from emu.explore import (
     strategy_for,
     sub_seed,
 )
+from emu.failure_db import save_failure
 from emu.report import Report
 from emu.sched import decode
 
