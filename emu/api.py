@@ -52,6 +52,13 @@ class Outcome:
         return self.report is None or not self.report.failed
 
     @property
+    def exercised(self) -> bool:
+        """False when a clean exploration never had a reader overlap a table's free."""
+        from emu.evidence import verdict_lines
+        ev = self.stats.evidence if self.stats is not None else None
+        return not any(x.startswith("clean, but") for x in verdict_lines(ev, self.clean))
+
+    @property
     def replay_command(self) -> str:
         if self.report is None:
             return ""
@@ -67,6 +74,9 @@ class Outcome:
             lines += self.report.lines()
         elif self.stats is not None:
             lines.append(f"clean: {self.stats.schedules} schedules, no failure")
+        if self.stats is not None:
+            from emu.evidence import verdict_lines
+            lines += verdict_lines(self.stats.evidence, self.clean)
         if not self.clean:
             lines.append(f"replay with: {self.replay_command}")
         return "\n".join(lines)
@@ -119,7 +129,7 @@ def explore(scenario: str | Path, *, arch: str | None = None,
                         variants=_as_tuple(variants),
                         overrides=tuple(override_spec(o) for o in _as_tuple(override)),
                         strategy=strategy, schedules=schedules, seed=seed, depth=depth,
-                        jobs=jobs, max_steps=max_steps)
+                        jobs=jobs, max_steps=max_steps, evidence=True)
     sc = load_scenario(cfg)
     build_kernel_class(sc.variants, sc.overrides, sc.base_dir)
     if cfg.depth is None and isinstance(sc.explore.get("depth"), int):

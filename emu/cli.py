@@ -54,12 +54,13 @@ class UsageError(Exception):
 def _input_errors() -> tuple[type[BaseException], ...]:
     from arch import UnknownArch
     from emu.cli_output import OutputPathError
+    from emu.coverage_report import CoverageUnavailable
     from emu.kernel.variants import VariantError
     from emu.scenario import ScenarioError
     from emu.sched.schedule import ScheduleError
     from guest.asm import AsmError
     return (UsageError, ScenarioError, UnknownArch, VariantError, ScheduleError, AsmError,
-            OutputPathError)
+            OutputPathError, CoverageUnavailable)
 
 
 # ---- shared helpers -----------------------------------------------------------
