@@ -201,7 +201,8 @@ def stable_title(kind: str, message: str) -> str:
     text = _CPU.sub("cpuN", message)
     text = _ADDRESS.sub("ADDR", text)
     text = _NUMBER.sub("N", text)
-    text = re.split(r"; |\. | \(", text, maxsplit=1)[0]  # the first clause says what
+    text = re.split(r"; |\. ", text, maxsplit=1)[0]  # the first sentence says what
+    text = re.sub(r" \([^()]*\bstep N\b[^()]*\)", "", text)  # when it happened is not what
     return f"{kind}: {text[:120].rstrip()}"
 
 
