@@ -111,7 +111,7 @@ def assemble_text(arch: Arch, text: str, base: int, name: str = "<text>",
     `first_line` is the line of `name` on which `text` starts (inline asm in
     a scenario file starts below its `asm =` key).
     """
-    text = substitute(arch, text)  # keeps the line structure
+    source, text = text, substitute(arch, text)  # keeps the line structure
     try:
         arch.check_guest_asm(text, name)
     except ValueError as exc:
@@ -121,7 +121,7 @@ def assemble_text(arch: Arch, text: str, base: int, name: str = "<text>",
     except keystone.KsError as exc:
         line = _failing_line(arch, text, base)
         where = f"{name}:{line + first_line - 1}" if line is not None else name
-        stmt = f" `{text.splitlines()[line - 1].strip()}`" if line is not None else ""
+        stmt = f" `{source.splitlines()[line - 1].strip()}`" if line is not None else ""
         raise AsmError(f"{where}: keystone ({arch.name}): {exc}{stmt}") from None
     if not code:
         raise AsmError(f"{name}: guest program for {arch.name} assembled to nothing")
