@@ -489,6 +489,10 @@ class Machine(KernelHooks):
             c.on_kernel_store(cpu, pa, size, value, what)
 
     def on_table_free(self, cpu: int | None, pa: int, size: int, deferred: bool) -> None:
+        if self.trace.enabled and pa >= 0:  # for the report: which routine freed it
+            from emu.kernel_stack import kernel_callers
+            self.trace.add(self.step, f"cpu{cpu}" if cpu is not None else "rcu", "note",
+                           f"table {pa:#x} freed by {' < '.join(kernel_callers()) or '?'}")
         for c in self.checkers:
             c.on_table_free(cpu, pa, size, deferred)
         # Unicorn may cache a translation through this frame: make the next

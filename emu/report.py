@@ -239,6 +239,20 @@ def _crash_step(m: Machine, cpu: int, default: int | None) -> int | None:
     return default
 
 
+def _freed_by(m: Machine, step: int, frame: int) -> str:
+    """" (by routine < caller < ...)" from the machine's note of a table free at `step`."""
+    lo, hi = frame, frame + m.frames.frame_size
+    for s, _, kind, text in m.trace.records:
+        if s == step and kind == "note" and isinstance(text, str) and text.startswith("table "):
+            addr, _, by = text[len("table "):].partition(" freed by ")
+            try:
+                if by and lo <= int(addr, 16) < hi:
+                    return f" (by {by})"
+            except ValueError:
+                continue
+    return ""
+
+
 def _lanes(m: Machine, last: int) -> dict[str, list[str]]:
     by_task: dict[str, list] = {}
     for rec in m.trace.records:
@@ -274,7 +288,8 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
             details_base = m.frames.frame_base(frame)
             state = fi.state.value + (f" {fi.level} table" if fi.level else "") \
                 + f", generation {fi.generation}"
-            history = [FrameEventRow(e.step, e.cpu, e.what) for e in fi.history]
+            history = [FrameEventRow(e.step, e.cpu, e.what + _freed_by(m, e.step, details_base))
+                       for e in fi.history]
     orig = original_schedule or r.schedule
     details = dict(v.details) if v is not None else {}
     if frame is not None and history:
