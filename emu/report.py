@@ -56,6 +56,7 @@ class FrameEventRow:
     step: int
     cpu: int | None
     what: str
+    by: str = ""  # the kernel routines that did it, innermost first ("a < b < c")
 
 
 @dataclass
@@ -160,7 +161,7 @@ class Report:
             out.append(f"{where} (now {self.frame_state}), its life:")
             for e in self.frame_history:
                 who = f"cpu{e.cpu}" if e.cpu is not None else "setup"
-                out.append(f"  step {e.step:>6}  {who:<6} {e.what}")
+                out.append(f"  step {e.step:>6}  {who:<6} {e.what}" + (f" (by {e.by})" if e.by else ""))
         for task, rows in self.lanes.items():
             out.append(f"last {len(rows)} steps of {task}:")
             out.extend(f"  {row}" for row in rows)
@@ -240,14 +241,14 @@ def _crash_step(m: Machine, cpu: int, default: int | None) -> int | None:
 
 
 def _freed_by(m: Machine, step: int, frame: int) -> str:
-    """" (by routine < caller < ...)" from the machine's note of a table free at `step`."""
+    """"routine < caller < ..." from the machine's note of a table free at `step`."""
     lo, hi = frame, frame + m.frames.frame_size
     for s, _, kind, text in m.trace.records:
         if s == step and kind == "note" and isinstance(text, str) and text.startswith("table "):
             addr, _, by = text[len("table "):].partition(" freed by ")
             try:
                 if by and lo <= int(addr, 16) < hi:
-                    return f" (by {by})"
+                    return by
             except ValueError:
                 continue
     return ""
@@ -288,7 +289,7 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
             details_base = m.frames.frame_base(frame)
             state = fi.state.value + (f" {fi.level} table" if fi.level else "") \
                 + f", generation {fi.generation}"
-            history = [FrameEventRow(e.step, e.cpu, e.what + _freed_by(m, e.step, details_base))
+            history = [FrameEventRow(e.step, e.cpu, e.what, _freed_by(m, e.step, details_base))
                        for e in fi.history]
     orig = original_schedule or r.schedule
     details = dict(v.details) if v is not None else {}

@@ -9,7 +9,8 @@ def test_the_frame_history_names_the_routine_that_freed_it():
     res = explore(ExploreConfig("retract_x86", variants=("pte_free_immediate",), schedules=1000))
     rep = res.report
     assert rep is not None and rep.kind == "use-after-free"
-    freed = [e.what for e in rep.frame_history if "freed" in e.what]
+    freed = [e for e in rep.frame_history if "freed" in e.what]
     assert freed, rep.frame_history
-    assert "(by TablePolicy.free < pte_free < PteFreeImmediate.pte_free_defer < " \
-           "retract_page_tables)" in freed[-1]
+    assert freed[-1].by == "TablePolicy.free < pte_free < PteFreeImmediate.pte_free_defer < " \
+        "retract_page_tables"
+    assert f"(by {freed[-1].by})" in "\n".join(rep.lines())
