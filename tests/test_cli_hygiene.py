@@ -165,3 +165,10 @@ def test_piped_output_has_no_borders_and_no_hard_wrap():
     assert not any(ch in out for ch in "│┃━─╭╰")
     sched = next(x for x in out.splitlines() if x.startswith("schedule: "))
     assert len(sched) > 160
+
+
+def test_package_metadata_has_license_authors_and_classifiers():
+    from importlib.metadata import metadata
+    md = metadata("ptemu")
+    assert md["License"] and md["Author"] and md.get_all("Classifier")
+    assert any(c.startswith("License ::") for c in md.get_all("Classifier"))
