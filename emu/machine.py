@@ -57,9 +57,17 @@ class RunResult:
     deadlock: str | None = None
     step_limit: bool = False
     exit_codes: dict[int, int | None] = field(default_factory=dict)
+    # vCPUs whose program's exit status is a result (the `hypercall` program's
+    # return value), not a verdict on the run: a non-zero status is no failure
+    result_exits: frozenset[int] = frozenset()
     crashes: dict[int, str] = field(default_factory=dict)
     trace_digest: str = ""
     memory_digest: str = ""
+
+    def failed_exits(self) -> list[int]:
+        """vCPUs whose program exited with a non-zero verdict, in index order."""
+        return sorted(c for c, code in self.exit_codes.items()
+                      if code not in (0, None) and c not in self.result_exits)
 
     @property
     def ok(self) -> bool:
@@ -127,6 +135,9 @@ class Machine(KernelHooks):
             start = eval_int(v.start, names, sc.source, f"vma[{i}].start")
             size = eval_int(v.size, names, sc.source, f"vma[{i}].size")
             self._check_vma(start, size, f"vma[{i}]")
+            if v.thp and not a.supports_huge_pmd():
+                raise ScenarioError(sc.source, f"vma[{i}].thp",
+                                    f"{a.name} has no PMD-sized pages (no THP)")
             k.mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
             vma = k.mm.find_vma(start)
             named[vma.name] = vma
@@ -246,8 +257,11 @@ class Machine(KernelHooks):
                 else:
                     self.cpus[t].step()
                 self.step += 1
-            for c in self.checkers:
-                c.on_run_end()
+            if not limit:
+                # A run cut by the step limit is not quiescent: its end-of-run
+                # invariants (accounting, balanced locks) do not hold yet.
+                for c in self.checkers:
+                    c.on_run_end()
         except Violation as v:
             viol = v
             self.step += 1
@@ -262,6 +276,7 @@ class Machine(KernelHooks):
             steps=self.step, schedule=encode(self.choices), violation=viol, deadlock=deadlock,
             step_limit=limit,
             exit_codes={c.index: c.exit_code for c in self.cpus if c.index in self.programs},
+            result_exits=frozenset(i for i, p in self.programs.items() if p.exit_is_result),
             crashes={c.index: c.crash for c in self.cpus if c.crash},
             trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
 
