@@ -40,6 +40,31 @@ program = "hypercall"
 args = [5, "8 * pmd_size", "page_size"]
 """
 
+# b./c. khugepaged + whole-range MADV_DONTNEED (empty-table reclaim) + a faulting
+# reader: handle_pte_fault re-reads, under the ptl, a table detached after its
+# lockless orig_pte read (pte_unmap_same / pte_same), sees the change and
+# retries; the detached-table checker flagged the read (schedule #1).
+KHUGEPAGED_DONTNEED_READER = """
+[machine]
+arch = "x86-pae"
+cpus = 3
+memory_mib = 32
+[[vma]]
+start = "8 * pmd_size"
+size = "pmd_size"
+kind = "shmem"
+populate = 4
+[[cpu]]
+program = "khugepaged"
+args = ["8 * pmd_size", 1]
+[[cpu]]
+program = "madvise_dontneed"
+args = ["8 * pmd_size", "pmd_size"]
+[[cpu]]
+program = "read_pages"
+args = ["8 * pmd_size", 4, "page_size", 2]
+"""
+
 # e. nothing but register arithmetic and exits, cut by a tiny step budget
 STEP_LIMITED = """
 [machine]
@@ -98,6 +123,13 @@ def test_a_truncate_skips_a_folio_collapse_replaced_while_it_slept(tmp_path):
     """The run that used to underflow: khugepaged first, truncate's batch taken before."""
     path = write(tmp_path, KHUGEPAGED_VS_TRUNCATE)
     res = explore(ExploreConfig(path, strategy="pct", schedules=1, jobs=1, depth=2))
+    assert res.report is None, res.report and res.report.message
+
+
+@pytest.mark.parametrize("arch", ["x86-pae", "powerpc", "s390", "sparc64"])
+def test_b_fault_rereading_a_reclaimed_table_under_its_ptl_is_clean(tmp_path, arch):
+    path = write(tmp_path, KHUGEPAGED_DONTNEED_READER)
+    res = explore(ExploreConfig(path, arch=arch, strategy="pct", schedules=25))
     assert res.report is None, res.report and res.report.message
 
 
@@ -178,3 +210,31 @@ def test_a_result_exit_status_is_not_a_failure_but_a_verdict_is(tmp_path):
     r.exit_codes[0] = 1
     r.result_exits = frozenset()
     assert r.failed_exits() == [0]
+
+
+@pytest.mark.parametrize("arch", ["x86-pae", "powerpc", "s390", "sparc64"])
+def test_d_munmap_waits_for_retract_before_freeing_the_vmas_tables(arch):
+    """retract_page_tables() (i_mmap_rwsem read) holds a VMA's pmd lock when
+    munmap tears the VMA down. free_pgtables() takes no page-table lock, so
+    munmap must not free the tables of a VMA an rmap walker can still find:
+    unlink_file_vma() (i_mmap_rwsem write) comes first. Before the fix munmap
+    freed the table under retract, which then freed "a pte table at 0x0"."""
+    from emu.kernel import steps as ks
+    from emu.kernel.audit import audit
+    from emu.testing import Interleaving, zap_and_retract
+    text = KHUGEPAGED_VS_TRUNCATE.replace('kind = "file"', 'kind = "shmem"')
+    m = Machine(scenario.parse(textwrap.dedent(text), "<test>"), arch=arch)
+    k = m.kernel
+    vma = m.mm.find_vma(8 * m.arch.pmd_size)
+    il = Interleaving(m)
+    il.start(0, zap_and_retract(k, vma.file))
+    # retract holds the pmd lock (and i_mmap_rwsem for read), has read the pmd
+    # and is about to take the table's ptl: munmap runs now
+    il.run_until(0, lambda op: isinstance(op, ks.SpinLock) and op.nested)
+    il.start(1, k.do_munmap(m.mm, vma.start, vma.end))
+    il.run_while_runnable(1)
+    assert not il.tasks[1].done, "munmap must wait to unlink the VMA from i_mmap"
+    il.finish()
+    il.pass_grace_period()
+    assert il.tasks[1].result == 0 and vma not in vma.file.vmas
+    assert m.mm.nr_ptes == 0 and audit(k) == []
