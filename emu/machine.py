@@ -257,9 +257,9 @@ class Machine(KernelHooks):
                 else:
                     self.cpus[t].step()
                 self.step += 1
-            if not limit:
-                # A run cut by the step limit is not quiescent: its end-of-run
-                # invariants (accounting, balanced locks) do not hold yet.
+            if not limit and deadlock is None:
+                # A run cut by the step limit, or stuck, is not quiescent: its
+                # end-of-run invariants (accounting, balanced locks) do not hold.
                 for c in self.checkers:
                     c.on_run_end()
         except Violation as v:
@@ -279,6 +279,24 @@ class Machine(KernelHooks):
             result_exits=frozenset(i for i, p in self.programs.items() if p.exit_is_result),
             crashes={c.index: c.crash for c in self.cpus if c.crash},
             trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
+
+    def drain_rcu(self, max_callbacks: int = 10_000) -> bool:
+        """rcu_barrier() at the end of a run: every vCPU has stopped, so each is
+        quiescent; run every queued callback (traced). False if some callback
+        could still not run (a grace period that cannot end)."""
+        k = self.kernel
+        for _ in range(max_callbacks):
+            if not k.rcu.callbacks:
+                return True
+            for c in k.cpus:
+                if not c.in_read_side():
+                    k.rcu.quiescent(c.cpu, self.step, k.online_cpus())
+            if not k.rcu.ready_callbacks():
+                return False
+            self.frames.step = k.step = self.step
+            what = k.run_one_rcu_callback()
+            self.trace.add(self.step, "rcu", "rcu", f"{what} (rcu_barrier at the end of the run)")
+        return not k.rcu.callbacks
 
     def deadlock_report(self) -> str:
         parts = []

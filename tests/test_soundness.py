@@ -238,3 +238,48 @@ def test_d_munmap_waits_for_retract_before_freeing_the_vmas_tables(arch):
     il.pass_grace_period()
     assert il.tasks[1].result == 0 and vma not in vma.file.vmas
     assert m.mm.nr_ptes == 0 and audit(k) == []
+
+
+def _machine_with_a_deferred_table_free():
+    """A machine whose run is over and one pte_free_defer() callback is queued."""
+    from emu.check import Accounting
+    from emu.kernel import steps as ks
+    from emu.testing import zap_and_retract
+    text = KHUGEPAGED_VS_TRUNCATE.replace('kind = "file"', 'kind = "shmem"')
+    m = Machine(scenario.parse(textwrap.dedent(text), "<test>"))
+    acc = Accounting()
+    m.add_checker(acc)
+    k = m.kernel
+    cache = m.mm.find_vma(8 * m.arch.pmd_size).file
+    k.rcu.need_qs.clear()
+
+    def retract():
+        yield ks.RcuReadLock()  # keep the grace period from ending at once
+        yield from zap_and_retract(k, cache)
+        yield ks.RcuReadUnlock()
+    m.run_kernel_now(retract(), "retract")
+    return m, acc
+
+
+def test_accounting_drains_rcu_callbacks_left_at_the_end_instead_of_skipping():
+    m, acc = _machine_with_a_deferred_table_free()
+    assert m.kernel.rcu.callbacks, "the table's free is still queued"
+    acc.on_run_end()  # runs the callback, then audits: clean
+    assert not m.kernel.rcu.callbacks
+
+
+def test_accounting_says_so_when_it_cannot_close_the_books():
+    from emu.check import Violation
+    m, acc = _machine_with_a_deferred_table_free()
+    m.kernel.cpus[0].rcu_nesting = 1  # a reader that never leaves: no grace period ends
+    with pytest.raises(Violation, match="accounting skipped"):
+        acc.on_run_end()
+
+
+def test_the_lockless_sync_rule_checker_says_it_is_a_rule():
+    """Issue 9 section 4: a checker encoding a rule, not a consequence, says so."""
+    res = explore(ExploreConfig("lockless_sync_pae", variants=("no_lockless_sync",),
+                                strategy="pct", schedules=60, minimize=False))
+    assert res.report is not None and res.report.kind == "lockless-sync"
+    assert res.report.message.startswith("rule: ")
+    assert explore(ExploreConfig("lockless_sync_pae", strategy="pct", schedules=60)).report is None
