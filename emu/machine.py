@@ -16,7 +16,7 @@ from typing import Any
 
 import capstone
 
-from arch import get_arch
+from arch import UnknownArch, get_arch
 from arch.base import Access, Fault, Prot, PteRead, PteSetBits, PteWrite, Translation
 from emu import hypercall, services  # noqa: F401 - services register hypercalls
 from emu.check.base import Checker, Violation
@@ -79,7 +79,13 @@ class Machine(KernelHooks):
     def __init__(self, scenario: Scenario, arch: str | None = None,
                  checkers: list[Checker] | None = None, trace: bool = True) -> None:
         self.scenario = scenario
-        self.arch = get_arch(arch or scenario.arch, **scenario.options)
+        try:
+            self.arch = get_arch(arch or scenario.arch, scenario.version, scenario.version_given,
+                                 **scenario.options)
+        except UnknownArch as exc:
+            if not scenario.options:
+                raise
+            raise ScenarioError(scenario.source, "arch_options", str(exc)) from None
         self.ncpus = scenario.cpus
         self.mem = PhysMem(scenario.memory_mib << 20)
         self.frames = FrameAllocator(self.mem, self.arch.page_size)

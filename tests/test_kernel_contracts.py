@@ -25,7 +25,8 @@ from emu.testing import Interleaving, about_to_read_pte, rcu_pte_reader, zap_and
 BASE = 0x1000_0000  # 2 MiB aligned on every arch whose PMD is <= 8 MiB... x86 here
 
 
-def machine(variants=(), thp=False, pmd_mapping=True, arch="x86-pae", populate=True) -> Machine:
+def machine(variants=(), thp=False, pmd_mapping=True, arch="x86-pae", populate=True,
+            version="6.14") -> Machine:
     text = f"""
     [machine]
     arch = "{arch}"
@@ -33,6 +34,7 @@ def machine(variants=(), thp=False, pmd_mapping=True, arch="x86-pae", populate=T
     memory_mib = 32
 
     [kernel]
+    version = "{version}"
     variants = {list(variants)!r}
 
     [[vma]]
@@ -466,10 +468,12 @@ def test_fault_reading_a_half_cleared_pae_pte_retries():
     """Regression (found by PCT on walker-vs-retract): a fault's lockless read
     caught zap's PAE clear between its two stores (low=0, high=NX): neither
     none nor present. Linux rechecks under the ptl (pte_unmap_same()) and
-    retries; the model returned SIGSEGV."""
+    retries; the model returned SIGSEGV. Up to 6.1 ptep_get_and_clear() is
+    xchg(low), then the high word, so the half-cleared pte is real there
+    (6.2+ clears all 64 bits in one exchange)."""
     from arch.base import Access
     from emu.kernel.fault import VM_FAULT_RETRY_ACCESS
-    m = machine(populate=1)
+    m = machine(populate=1, version="6.1")
     k = m.kernel
     vma = m.mm.find_vma(BASE)
     il = Interleaving(m)

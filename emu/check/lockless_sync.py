@@ -44,7 +44,7 @@ class LocklessSync(Checker):
             self.window.setdefault(cpu, (entry, self.m.step))
         elif t is s.IrqEnable and k.cpus[cpu].irq_off == 0:
             self.window.pop(cpu, None)
-        elif t is s.Store and op.what == "pmdp_collapse_flush":
+        elif t in (s.Store, s.Xchg) and op.what.startswith("pmdp_collapse_flush"):
             entry = op.pa - op.pa % self.width
             for reader, (pa, since) in sorted(self.window.items()):
                 if reader != cpu and pa == entry:

@@ -27,6 +27,7 @@ from arch.base import Access
 from emu.kernel import steps as s
 from emu.kernel.fault import Vmf
 from emu.kernel.folio import Folio, PageCache
+from emu.kernel.version import RW_NOLOCK
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
@@ -66,9 +67,14 @@ class KhugepagedMixin:
         return SCAN_SUCCEED, pmd_pa
 
     def pmdp_collapse_flush(self: Kernel, haddr: int, pmd_pa: int) -> s.KernelGen:
-        """Clear a pmd that points to a page table and flush the range; returns the old pmd."""
+        """Clear a pmd that points to a page table and flush the range; returns the old pmd.
+
+        mm/pgtable-generic.c (all modelled versions): pmdp_huge_get_and_clear(),
+        then flush_tlb_range(); the old value is the get-and-clear's.
+        """
         old = yield from self.read_entry("pmd", pmd_pa, "pmdp_collapse_flush")
-        yield from self.clear_entry("pmd", pmd_pa, "pmdp_collapse_flush")
+        old = yield from self.get_and_clear_entry("pmd", pmd_pa, old,
+                                                  "pmdp_collapse_flush: pmdp_huge_get_and_clear")
         yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size)
         if self.arch.collapse_flush_serializes:
             # book3s64 hash: serialize_against_pte_lookup() IPIs every CPU and
@@ -77,7 +83,13 @@ class KhugepagedMixin:
         return old
 
     def rw_nolock_pmd_same(self: Kernel, pmd_pa: int, pmdval: int) -> s.KernelGen:
-        """The recheck a pte_offset_map_rw_nolock() caller owes before writing."""
+        """The recheck a pte_offset_map_rw_nolock() caller owes before writing (6.13+).
+
+        Before 6.13 these callers (collapse steps 2 and 4, arm's adjust_pte)
+        used pte_offset_map_nolock() and made no recheck: True, with no read.
+        """
+        if self.version < RW_NOLOCK:
+            return True
         now = yield from self.pmdp_get_lockless(pmd_pa)
         return now == pmdval
 
