@@ -200,7 +200,7 @@ def _fuzz(cfg: FuzzConfig, progress: Progress | None) -> FuzzResult:
 
     def wanted(i: int) -> bool:
         label = ts[i % len(ts)].label
-        return not cfg.stops_at_first() or label not in hit or i < hit[label]
+        return not cfg.stops_at_first() or label not in hit or i <= hit[label]
 
     def record(o: Outcome) -> None:
         done[o.index] = o

@@ -56,7 +56,7 @@ def targets_for(name: str) -> list[Target]:
     """`all`, an arch name (all of its options), or one target label."""
     if name == "all":
         return list(TARGETS)
-    picked = [t for t in TARGETS if t.label == name] or [t for t in TARGETS if t.arch == name]
+    picked = [t for t in TARGETS if t.arch == name] or [t for t in TARGETS if t.label == name]
     if not picked:
         known = ", ".join(["all", *dict.fromkeys([t.arch for t in TARGETS] + [t.label for t in TARGETS])])
         raise ValueError(f"unknown fuzz arch {name!r} (known: {known})")
