@@ -166,8 +166,8 @@ def _add_fuzz(sub: argparse._SubParsersAction) -> None:
                     "--override each target stops at its first hit and the summary says "
                     "after how many workloads and schedules (or that the variant cannot "
                     "apply there). Results do not depend on --jobs.",
-        epilog="Exit status: 0 clean (or, with --variant, whether found or not), 1 a failure "
-               "was found, 2 bad input.")
+        epilog="Exit status: 0 nothing found, 1 a failure found (with --variant: the "
+               "variant was found), 2 bad input.")
     p.add_argument("--arch", default="all",
                    help="all (default), an arch, or one target: x86-pae, arm, powerpc, "
                         "powerpc-hash, s390, s390-full-page, sparc64")
