@@ -24,7 +24,7 @@ text depends on nothing else (no hash order, no clock).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from arch import get_arch
 from emu.explore import sub_seed
@@ -101,6 +101,11 @@ class Region:
     writable: bool
     stable: bool
     vma: Vma | None = None
+    touch_b: int = -1  # how far guest loads and stores may go (the file's end); -1: size_b
+
+    def __post_init__(self) -> None:
+        if self.touch_b < 0:
+            self.touch_b = self.size_b
 
 
 @dataclass
@@ -187,10 +192,15 @@ def _plan_vmas(rng: random.Random, plan: Plan) -> None:
 
 def _regions(plan: Plan) -> list[Region]:
     out = []
+    by_name = {v.name: v for v in plan.vmas}
     for v in plan.vmas:
         start = plan.slot_base(v.slot) + v.start_pages * plan.page
-        out.append(Region(plan.expr(start), start, v.size_pages * plan.page, v.kind,
-                          v.prot == "rw", v.stable, v))
+        size = v.size_pages * plan.page
+        # a second mapping maps the file from page 0: past the file's end a
+        # guest access is SIGBUS in Linux (SIGSEGV here), so touches stop there
+        touch = min(size, by_name[v.share].size_pages * plan.page) if v.share else size
+        out.append(Region(plan.expr(start), start, size, v.kind, v.prot == "rw", v.stable, v,
+                          touch))
     return out
 
 
@@ -221,7 +231,7 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
             if not cands:
                 continue
             r = rng.choice(cands)
-            addr, length = _subrange(rng, plan, r)
+            addr, length = _subrange(rng, plan, replace(r, size_b=r.touch_b))
             count = rng.randint(1, 8)
             stride = max(page, (length // count) // page * page)
             count = min(count, max(1, length // stride))
@@ -273,12 +283,24 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
             calls.append([op, _hostile_addr(rng, plan, addr) if hostile else _at(plan, addr)])
         elif op == "truncate":
             cands = [r for r in regions if not r.stable and r.kind != "anon"]
-            r = rng.choice(cands) if cands else rng.choice(live)
-            if not cands and not hostile:
-                continue
-            size = rng.choice([0, page, r.size_b // 2 // page * page, r.size_b, r.size_b + pmd])
             if hostile:
-                size = rng.choice([size + 1, -page]) if cands else size
+                # -EINVAL whatever it names: a size off the page grain, a negative
+                # size, or an address with no file behind it
+                r = rng.choice(live)
+                which = rng.randrange(3)
+                if which == 0:
+                    calls.append([op, _at(plan, r.start_b), plan.expr(page + 1)])
+                elif which == 1:
+                    calls.append([op, _at(plan, r.start_b), -page])
+                else:
+                    anon = [x for x in live if x.kind == "anon"]
+                    where = anon[0].start_b if anon else own_base + 2 * pmd
+                    calls.append([op, _at(plan, where), 0])
+                continue
+            if not cands:
+                continue
+            r = rng.choice(cands)
+            size = rng.choice([0, page, r.size_b // 2 // page * page, r.size_b, r.size_b + pmd])
             calls.append([op, _at(plan, r.start_b), _len(plan, size)])
         elif op == "munmap":
             cands = [r for r in regions if not r.stable]

@@ -231,3 +231,54 @@ def test_ci_smoke_every_arch(tmp_path, monkeypatch, capsys):
     for f in data["failures"]:
         assert any(re.search(p, f["kind"] + " " + f["message"]) for p in KNOWN_FALSE_ALARMS), f
     assert rc == (1 if data["failures"] else 0)
+
+
+def _touches_stay_legal(text: str, target) -> None:
+    """Every guest load/store of a workload goes where no call unmaps or truncates,
+    within the file a mapping shares, or into the vCPU's own live mmap."""
+    from arch import get_arch
+    from emu.scenario import eval_int
+    a = get_arch(target.arch, **dict(target.options))
+    names = {"page_size": a.page_size, "pmd_size": a.pmd_size, "cpus": 4}
+    sc = scenario.parse(text, "w.toml")
+
+    def ev(x):
+        return eval_int(x, names, "w", "k")
+
+    vmas = {v.name: (ev(v.start), ev(v.size), v) for v in sc.vmas}
+    hit = set()  # VMAs (and the files they share) some call unmaps or truncates
+    for p in sc.programs:
+        for rec in p.calls:
+            if rec[0] == "truncate" and (ev(rec[2]) < 0 or ev(rec[2]) % a.page_size):
+                continue  # -EINVAL: truncates nothing
+            if rec[0] in ("munmap", "truncate"):
+                addr = ev(rec[1])
+                hit |= {n for n, (s, z, v) in vmas.items()
+                        if (rec[0] == "truncate" and v.kind != "anon" and s <= addr < s + z)
+                        or (rec[0] == "munmap" and addr < s + z and s < addr + ev(rec[2]))}
+    hit |= {n for n, (_, _, v) in vmas.items() if v.share in hit}
+    hit |= {vmas[n][2].share for n in hit if vmas[n][2].share}
+    for p in sc.programs:
+        own = None
+        for rec in p.calls:
+            if rec[0] == "mmap" and rec[3] in (0, 1, 2):
+                own = (ev(rec[1]), ev(rec[2]))
+            elif rec[0] == "munmap" and own and ev(rec[1]) == own[0]:
+                own = None
+            elif rec[0] in ("touch_read", "touch_write"):
+                addr, count, stride = ev(rec[1]), rec[2], ev(rec[3])
+                for va in range(addr, addr + count * stride, stride):
+                    if own and own[0] <= va < own[0] + own[1]:
+                        continue
+                    home = [n for n, (s, z, _) in vmas.items() if s <= va < s + z]
+                    assert home and home[0] not in hit, (rec, home)
+                    s, z, v = vmas[home[0]]
+                    end = min(z, vmas[v.share][1]) if v.share else z
+                    assert va < s + end, (rec, "past the shared file's end")
+                    assert rec[0] == "touch_read" or v.prot == "rw", rec
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.label)
+def test_generated_touches_stay_where_linux_would_not_signal(target):
+    for i in range(40):
+        _touches_stay_legal(generate(target, workload_seed(3, i)), target)
