@@ -377,6 +377,11 @@ class Machine(KernelHooks):
             for c in self.checkers:
                 c.on_walker_read(idx, msg.pa, msg.size, value, msg.level)
             return value
+        if value != msg.expect:
+            # the entry changed since the walk read it: the compare-and-OR fails
+            self.trace.add(self.step, f"cpu{idx}", "walk", f"set A/D {msg.level} [{msg.pa:#x}]: "
+                           f"entry changed ({msg.expect:#x} -> {value:#x}), not written")
+            return value
         new = value | msg.bits
         self.trace.add(self.step, f"cpu{idx}", "walk", f"set A/D {msg.level} [{msg.pa:#x}] |= {msg.bits:#x}")
         for c in self.checkers:
