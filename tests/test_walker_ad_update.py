@@ -83,3 +83,30 @@ def test_a_cleared_pte_stays_clear_and_is_not_translated(case):
     res, sets = walk(m, va, race=False)
     assert isinstance(res, Translation) and sets
     assert m.mem.read_int(leaf, 8, a.byteorder) & bits == bits
+
+
+def test_an_entry_that_refuses_the_access_is_dropped_before_the_refill():
+    """A stale no-permission 4 KiB entry over a now PMD-mapped page: the access
+    faults on it, the fault drops it, and the 2 MiB refill is what gets used."""
+    from arch.base import Translation as Tr
+    from emu.sched import RoundRobin
+    text = textwrap.dedent(f"""
+        [machine]
+        arch = "x86-pae"
+        cpus = 1
+        memory_mib = 32
+        [[vma]]
+        start = "{VA_PMD} * pmd_size"
+        size = "pmd_size"
+        kind = "shmem"
+        thp = true
+        populate = 1
+        [[cpu]]
+        calls = [["touch_read", "{VA_PMD} * pmd_size + 5 * page_size", 1, "page_size"]]
+        """)
+    m = Machine(scenario.parse(text, "<test>"))
+    va = VA_PMD * m.arch.pmd_size + 5 * m.arch.page_size
+    m.cpus[0].tlb_insert(Tr(va, 0, m.arch.page_size, 0, (), 0))
+    r = m.run(RoundRobin(1), max_steps=2000)
+    assert not r.step_limit and r.exit_codes == {0: 0}
+    assert m.cpus[0].tlb_lookup(va).tr.size == m.arch.pmd_size
