@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -118,15 +119,22 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         else:
             console.print(f"scenario saved to {toml}; run it with: ptemu explore {toml}",
                           markup=False)
+    for o in res.outcomes:
+        if o.tainted:
+            console.print(f"[yellow]note:[/] workload {o.index} ({o.label}): the correct model "
+                          f"already fails it ({escape(o.tainted)}); not run with the variant",
+                          highlight=False, markup=True)
     t = Table(title=f"fuzz summary (seed {cfg.seed}, {time.perf_counter() - t0:.0f} s)")
     for col in ("arch", "workloads", "schedules", "steps", "wall s", "step-limited", "failures"):
         t.add_column(col, justify="left" if col == "arch" else "right")
     if cfg.stops_at_first():
+        t.add_column("correct model fails", justify="right")
         t.add_column("first hit (workloads / schedules)", justify="right")
     for s in res.targets.values():
         row = [s.label, str(s.workloads), f"{s.schedules:,}", f"{s.steps:,}", f"{s.seconds:.1f}",
                str(s.step_limited), str(s.failures + s.errors)]
         if cfg.stops_at_first():
+            row.append(str(s.tainted))
             row.append("does not apply: " + s.not_applicable if s.not_applicable else
                        f"{s.first_hit[0]} / {s.first_hit[1]:,}" if s.first_hit else
                        f"not found in {s.workloads} / {s.schedules:,}")
@@ -163,7 +171,9 @@ def _add_fuzz(sub: argparse._SubParsersAction) -> None:
                     "s390-full-page, sparc64 in turn; an arch name is that arch with each of "
                     "its options in turn. Every failure is reported and saved as a scenario "
                     "plus failure file that `ptemu replay` takes. With --variant or "
-                    "--override each target stops at its first hit and the summary says "
+                    "--override each workload is first explored with the correct model (a "
+                    "workload it fails is skipped and counted) and each target stops at its "
+                    "first hit; the summary says "
                     "after how many workloads and schedules (or that the variant cannot "
                     "apply there). Results do not depend on --jobs.",
         epilog="Exit status: 0 nothing found, 1 a failure found (with --variant: the "

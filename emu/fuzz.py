@@ -8,7 +8,8 @@ each of the first four and 28 to the other three), how each is explored
 gets the seed `workload_seed(seed, i)`, PCT of depth 2 or 3, or for one in
 four random scheduling, for M schedules), the per-target summary, and the
 variant mode (stop a target at its first hit; say when a variant cannot
-apply to a target instead of reporting it clean).
+apply to a target instead of reporting it clean; a hit counts only where the
+same workload is clean on the correct model over the same schedules).
 
 Determinism: a workload's text, strategy and seeds depend only on (seed,
 index, target); with `jobs > 1` workloads run in worker processes and the
@@ -104,21 +105,37 @@ class Outcome:
     report_json: str = ""
     scenario: str = ""  # the generated TOML
     error: str = ""  # the workload could not be built (a generator or model bug)
+    # variant mode: the correct model already fails this workload (kind: message),
+    # so it says nothing about the variant and was not explored with it
+    tainted: str = ""
+    baseline_schedules: int = 0  # variant mode: schedules the correct model ran clean
 
 
 def run_workload(cfg: FuzzConfig, index: int) -> Outcome:
+    """Explore workload `index`. With variants (or an override), the same workload
+    is first explored with the correct model over the same schedules: only if that
+    is clean does the variant run, so a hit is the variant's and nothing else's."""
     w = workload(cfg, index)
     text = scenario_text(cfg, w)
     d = Path(cfg.workdir)
     d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{w.name}.toml"
-    path.write_text(text)
-    ecfg = ExploreConfig(scenario=str(path.resolve()), strategy=w.strategy,
-                         schedules=cfg.schedules, seed=w.seed, depth=w.depth, jobs=1,
-                         max_steps=cfg.max_steps)
     t0 = time.perf_counter()
+    baseline = 0
+    if cfg.variants or cfg.override:
+        plain = scenario_text(replace(cfg, variants=(), override=""), w)
+        try:
+            res = explore(_explore_config(cfg, w, d / f"{w.name}-correct.toml", plain, False))
+        except Exception as exc:  # noqa: BLE001 - a workload that cannot even run is a finding
+            return Outcome(index, w.target.label, w.name, w.strategy, 0, 0,
+                           time.perf_counter() - t0, scenario=plain,
+                           error=f"{type(exc).__name__}: {exc}")
+        if res.failure is not None:
+            return Outcome(index, w.target.label, w.name, w.strategy, 0, res.stats.steps,
+                           time.perf_counter() - t0, scenario=plain,
+                           tainted=f"{res.failure.kind}: {res.failure.message}")
+        baseline = res.stats.schedules
     try:
-        res = explore(ecfg)
+        res = explore(_explore_config(cfg, w, d / f"{w.name}.toml", text, True))
     except Exception as exc:  # noqa: BLE001 - a workload that cannot even run is a finding
         return Outcome(index, w.target.label, w.name, w.strategy, 0, 0,
                        time.perf_counter() - t0, scenario=text,
@@ -133,7 +150,16 @@ def run_workload(cfg: FuzzConfig, index: int) -> Outcome:
             out.kind, out.message = res.failure.kind, res.failure.message
     elif res.failure is not None:
         out.kind, out.message = res.failure.kind, res.failure.message
+    out.baseline_schedules = baseline
     return out
+
+
+def _explore_config(cfg: FuzzConfig, w: Workload, path: Path, text: str,
+                    minimize: bool) -> ExploreConfig:
+    path.write_text(text)
+    return ExploreConfig(scenario=str(path.resolve()), strategy=w.strategy,
+                         schedules=cfg.schedules, seed=w.seed, depth=w.depth, jobs=1,
+                         max_steps=cfg.max_steps, minimize=minimize)
 
 
 @dataclass
@@ -146,6 +172,8 @@ class TargetSummary:
     step_limited: int = 0
     failures: int = 0
     errors: int = 0
+    tainted: int = 0  # variant mode: workloads the correct model fails (not run with it)
+    baseline_schedules: int = 0  # variant mode: correct-model schedules, all clean
     first_hit: tuple[int, int] | None = None  # (workloads, schedules) up to and incl. the hit
     not_applicable: str = ""
 
@@ -234,6 +262,11 @@ def _fuzz(cfg: FuzzConfig, progress: Progress | None) -> FuzzResult:
     res.outcomes = [done[i] for i in sorted(done) if wanted(i)]
     for o in res.outcomes:
         s = res.targets[o.label]
+        if o.tainted:
+            s.tainted += 1
+            s.seconds += o.seconds
+            continue
+        s.baseline_schedules += o.baseline_schedules
         s.workloads += 1
         s.schedules += o.schedules
         s.steps += o.steps
