@@ -152,37 +152,42 @@ def generate(target: Target, seed: int) -> str:
     return _toml(plan, lists, seed)
 
 
+CANDIDATES = 2  # the first VMAs: collapse candidates the calls favour (see _calls)
+
+
 def _plan_vmas(rng: random.Random, plan: Plan) -> None:
+    """2-4 VMAs. The first two are collapse candidates, PMD-aligned shmem/file
+    ranges of whole PMDs (what khugepaged, MADV_COLLAPSE and retract act on; the
+    second is one guests may not touch but calls may truncate or unmap); the
+    others are of any kind, size and alignment."""
     ppmd = plan.pmd // plan.page
     nvma = rng.randint(2, 4)
     for i in range(nvma):
-        # the first is a collapse candidate: a PMD-aligned shmem/file range of whole PMDs
-        kind = rng.choice(["shmem", "file"]) if i == 0 else \
+        candidate = i < CANDIDATES
+        kind = rng.choice(["shmem", "file"]) if candidate else \
             rng.choices(["anon", "shmem", "file"], [2, 3, 3])[0]
-        if i == 0 or rng.random() < 0.5:
+        if candidate or rng.random() < 0.5:
             off, size = 0, ppmd * rng.choice([1, 1, 1, 2])
         else:
             off = rng.choice([0, 0, rng.randint(1, 8)])
             size = rng.choice([rng.randint(1, 8), ppmd, ppmd - rng.randint(1, 4),
                                ppmd + rng.randint(1, 8), 2 * ppmd])
         v = Vma(f"v{i}", kind, off, size, i)
-        v.stable = i == 0 or rng.random() < 0.6
-        if not v.stable:
-            v.stable = False
-        if rng.random() < 0.15 and kind != "anon":
+        v.stable = i == 0 or (i > 1 and rng.random() < 0.6) or (i == 1 and rng.random() < 0.3)
+        if not candidate and rng.random() < 0.15 and kind != "anon":
             v.prot = "r"
         pop = rng.random()
-        if pop < 0.35:
+        if pop < (0.2 if candidate else 0.35):
             v.populate = False
         elif pop < 0.5 and size <= 64:
             v.populate = True
         else:
             v.populate = rng.randint(1, min(size, 16))
         if kind != "anon":
-            v.thp = off == 0 and size >= ppmd and rng.random() < 0.45
-            v.pmd_mapping = rng.random() < 0.6
+            v.thp = off == 0 and size >= ppmd and rng.random() < (0.5 if candidate else 0.3)
+            v.pmd_mapping = rng.random() < 0.5
             earlier = [w for w in plan.vmas if w.kind == kind and not w.share]
-            if earlier and rng.random() < 0.3:
+            if not candidate and earlier and rng.random() < 0.3:
                 w = rng.choice(earlier)
                 v.share = w.name
                 v.thp = False
@@ -208,6 +213,15 @@ HOSTILE = 0.12  # share of calls with a hostile argument
 NR_UNKNOWN = (11, 37, 0x1000, 0xFFFF)
 
 
+def _pick(rng: random.Random, regions: list[Region]) -> Region:
+    """A region for a call: the collapse candidates more often than the rest, so
+    calls on different vCPUs meet on the same PMD ranges."""
+    cands = [r for r in regions if r.vma is not None and int(r.vma.name[1:]) < CANDIDATES]
+    if cands and rng.random() < 0.6:
+        return rng.choice(cands)
+    return rng.choice(regions)
+
+
 def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> list[list]:
     """One vCPU's call list: a random sequence over every hypercall."""
     page, pmd = plan.page, plan.pmd
@@ -221,7 +235,7 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
            "madvise_dontneed", "gup_fast", "fault_around", "truncate", "munmap", "mmap",
            "rcu_barrier", "getcpu", "log", "unknown"]
     weights = [8, 6, 6, 5, 6, 6, 3, 3, 2, 3, 2, 0.5, 0.5, 0.5]
-    n = rng.randint(3, 10)
+    n = rng.randint(2, 8)
     while len(calls) < n:
         op = rng.choices(ops, weights)[0]
         hostile = rng.random() < HOSTILE
@@ -230,20 +244,20 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
             cands = [r for r in live if r.stable and (op == "touch_read" or r.writable)]
             if not cands:
                 continue
-            r = rng.choice(cands)
+            r = _pick(rng, cands)
             addr, length = _subrange(rng, plan, replace(r, size_b=r.touch_b))
             count = rng.randint(1, 8)
             stride = max(page, (length // count) // page * page)
             count = min(count, max(1, length // stride))
             calls.append([op, _at(plan, addr), count, plan.expr(stride)])
         elif op == "khugepaged_scan":
-            r = rng.choice(live)
+            r = _pick(rng, live)
             addr = r.start_b + rng.randrange(0, r.size_b, page)
             if not hostile:
                 addr -= addr % pmd if addr - addr % pmd >= r.start_b else 0
             calls.append([op, _hostile_addr(rng, plan, addr) if hostile else _at(plan, addr)])
         elif op in ("madvise_collapse", "madvise_dontneed"):
-            r = rng.choice(live)
+            r = _pick(rng, live)
             addr, length = _subrange(rng, plan, r, pmd_aligned=op == "madvise_collapse")
             advice = MADV_COLLAPSE if op == "madvise_collapse" else MADV_DONTNEED
             if hostile:
@@ -260,7 +274,7 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
                     length += 1
             calls.append(["madvise", _at(plan, addr), _len(plan, length), advice])
         elif op == "gup_fast":
-            r = rng.choice(live)
+            r = _pick(rng, live)
             addr, length = _subrange(rng, plan, r)
             nr = max(1, length // page)
             write = int(r.writable and rng.random() < 0.5)
@@ -278,7 +292,7 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
                     continue
             calls.append([op, _at(plan, addr), nr, out, write])
         elif op == "fault_around":
-            r = rng.choice(live)
+            r = _pick(rng, live)
             addr = r.start_b + rng.randrange(0, r.size_b, page)
             calls.append([op, _hostile_addr(rng, plan, addr) if hostile else _at(plan, addr)])
         elif op == "truncate":
@@ -299,7 +313,7 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
                 continue
             if not cands:
                 continue
-            r = rng.choice(cands)
+            r = _pick(rng, cands)
             size = rng.choice([0, page, r.size_b // 2 // page * page, r.size_b, r.size_b + pmd])
             calls.append([op, _at(plan, r.start_b), _len(plan, size)])
         elif op == "munmap":
