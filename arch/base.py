@@ -72,12 +72,26 @@ class PteRead:
 
 @dataclass(frozen=True)
 class PteSetBits:
-    """The walker atomically ORs `bits` into an entry (hardware A/D update)."""
+    """The walker atomically ORs `bits` into an entry (hardware A/D update).
+
+    The update is a compare-and-OR against `expect`, the value the walk read:
+    hardware never sets accessed/dirty in an entry that changed under the walk
+    (Linux relies on it: a pte cleared by ptep_get_and_clear() stays clear;
+    only a Knights Landing erratum, X86_BUG_PTE_LEAK, breaks that), and the
+    hash MMU's refill sets them with a pte_xchg() loop that re-checks the pte.
+    The walk gets back the value now in memory: `expect | bits` if it took,
+    else the entry's new value, and must not translate through a changed one.
+    """
 
     pa: int
     size: int
     bits: int
     level: str
+    expect: int
+
+    def took(self, value: int) -> bool:
+        """Did the update land (`value` is what the walker got back)?"""
+        return value == self.expect | self.bits
 
 
 @dataclass(frozen=True)
@@ -117,7 +131,7 @@ class Fault:
     va: int
     access: Access
     level: str
-    reason: str  # "not-present", "protection", "bad-entry", "outside-ram"
+    reason: str  # "not-present", "protection", "bad-entry", "outside-ram", "changed"
 
 
 WalkResult = Translation | Fault

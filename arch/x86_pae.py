@@ -227,7 +227,10 @@ class X86Pae(Arch):
             return (yield from self._leaf(va, access, user, pde, pde_pa, "pmd", 1 << 21,
                                           pde & HUGE_MASK, (root, pmd_table), pde))
         if not pde & A:
-            pde = yield PteSetBits(pde_pa, 8, A, "pmd")
+            msg = PteSetBits(pde_pa, 8, A, "pmd", pde)
+            pde = yield msg
+            if not msg.took(pde):
+                return Fault(va, access, "pmd", "changed")  # the walk starts again
         pte_table = pde & PFN_MASK
         pte_pa = pte_table + pte_l.index(va) * 8
         pte = yield PteRead(pte_pa, 8, "pte")
@@ -250,7 +253,10 @@ class X86Pae(Arch):
             return Fault(va, access, level, "protection")
         want = A | (D if access == Access.WRITE else 0)
         if leaf & want != want:
-            leaf = yield PteSetBits(leaf_pa, 8, want, level)
+            msg = PteSetBits(leaf_pa, 8, want, level, leaf)
+            leaf = yield msg
+            if not msg.took(leaf):
+                return Fault(va, access, level, "changed")  # the walk starts again
         perms = PERM_R | (0 if nx else PERM_X)
         # Grant write only once D is set, so the first store re-walks and
         # sets it, as the hardware does.

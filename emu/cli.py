@@ -201,6 +201,7 @@ def _common(p: argparse.ArgumentParser, scenario: bool = True) -> None:
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
 import emu.cli_explore  # noqa: E402, F401 - registers `explore` and `replay`
+import emu.cli_fuzz  # noqa: E402, F401 - registers `fuzz`
 
 
 def build_parser() -> argparse.ArgumentParser:

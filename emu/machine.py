@@ -33,6 +33,7 @@ from emu.scenario import Scenario, ScenarioError, eval_int
 from emu.sched.schedule import RCU_TASK, encode, task_name
 from emu.sched.strategies import Strategy
 from emu.trace import Trace, describe_op
+from guest import calls as call_format
 from guest.asm import Program, load_program
 
 CODE_SLOT = 0x10000  # bytes of text VMA per vCPU
@@ -158,13 +159,17 @@ class Machine(KernelHooks):
                 prog = load_program(a, spec.program, base)
             except ValueError as exc:
                 raise ScenarioError(sc.source, f"cpu[{i}].program", str(exc)) from None
-            if len(prog.code) > CODE_SLOT:
+            image = prog.code
+            args_src = spec.args
+            if spec.calls is not None:
+                image, args_src = self._lay_out_calls(i, spec.calls, base, image, names)
+            if len(image) > CODE_SLOT:
                 raise ScenarioError(sc.source, f"cpu[{i}].program", "program larger than 64 KiB")
             self.programs[i] = prog
-            pages = -(-len(prog.code) // a.page_size) * a.page_size
+            pages = -(-len(image) // a.page_size) * a.page_size
             self._check_vma(base, pages, f"cpu[{i}] text")
             k.mm.insert_vma(VMA(base, base + pages, "text", Prot(write=False, exec=True),
-                                f"cpu{i} text", image=prog.code))
+                                f"cpu{i} text", image=image))
             stack_top = a.stack_top - i * 2 * STACK_SIZE
             self._check_vma(stack_top - STACK_SIZE, STACK_SIZE, f"cpu[{i}] stack")
             k.mm.insert_vma(VMA(stack_top - STACK_SIZE, stack_top, "anon", Prot(), f"cpu{i} stack"))
@@ -172,7 +177,7 @@ class Machine(KernelHooks):
             a.setup_cpu(cpu.uc, i, root)
             a.set_pc(cpu.uc, base)
             a.set_sp(cpu.uc, stack_top - 64)
-            args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(spec.args)]
+            args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(args_src)]
             try:
                 a.set_args(cpu.uc, args)
             except ValueError as exc:
@@ -190,6 +195,21 @@ class Machine(KernelHooks):
                     raise ScenarioError(sc.source, f"vma[{i}].populate", "must be true, false or >= 0")
                 self.populate(vma, pages)
         self.frames.step = 0
+
+    def _lay_out_calls(self, i: int, records: list[list[Any]], base: int, code: bytes,
+                       names: dict[str, int]) -> tuple[bytes, list[int]]:
+        """The calls program's text image with its records after the code, and its
+        two arguments: the records' address and count (guest/calls.py)."""
+        a, src = self.arch, self.scenario.source
+        numbers = hypercall.by_name()
+        words = []
+        for j, rec in enumerate(records):
+            op = call_format.op_number(rec[0], numbers)
+            words.append([op, *(eval_int(x, names, src, f"cpu[{i}].calls[{j}][{n}]")
+                                for n, x in enumerate(rec[1:], 1))])
+        offset = -(-len(code) // 8) * 8
+        blob = call_format.encode(words, a.word_size, a.byteorder)
+        return code + bytes(offset - len(code)) + blob, [base + offset, len(words)]
 
     def _check_vma(self, start: int, size: int, key: str) -> None:
         a = self.arch
@@ -395,6 +415,11 @@ class Machine(KernelHooks):
             self.trace.add(self.step, f"cpu{idx}", "walk", f"read {msg.level} [{msg.pa:#x}] = {value:#x}")
             for c in self.checkers:
                 c.on_walker_read(idx, msg.pa, msg.size, value, msg.level)
+            return value
+        if value != msg.expect:
+            # the entry changed since the walk read it: the compare-and-OR fails
+            self.trace.add(self.step, f"cpu{idx}", "walk", f"set A/D {msg.level} [{msg.pa:#x}]: "
+                           f"entry changed ({msg.expect:#x} -> {value:#x}), not written")
             return value
         new = value | msg.bits
         self.trace.add(self.step, f"cpu{idx}", "walk", f"set A/D {msg.level} [{msg.pa:#x}] |= {msg.bits:#x}")

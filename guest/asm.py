@@ -2,8 +2,8 @@
 
 Owns where program sources live (`guest/programs/<arch>/<name>.S`), the
 textual constants every program may use (`SYS_<name>` hypercall numbers,
-`PAGE_SIZE`, `PMD_SIZE`), and turning Keystone's failures into one clear
-error naming the program.
+`PAGE_SIZE`, `PMD_SIZE`, the call-list format's `CALL_*` from guest/calls.py),
+and turning Keystone's failures into one clear error naming the program.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import keystone
 
 from arch.base import Arch
 from emu import hypercall
+from guest import calls
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -53,6 +54,7 @@ def constants(arch: Arch) -> dict[str, int]:
     consts = {f"SYS_{name}": nr for name, nr in hypercall.by_name().items()}
     consts["PAGE_SIZE"] = arch.page_size
     consts["PMD_SIZE"] = arch.pmd_size
+    consts.update(calls.constants(arch.word_size))
     return consts
 
 
@@ -63,7 +65,7 @@ def substitute(arch: Arch, text: str) -> str:
         name = m.group(0)
         return str(consts[name]) if name in consts else name
 
-    return re.sub(r"\b(SYS_\w+|PAGE_SIZE|PMD_SIZE)\b", repl, text)
+    return re.sub(r"\b(SYS_\w+|CALL_\w+|PAGE_SIZE|PMD_SIZE)\b", repl, text)
 
 
 def assemble_text(arch: Arch, text: str, base: int, name: str = "<text>") -> bytes:

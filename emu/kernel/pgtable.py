@@ -23,8 +23,16 @@ from emu.kernel import steps as s
 from emu.kernel.sync import Spinlock
 
 if TYPE_CHECKING:
+    from arch.base import Arch
     from emu.kernel import Kernel
     from emu.kernel.mm import MM
+
+
+def entry_reads_tear(arch: Arch) -> bool:
+    """True where a pmd/pte is wider than a word (PAE): a lockless read is two loads."""
+    if arch.pmd_read_tears is not None:
+        return arch.pmd_read_tears
+    return arch.level("pmd").entry_size > arch.word_size
 
 
 class PgtableMixin:
@@ -34,9 +42,7 @@ class PgtableMixin:
 
     def split_entry_reads(self: Kernel) -> bool:
         """True where a pmd/pte is wider than a word (PAE): lockless reads tear."""
-        if self.arch.pmd_read_tears is not None:
-            return self.arch.pmd_read_tears
-        return self.arch.level("pmd").entry_size > self.arch.word_size
+        return entry_reads_tear(self.arch)
 
     def read_entry(self: Kernel, level: str, pa: int, what: str = "") -> s.KernelGen:
         """An ordinary (READ_ONCE or locked) read of an entry."""
