@@ -24,7 +24,13 @@ from rich.table import Table
 
 from emu.cli import COMMANDS, EXIT_FOUND, EXIT_OK, UsageError, console, err_console
 from emu.cli_output import check_file, write_text
-from emu.failure_db import DB_DIR, FailureDb, save_failure, scenario_ref
+from emu.failure_db import (
+    DB_DIR,
+    FAILURES_DIR,  # noqa: F401 - emu.cli_fuzz imports it from here
+    FailureDb,
+    save_failure,
+    scenario_ref,
+)
 from emu.overrides import add_override_option, changed_since, cli_overrides, override_records
 
 
@@ -161,7 +167,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
         elif unexercised:
             console.print(f"[yellow]{unexercised[0]}[/] ({st.schedules} schedules)")
         else:
-            console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure")
+            done = st.schedules - st.step_limited
+            cut = (f" ({st.step_limited} cut by the step limit and checked only as far as they "
+                   f"ran; raise --max-steps)") if st.step_limited else ""
+            console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure; "
+                          f"{done} ran to their end{cut}")
         if args.json:
             write_text(args.json, json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
         return EXIT_OK

@@ -3,10 +3,11 @@
 Owns where program sources live (`guest/programs/<arch>/<name>.S` for the
 built-in ones; a user's own `.S` file or inline text from a scenario), the
 textual constants every program may use (`SYS_<name>` hypercall numbers,
-`PAGE_SIZE`, `PMD_SIZE`), and turning Keystone's failures into one clear
-error naming the file and line (`prog.S:12: keystone: Invalid mnemonic`).
-Keystone does not say which statement it refused, so the line is found by
-assembling ever longer prefixes of the program (only when it fails).
+`PAGE_SIZE`, `PMD_SIZE`, the call-list format's `CALL_*` from guest/calls.py),
+and turning Keystone's failures into one clear error naming the file and
+line (`prog.S:12: keystone: Invalid mnemonic`). Keystone does not say which
+statement it refused, so the line is found by assembling ever longer
+prefixes of the program (only when it fails).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import keystone
 
 from arch.base import Arch
 from emu import hypercall
+from guest import calls
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -27,12 +29,19 @@ class AsmError(ValueError):
     pass
 
 
+# A program whose exit status is the result of what it did (the `hypercall`
+# program exits with the call's return value), not a verdict on the run, says
+# so in its header; its non-zero exits are then not failures.
+RESULT_STATUS = re.compile(r"^\s*[#!@]\s*exit-status:\s*result\b", re.M)
+
+
 @dataclass(frozen=True)
 class Program:
     name: str
     base: int
     code: bytes
     source: str
+    exit_is_result: bool = False  # the exit status is a result, not a verdict
 
 
 def program_path(arch: Arch, name: str) -> Path:
@@ -49,6 +58,7 @@ def constants(arch: Arch) -> dict[str, int]:
     consts = {f"SYS_{name}": nr for name, nr in hypercall.by_name().items()}
     consts["PAGE_SIZE"] = arch.page_size
     consts["PMD_SIZE"] = arch.pmd_size
+    consts.update(calls.constants(arch.word_size))
     return consts
 
 
@@ -59,7 +69,7 @@ def substitute(arch: Arch, text: str) -> str:
         name = m.group(0)
         return str(consts[name]) if name in consts else name
 
-    return re.sub(r"\b(SYS_\w+|PAGE_SIZE|PMD_SIZE)\b", repl, text)
+    return re.sub(r"\b(SYS_\w+|CALL_\w+|PAGE_SIZE|PMD_SIZE)\b", repl, text)
 
 
 # kept from the lines after a prefix, so that branches to later labels and
@@ -143,7 +153,8 @@ def load_program(arch: Arch, name: str, base: int) -> Program:
         known = ", ".join(list_programs(arch)) or "none"
         raise AsmError(f"no guest program {name!r} for {arch.name} (have: {known})")
     text = path.read_text()
-    return Program(name, base, assemble_text(arch, text, base, f"{name}.S"), text)
+    return Program(name, base, assemble_text(arch, text, base, f"{name}.S"), text,
+                   bool(RESULT_STATUS.search(text)))
 
 
 def load_program_file(arch: Arch, path: Path, base: int, shown: str | None = None) -> Program:
@@ -153,9 +164,11 @@ def load_program_file(arch: Arch, path: Path, base: int, shown: str | None = Non
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise AsmError(f"{shown}: cannot read: {exc}") from None
-    return Program(path.stem, base, assemble_text(arch, text, base, shown), text)
+    return Program(path.stem, base, assemble_text(arch, text, base, shown), text,
+                   bool(RESULT_STATUS.search(text)))
 
 
 def inline_program(arch: Arch, text: str, base: int, shown: str, first_line: int = 1) -> Program:
     """A program written inline in a scenario (`asm = '''...'''`)."""
-    return Program("asm", base, assemble_text(arch, text, base, shown, first_line), text)
+    return Program("asm", base, assemble_text(arch, text, base, shown, first_line), text,
+                   bool(RESULT_STATUS.search(text)))

@@ -153,14 +153,18 @@ def test_demo_refuses_options_it_does_not_use(argv, flag, capsys):
     one_line_error(capsys, flag, "does not use")
 
 
+# the ptemu console script, as a subprocess (stdout a pipe, not a terminal)
+PTEMU = [sys.executable, "-c", "import sys; from emu.cli import main; sys.exit(main())"]
+
+
 def test_version():
-    out = subprocess.run([sys.executable, "-m", "emu.cli", "--version"], capture_output=True,
+    out = subprocess.run([*PTEMU, "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert out.startswith("ptemu ")
 
 
 def test_piped_output_has_no_borders_and_no_hard_wrap():
-    out = subprocess.run([sys.executable, "-m", "emu.cli", "run", "touch"], capture_output=True,
+    out = subprocess.run([*PTEMU, "run", "touch"], capture_output=True,
                          text=True, check=True).stdout
     assert not any(ch in out for ch in "│┃━─╭╰")
     sched = next(x for x in out.splitlines() if x.startswith("schedule: "))
