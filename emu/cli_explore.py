@@ -164,14 +164,16 @@ def cmd_explore(args: argparse.Namespace) -> int:
                           "the search was not exhausted[/]")
             if unexercised:
                 console.print(f"[yellow]{unexercised[0]}[/]")
-        elif unexercised:
-            console.print(f"[yellow]{unexercised[0]}[/] ({st.schedules} schedules)")
         else:
             done = st.schedules - st.step_limited
             cut = (f" ({st.step_limited} cut by the step limit and checked only as far as they "
                    f"ran; raise --max-steps)") if st.step_limited else ""
-            console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure; "
-                          f"{done} ran to their end{cut}")
+            if unexercised:
+                console.print(f"[yellow]{unexercised[0]}[/] ({st.schedules} schedules; "
+                              f"{done} ran to their end{cut})")
+            else:
+                console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure; "
+                              f"{done} ran to their end{cut}")
         if args.json:
             write_text(args.json, json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
         return EXIT_OK

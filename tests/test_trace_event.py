@@ -65,9 +65,12 @@ def validate_trace_events(doc: object) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def retract_schedule(tmp_path_factory) -> str:
+    """A clean run of retract_x86 whose RCU callback runs before the end (seed 1)."""
     out = tmp_path_factory.mktemp("run") / "r.json"
-    assert main(["run", "retract_x86", "--json", str(out)]) == 0
-    return json.loads(out.read_text())["schedule"]
+    assert main(["run", "retract_x86", "--seed", "1", "--json", str(out)]) == 0
+    schedule = json.loads(out.read_text())["schedule"]
+    assert "z" in schedule  # the callback is a step of the schedule
+    return schedule
 
 
 def test_a_clean_run_has_lanes_windows_and_a_grace_period(retract_schedule, tmp_path, capsys):
