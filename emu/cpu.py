@@ -18,16 +18,44 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import unicorn
 from unicorn import UcError
 
-from arch.base import Access, Fault, Translation, Walk, perm_allows
+from arch.base import Access, Fault, PteRead, PteSetBits, PteWrite, Translation, Walk, perm_allows
 from emu.kernel.task import KernelTask
 
 if TYPE_CHECKING:
-    from emu.machine import Machine
+    from arch.base import Arch
+    from emu.kernel import Kernel
+    from emu.physmem import PhysMem
+
+
+class CpuHost(Protocol):
+    """What a vCPU asks of the machine that owns it.
+
+    emu.machine.Machine is the implementation; the vCPU names only this, so
+    this module never imports the machine that imports it.
+    """
+
+    arch: Arch
+    mem: PhysMem
+    kernel: Kernel
+    root: int
+    step: int
+
+    def frame_gens(self, tr: Translation) -> tuple[tuple[int, int], ...]: ...
+    def on_tlb_use(self, cpu: VCpu, entry: TlbEntry, va: int, acc: Access) -> None: ...
+    def walker_access(self, cpu: VCpu, msg: PteRead | PteSetBits | PteWrite) -> int: ...
+    def run_walk_now(self, cpu: VCpu, va: int, acc: Access) -> Translation | Fault: ...
+    def guest_quiescent(self, cpu: VCpu) -> None: ...
+    def hypercall(self, cpu: VCpu) -> None: ...
+    def kernel_returned(self, cpu: VCpu, kind: str, result: Any) -> None: ...
+    def cpu_stopped(self, cpu: VCpu) -> None: ...
+    def trace_guest(self, cpu: VCpu, pc: int) -> None: ...
+    def trace_kernel(self, cpu: int, routine: str, op: Any) -> None: ...
+    def trace_note(self, cpu: VCpu, text: str) -> None: ...
 
 TCG_BUFFER = 32 << 20  # per instance; Unicorn's default is 1 GiB of address space
 
@@ -56,7 +84,7 @@ class GuestCrash(Exception):
 
 
 class VCpu:
-    def __init__(self, machine: Machine, index: int) -> None:
+    def __init__(self, machine: CpuHost, index: int) -> None:
         self.m = machine
         self.index = index
         arch = machine.arch

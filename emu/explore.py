@@ -33,6 +33,7 @@ from typing import Any
 from emu import scenario as scenario_mod
 from emu.check import default_checkers
 from emu.cpu import Mode
+from emu.explore_config import ExploreConfig
 from emu.explore_machine import ExploreMachine
 from emu.machine import RunResult
 from emu.report import Report, build_report
@@ -57,28 +58,6 @@ def sub_seed(root: int, index: int) -> int:
     """The seed of schedule `index`: a hash, so neighbours are unrelated."""
     digest = hashlib.sha256(f"ptemu:{root}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
-
-
-@dataclass(frozen=True)
-class ExploreConfig:
-    scenario: str
-    arch: str | None = None
-    variants: tuple[str, ...] = ()
-    overrides: tuple[str, ...] = ()  # absolute "path.py:Class", added to the scenario's own
-    strategy: str = "pct"
-    schedules: int = 1000
-    seed: int = 0
-    depth: int | None = None  # PCT bug depth; exhaustive: preemption bound (None: none)
-    jobs: int = 1
-    max_steps: int = 200_000
-    por: str = "frames"  # exhaustive: partial-order reduction mode
-    minimize: bool = True
-    minimize_budget: int = 400  # runs the minimiser may spend
-    pct_k: int | None = None  # PCT run-length estimate (None: measured)
-    evidence: bool = False  # count routines run and table-free orders (emu.evidence)
-
-    def pct_depth(self) -> int:
-        return self.depth if self.depth is not None else 2
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from emu.sched.schedule import context_switches, decode
 from emu.trace import describe_op
 
 if TYPE_CHECKING:
-    from emu.explore import ExploreConfig
+    from emu.explore_config import ExploreConfig
     from emu.machine import Machine, RunResult
 
 FORMAT = "ptemu-failure/1"

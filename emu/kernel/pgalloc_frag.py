@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
 from emu.kernel.core import KernelBug
-from emu.kernel.pgalloc import TablePolicy, register_policy
+from emu.kernel.table_policy import TablePolicy, register_policy
 from emu.physmem import FrameState, PhysMemError
 
 if TYPE_CHECKING:

@@ -16,50 +16,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
 from emu.kernel import Kernel
+from emu.kernel.variant_registry import VARIANTS, Variant, VariantError, variant
 
-
-class VariantError(ValueError):
-    pass
-
-
-# Where a variant can change anything: None if it can on this arch (with its
-# options), else why not (the routine it overrides does nothing there).
-Applies = Callable[[Any], "str | None"]
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    doc: str
-    mixin: type
-    applies: Applies | None = None  # None: every arch
-
-    def not_applicable(self, arch: Any) -> str | None:
-        """Why this variant cannot show on `arch` (an Arch instance), or None."""
-        return self.applies(arch) if self.applies is not None else None
-
-
-VARIANTS: dict[str, Variant] = {}
-
-
-def variant(name: str, doc: str, applies: Applies | None = None) -> Callable[[type], type]:
-    def register(cls: type) -> type:
-        if name in VARIANTS:
-            raise ValueError(f"variant {name!r} registered twice")
-        VARIANTS[name] = Variant(name, doc, cls, applies)
-        return cls
-    return register
+__all__ = ["VARIANTS", "Variant", "VariantError", "build_kernel_class", "known_variants",
+           "load_override", "variant"]
 
 
 def known_variants() -> dict[str, Variant]:
     """Every built-in variant, registered."""
-    import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
     return VARIANTS
 
 
@@ -110,7 +79,6 @@ def build_kernel_class(names: list[str], override: str | Sequence[str] = (),
     Overrides come first, in the order given (the first one's method wins);
     at most one of them may replace the arch's table policy.
     """
-    import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
     from emu.kernel.pgalloc import TablePolicy
 
     overrides = [override] if isinstance(override, str) else list(override)
