@@ -78,8 +78,7 @@ class KhugepagedMixin:
         mm/pgtable-generic.c (all modelled versions): pmdp_huge_get_and_clear(),
         then flush_tlb_range(); the old value is the get-and-clear's.
         """
-        old = yield from self.read_entry("pmd", pmd_pa, "pmdp_collapse_flush")
-        old = yield from self.get_and_clear_entry("pmd", pmd_pa, old,
+        old = yield from self.get_and_clear_entry("pmd", pmd_pa,
                                                   "pmdp_collapse_flush: pmdp_huge_get_and_clear")
         yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size)
         if self.arch.collapse_flush_serializes:

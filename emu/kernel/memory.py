@@ -55,8 +55,8 @@ class MemoryMixin:
         cur = yield from self.read_entry("pmd", pmd_pa)
         folio = None
         if a.pmd_trans_huge(cur):
-            cur = yield from self.get_and_clear_entry("pmd", pmd_pa, cur,
-                                                      "zap_huge_pmd: pmdp_huge_get_and_clear")
+            cur = yield from self.get_and_clear_entry("pmd", pmd_pa,
+                                                      "zap_huge_pmd: pmdp_huge_get_and_clear", cur)
             folio = self.folio_of(a.pmd_huge_pa(cur))
         yield s.SpinUnlock(ptl)
         if folio is not None:
@@ -84,8 +84,8 @@ class MemoryMixin:
             cur = yield from self.read_entry("pte", ptep, "zap_pte_range")
             if a.pte_none(cur):
                 continue
-            cur = yield from self.get_and_clear_entry("pte", ptep, cur,
-                                                      "zap_pte_range: ptep_get_and_clear")
+            cur = yield from self.get_and_clear_entry("pte", ptep,
+                                                      "zap_pte_range: ptep_get_and_clear", cur)
             if not a.pte_present(cur):
                 continue
             folio = self.folio_of(a.pte_pa(cur))

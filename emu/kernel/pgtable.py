@@ -66,14 +66,19 @@ class PgtableMixin:
         for op in self.arch.clear_entry_ops(level, pa):
             yield s.Store(op.pa, op.size, op.value, what or f"clear {level}")
 
-    def get_and_clear_entry(self: Kernel, level: str, pa: int, old: int, what: str) -> s.KernelGen:
+    def get_and_clear_entry(self: Kernel, level: str, pa: int, what: str,
+                            old: int | None = None) -> s.KernelGen:
         """p{te,md}p_get_and_clear(): empty the entry and return what it held.
 
         Where the arch's primitive reads the entry (x86-PAE's xchg), the value
         comes from that read, so a hardware A/D update racing the clear is not
-        lost. Elsewhere it is the generic read-then-clear, and `old` (the
-        caller's read under the lock) is that read.
+        lost. Elsewhere it is the generic read-then-clear: `old`, if the
+        caller has just read the entry under its lock, is that read;
+        otherwise the read is made here.
         """
+        ops = self.arch.entry_ops(f"{level}p_get_and_clear", pa)
+        if old is None and all(op.kind == "store" for op in ops):
+            old = yield from self.read_entry(level, pa, what)
         got = yield from self.entry_primitive(f"{level}p_get_and_clear", pa, 0, what)
         return old if got is None else got
 
