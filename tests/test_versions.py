@@ -150,3 +150,10 @@ def test_torn_pae_tears_on_both_sides_of_the_6_2_boundary(version, tmp_path):
     assert bug.report is not None and bug.report.kind == "torn-read"
     ok = explore(ExploreConfig(str(f), strategy="pct", schedules=100, seed=0, minimize=False))
     assert ok.report is None
+
+
+def test_fuzz_covers_both_s390_layouts_whatever_the_default_version():
+    from arch import get_arch
+    from emu.fuzz_gen import targets_for
+    layouts = [get_arch(t.arch, **dict(t.options)).pgtable_policy for t in targets_for("s390")]
+    assert layouts == ["halves", "full-page"]
