@@ -252,6 +252,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif what == "hypercalls":
         for hc in sorted(hypercall.HYPERCALLS.values(), key=lambda h: h.nr):
             console.print(f"{hc.nr:>3} {hc.name}({hc.nargs} args): {hc.doc}")
+    elif what == "versions":
+        from emu.kernel.version import CHANGES, MODELLED, NEWEST, fmt
+        for v in MODELLED:
+            note = CHANGES.get(v, "")
+            default = "  (default)" if v == NEWEST else ""
+            console.print(f"{fmt(v):<5} {note}{default}".rstrip())
     return EXIT_OK
 
 
@@ -335,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--no-run", action="store_true", help="dump the tables as set up, before running")
     dump.set_defaults(func=cmd_pgtable_dump)
 
-    ls = sub.add_parser("list", help="list arches, scenarios, variants or hypercalls")
-    ls.add_argument("what", choices=("arches", "scenarios", "variants", "hypercalls"))
+    ls = sub.add_parser("list", help="list arches, scenarios, variants, hypercalls or the "
+                        "modelled Linux versions")
+    ls.add_argument("what", choices=("arches", "scenarios", "variants", "hypercalls", "versions"))
     ls.set_defaults(func=cmd_list)
 
     for add_parser in COMMANDS.values():

@@ -46,7 +46,8 @@ TARGETS: tuple[Target, ...] = (
     Target("arm", "arm"),
     Target("powerpc", "powerpc"),
     Target("powerpc-hash", "powerpc", (("mmu", "hash"),)),
-    Target("s390", "s390"),
+    # halves said explicitly: the default layout follows the newest version (6.8+: full page)
+    Target("s390", "s390", (("pgtable", "halves"),)),
     Target("s390-full-page", "s390", (("pgtable", "full-page"),)),
     Target("sparc64", "sparc64"),
 )

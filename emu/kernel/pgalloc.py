@@ -56,21 +56,30 @@ class PgAllocMixin:
             self.mem.write(pa, init)
 
     def alloc_table(self: Kernel, mm: MM, level: str) -> s.KernelGen:
+        """Allocate a table of `level` through the policy (pte_alloc_one/pmd_alloc_one, all
+        versions).
+        """
         pa = yield from self.policy.alloc(self, mm, level)
         return pa
 
     def pte_alloc_one(self: Kernel, mm: MM) -> s.KernelGen:
+        """pte_alloc_one() (all versions)."""
         return (yield from self.alloc_table(mm, "pte"))
 
     def pte_free(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
+        """pte_free() (all versions): at once."""
         yield from self.policy.free(self, mm, pa, "pte")
 
     def pte_free_defer(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
+        """pte_free_defer() (v6.6+, seed 004's series): after an RCU grace period, the policy's way.
+        """
         yield from self.policy.free_defer(self, mm, pa, "pte")
 
     def mm_inc_nr_ptes(self: Kernel, mm: MM) -> None:
+        """mm_inc_nr_ptes() (all versions)."""
         mm.nr_ptes += 1
 
     def mm_dec_nr_ptes(self: Kernel, mm: MM) -> None:
+        """mm_dec_nr_ptes() (all versions)."""
         mm.nr_ptes -= 1
 
