@@ -204,3 +204,16 @@ def test_table_freed_before_the_flush_ipi_reaches_a_walk_in_flight(variant):
         assert not il.tasks[1].done  # the flush IPI waits for the walk
         cpu.step()  # the walk reads the (detached, still allocated) table
         il.finish()
+
+
+def test_pte_unmap_same_recheck_of_a_detached_table_is_not_a_violation():
+    """Regression: on retract_x86 (correct model) cpu1's fault read a pte
+    half-cleared by a zap (high word NX only: "not present", so
+    do_swap_page), and pte_unmap_same() re-read it under the ptl after
+    khugepaged had detached the table. That re-read is the pte_same()
+    recheck Linux relies on (handle_pte_fault, v6.12), and the value differs,
+    so the fault retries; the detached-table checker reported it."""
+    from emu.explore import ExploreConfig, replay_report
+    from emu.sched import decode
+    rep = replay_report(ExploreConfig("retract_x86"), decode("pt1:d60b97a55d2a117b2"), strict=False)
+    assert rep.kind == "clean", rep.message  # was detached-table at step 332
