@@ -49,7 +49,7 @@ class ArmOracle(oracle.Plugin):
 
     def build(self, rng: random.Random) -> oracle.Case:
         arch = A.Arm()
-        mem = bytearray(MEM)
+        mem = self.new_image()
         filled: dict[int, list[int]] = {}
         nxt = [0x40000]
 

@@ -67,7 +67,7 @@ class S390Oracle(oracle.Plugin):
     cpu_model = us.UC_CPU_S390X_MAX  # the only model with IEP
 
     def build(self, rng: random.Random) -> oracle.Case:
-        mem = bytearray(MEM)
+        mem = self.new_image()
         filled: dict[int, list[int]] = {}
         slots = rng.sample(range(1, MEM // CRST), 48)
         pools: dict[str, list[int]] = {

@@ -33,6 +33,7 @@ from arch import x86_pae as X
 from arch.base import Access, Fault, WalkResult
 
 MEM = 16 << 20
+HIGH = 1 << 32
 UNICORN_PHYS_BITS = 40  # QEMU's TCG_PHYS_ADDR_BITS for i386 as Unicorn builds it
 PDPTE_GAP = 0x1E6  # bits 2:1 and 8:5: reserved by the SDM, unchecked by Unicorn
 EFER = 0xC0000080
@@ -54,15 +55,21 @@ def _seg(access: int) -> int:
 class X86PaeOracle(oracle.Plugin):
     arch_name = "x86-pae"
     mem_size = MEM
+    # RAM below and above 4 GiB: tables and frames at PAs >= 4 GiB, so a
+    # pointer's high word matters (Unicorn maps and walks them: checked).
+    regions = ((0, MEM), (HIGH, MEM))
 
     def build(self, rng: random.Random) -> oracle.Case:
-        mem = bytearray(MEM)
+        mem = self.new_image()
         filled: dict[int, list[int]] = {}
-        frames = rng.sample(range(0x100, MEM >> 12), 48)
+        frames = [f << 12 for f in rng.sample(range(0x100, MEM >> 12), 32)]
+        frames += [HIGH + (f << 12) for f in rng.sample(range(0x100, MEM >> 12), 16)]
+        rng.shuffle(frames)
         pds, pts = frames[:20], frames[20:44]
-        pds = [f << 12 for f in pds]
-        pts = [f << 12 for f in pts]
         pool = pds + pts
+
+        def frame(align: int) -> int:
+            return rng.choice((0, HIGH)) + (rng.randrange(MEM // align) * align)
 
         def put(pa: int, val: int) -> None:
             mem[pa:pa + 8] = (val & ((1 << 64) - 1)).to_bytes(8, "little")
@@ -78,7 +85,7 @@ class X86PaeOracle(oracle.Plugin):
             if r < 0.9:
                 return rng.choice(pool)
             if r < 0.93:
-                return rng.randrange(MEM >> 12) << 12
+                return frame(4096)
             return outside() & ~0xFFF
 
         def flags(p_rw_us: float) -> int:
@@ -104,13 +111,13 @@ class X86PaeOracle(oracle.Plugin):
                     val |= 1 << rng.choice((1, 2, 5, 6, 7, 8))
                 return oracle.flip_bits(rng, val, 64, 0.4)
             if kind == "pde" and rng.random() < 0.3:
-                base = rng.randrange(MEM >> 21) << 21 if rng.random() < 0.8 else outside() & ~0x1FFFFF
+                base = frame(1 << 21) if rng.random() < 0.8 else outside() & ~0x1FFFFF
                 val = base | flags(0.9) | X.PSE
                 if rng.random() < 0.2:
                     val |= 1 << 12  # PAT
             else:
                 base = target(prefer) if kind == "pde" else \
-                    (rng.randrange(MEM >> 12) << 12 if rng.random() < 0.85 else outside() & ~0xFFF)
+                    (frame(4096) if rng.random() < 0.85 else outside() & ~0xFFF)
                 val = base | flags(0.9)
                 if kind == "pde":
                     val &= ~X.PSE
@@ -138,7 +145,7 @@ class X86PaeOracle(oracle.Plugin):
             if k < 2:
                 pdpt = (rng.randrange(0x10, 0x100) << 12) + rng.randrange(128) * 32
             else:  # inside a page directory or page table: aliased with its entries
-                pdpt = rng.choice(pool) + rng.randrange(128) * 32
+                pdpt = rng.choice([t for t in pool if t < HIGH]) + rng.randrange(128) * 32
             for i in range(4):
                 if k < 2 or rng.random() < 0.5:
                     put(pdpt + 8 * i, entry("pdpte", pds))
