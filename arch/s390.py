@@ -9,7 +9,10 @@ Linux's view, a 3-level user address space (asce_limit 4 TiB, what a new mm
 gets): pud = the region-third table (2048 x 8 B = 16 KiB, shift 31), pmd =
 the segment table (2048 x 8 B, shift 20), pte = the page table (256 x 8 B =
 2 KiB mapping 1 MiB). The ASCE (CR1) designates the region-third table
-with table length 3. Region and segment tables are four contiguous frames.
+with table length 3 (`asce`, what `hw_root` gives a vCPU); the walk
+itself takes any ASCE: region-first, -second, -third or segment
+designation, any table length, private and real space. Region and
+segment tables are four contiguous frames.
 
 Empty entries are not zero: an empty PTE is INVALID (0x400), an empty
 segment entry 0x20, an empty region-third entry TT=R3|I (0x24). There are

@@ -8,7 +8,13 @@ of an entry, and the Unicorn/Keystone/Capstone glue for 32-bit guests.
 Linux's view: pgd = the 4-entry PDPT (shift 30), p4d/pud folded, pmd = the
 page directory (512 x 8 B, shift 21), pte = 512 x 8 B (shift 12).
 `pgd_alloc` preallocates all four PMD pages, so a PDPTE never changes after
-the mm is created, which is what lets the CPU latch them at CR3 load.
+the mm is created, which is what lets the CPU latch them at CR3 load: a
+vCPU's walks use the four PDPTE registers `load_root` latched (SDM 4.4.1),
+not memory; `flush_tlb_mm` (a CR3 reload) latches them again.
+
+The walk checks every reserved bit the SDM has (4.4.2): MAXPHYADDR
+(option `maxphyaddr`, default 36) bounds every address field, and XD is
+reserved while EFER.NXE is off (option `nxe`, default on).
 """
 
 from __future__ import annotations
