@@ -328,7 +328,12 @@ class PowerPC(Arch):
             return st.fault("protection")
         want = R | (C if st.access == Access.WRITE else 0)
         if e & want != want:
-            e = yield PteSetBits(epa, 8, want, lv.name)
+            msg = PteSetBits(epa, 8, want, lv.name, e)
+            e = yield msg
+            if not msg.took(e):
+                # the pte changed under the walk: the hardware walks again (here:
+                # the fault path, which finds the current state)
+                return st.fault("changed")
         return self._translation(st.va, e, 1 << lv.shift, tuple(st.tables), epa)
 
     def _translation(self, va: int, e: int, size: int, tables: tuple[int, ...],
@@ -384,7 +389,12 @@ class PowerPC(Arch):
         # then leaves H_PAGE_HASHPTE behind (BUSY is not modelled).
         want = R | (C if access == Access.WRITE else 0) | H_PAGE_HASHPTE
         if e & want != want:
-            e = yield PteSetBits(epa, 8, want, lv.name)
+            msg = PteSetBits(epa, 8, want, lv.name, e)
+            e = yield msg
+            if not msg.took(e):
+                # pte_xchg() failed: __hash_page_64K re-reads the pte, and a
+                # cleared one fails check_pte_access() (return 1: page fault)
+                return Fault(va, access, lv.name, "changed")
         return self._translation(va, e, size, tuple(tables), epa)
 
     # ---- Unicorn glue ---------------------------------------------------------------

@@ -3,7 +3,8 @@
 Owns every x86-PAE bit (Intel SDM vol. 3A, 4.4 "PAE paging"; Linux
 arch/x86/include/asm/pgtable-3level*.h and pgtable_types.h), the hardware
 walk with its A/D updates, the order in which Linux writes the two halves
-of an entry, and the Unicorn/Keystone/Capstone glue for 32-bit guests.
+of an entry (before and after 6.2), and the Unicorn/Keystone/Capstone glue
+for 32-bit guests.
 
 Linux's view: pgd = the 4-entry PDPT (shift 30), p4d/pud folded, pmd = the
 page directory (512 x 8 B, shift 21), pte = 512 x 8 B (shift 12).
@@ -71,6 +72,8 @@ GEOMETRY = Geometry((RadixLevel("pgd", 30, 2, 8), RadixLevel("pmd", 21, 9, 8),
                      RadixLevel("pte", 12, 9, 8)))
 _FLAG_NAMES = ((P, "P"), (RW, "RW"), (US, "US"), (PWT, "PWT"), (PCD, "PCD"), (A, "A"),
                (D, "D"), (PSE, "PS"), (G, "G"), (SPECIAL, "SPECIAL"), (NX, "NX"))
+
+XCHG64 = (6, 2)  # the first Linux writing whole PAE entries with pxx_xchg64
 
 # Linux's _KERNPG_TABLE | _PAGE_USER: what pmd_populate writes.
 PAGE_TABLE = P | RW | US | A | D
@@ -206,20 +209,37 @@ class X86Pae(Arch):
     def pmd_huge_pa(self, val: int) -> int:
         return val & HUGE_MASK
 
+    # Linux's entry writes (pgtable-3level.h, CONFIG_SMP), which changed in
+    # 6.2 with Peter Zijlstra's "x86/mm/pae: Be consistent with
+    # pXXp_get_and_clear()", "Use WRITE_ONCE()" and "Don't (ab)use atomic64":
+    #   set_pte            high, smp_wmb, low (present bit last)     all versions
+    #   pte_clear/pmd_clear low, smp_wmb, high (present bit first)    all versions
+    #   p{te,md}p_get_and_clear
+    #     <= 6.1  xchg(low, 0), then read high, then high = 0
+    #     6.2+    pxx_xchg64: one 64-bit exchange (try_cmpxchg64 loop)
+    #   set_pmd/set_pud
+    #     <= 6.1  set_64bit(): a cmpxchg8b loop, one atomic 64-bit store
+    #     6.2+    pxx_xchg64: one 64-bit exchange
     def set_entry_ops(self, level: str, entry_pa: int, val: int) -> Sequence[MemOp]:
         if level == "pte":
-            # native_set_pte(): high word, smp_wmb(), low word, so the
-            # present bit appears last.
             return (MemOp(entry_pa + 4, 4, val >> 32), MemOp(entry_pa, 4, val & 0xFFFF_FFFF))
-        # set_pmd()/set_pud() use cmpxchg8b / set_64bit: one atomic store.
+        if level == "pmd" and self.since(XCHG64):
+            return (MemOp(entry_pa, 8, val, "xchg"),)
         return (MemOp(entry_pa, 8, val),)
 
     def clear_entry_ops(self, level: str, entry_pa: int) -> Sequence[MemOp]:
         if level == "pgd":
             return (MemOp(entry_pa, 8, 0),)
-        # native_pte_clear()/native_pmd_clear(): low word, smp_wmb(), high word,
-        # so the present bit goes first.
         return (MemOp(entry_pa, 4, 0), MemOp(entry_pa + 4, 4, 0))
+
+    def entry_ops(self, primitive: str, entry_pa: int, val: int = 0) -> Sequence[MemOp]:
+        if primitive in ("ptep_get_and_clear", "pmdp_get_and_clear"):
+            if self.since(XCHG64):
+                return (MemOp(entry_pa, 8, 0, "xchg"),)
+            # "xchg acts as a barrier before the setting of the high bits"
+            return (MemOp(entry_pa, 4, 0, "xchg"), MemOp(entry_pa + 4, 4, 0, "load"),
+                    MemOp(entry_pa + 4, 4, 0))
+        return super().entry_ops(primitive, entry_pa, val)
 
     def describe_entry(self, level: str, val: int) -> str:
         if val == 0:
@@ -285,7 +305,9 @@ class X86Pae(Arch):
                     return st.fault("bad-entry")
                 return (yield from self._leaf(st, e, epa, 1 << 21, e & self._pa_mask & ~HUGE_RSVD_LOW))
             if not e & A:
-                yield PteSetBits(epa, 8, A, name)
+                msg = PteSetBits(epa, 8, A, name, e)
+                if not msg.took((yield msg)):
+                    return st.fault("changed")  # the walk starts again
             return Descend(e & self._pa_mask)
         return (yield from self._leaf(st, e, epa, 4096, e & self._pa_mask))
 
@@ -301,7 +323,10 @@ class X86Pae(Arch):
             return st.fault("protection")
         want = A | (D if access == Access.WRITE else 0)
         if leaf & want != want:
-            leaf = yield PteSetBits(leaf_pa, 8, want, st.level.name)
+            msg = PteSetBits(leaf_pa, 8, want, st.level.name, leaf)
+            leaf = yield msg
+            if not msg.took(leaf):
+                return st.fault("changed")  # the walk starts again
         perms = PERM_R | (0 if nx else PERM_X)
         # Grant write only once D is set, so the first store re-walks and
         # sets it, as the hardware does.

@@ -138,6 +138,13 @@ class VCpu:
                 entry.paddr = e.tr.pa(va)
                 entry.perms = e.tr.perms
                 return True
+            if e is not None:
+                # An entry that does not allow the access faults, and a fault
+                # invalidates the TLB entries for its address (SDM 4.10.4.1)
+                # before the walk refills: else an entry of another size than
+                # the refill's would keep shadowing it.
+                self.tlb = {k: x for k, x in self.tlb.items()
+                            if not k <= va < k + x.tr.size}
             if self.sync_walks:
                 res = self.m.run_walk_now(self, va, acc)
                 if isinstance(res, Translation):

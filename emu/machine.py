@@ -16,7 +16,7 @@ from typing import Any
 
 import capstone
 
-from arch import get_arch
+from arch import UnknownArch, get_arch
 from arch.base import Access, Fault, Prot, PteRead, PteSetBits, PteWrite, Translation
 from emu import hypercall, services  # noqa: F401 - services register hypercalls
 from emu.check.base import Checker, Violation
@@ -33,6 +33,7 @@ from emu.scenario import Scenario, ScenarioError, eval_int
 from emu.sched.schedule import RCU_TASK, encode, task_name
 from emu.sched.strategies import Strategy
 from emu.trace import Trace, describe_op
+from guest import calls as call_format
 from guest.asm import Program, load_program
 
 CODE_SLOT = 0x10000  # bytes of text VMA per vCPU
@@ -57,9 +58,17 @@ class RunResult:
     deadlock: str | None = None
     step_limit: bool = False
     exit_codes: dict[int, int | None] = field(default_factory=dict)
+    # vCPUs whose program's exit status is a result (the `hypercall` program's
+    # return value), not a verdict on the run: a non-zero status is no failure
+    result_exits: frozenset[int] = frozenset()
     crashes: dict[int, str] = field(default_factory=dict)
     trace_digest: str = ""
     memory_digest: str = ""
+
+    def failed_exits(self) -> list[int]:
+        """vCPUs whose program exited with a non-zero verdict, in index order."""
+        return sorted(c for c, code in self.exit_codes.items()
+                      if code not in (0, None) and c not in self.result_exits)
 
     @property
     def ok(self) -> bool:
@@ -71,7 +80,13 @@ class Machine(KernelHooks):
     def __init__(self, scenario: Scenario, arch: str | None = None,
                  checkers: list[Checker] | None = None, trace: bool = True) -> None:
         self.scenario = scenario
-        self.arch = get_arch(arch or scenario.arch, **scenario.options)
+        try:
+            self.arch = get_arch(arch or scenario.arch, scenario.version, scenario.version_given,
+                                 **scenario.options)
+        except UnknownArch as exc:
+            if not scenario.options:
+                raise
+            raise ScenarioError(scenario.source, "arch_options", str(exc)) from None
         self.ncpus = scenario.cpus
         self.mem = PhysMem(scenario.memory_mib << 20)
         self.frames = FrameAllocator(self.mem, self.arch.page_size)
@@ -127,6 +142,9 @@ class Machine(KernelHooks):
             start = eval_int(v.start, names, sc.source, f"vma[{i}].start")
             size = eval_int(v.size, names, sc.source, f"vma[{i}].size")
             self._check_vma(start, size, f"vma[{i}]")
+            if v.thp and not a.supports_huge_pmd():
+                raise ScenarioError(sc.source, f"vma[{i}].thp",
+                                    f"{a.name} has no PMD-sized pages (no THP)")
             k.mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
             vma = k.mm.find_vma(start)
             named[vma.name] = vma
@@ -141,13 +159,17 @@ class Machine(KernelHooks):
                 prog = load_program(a, spec.program, base)
             except ValueError as exc:
                 raise ScenarioError(sc.source, f"cpu[{i}].program", str(exc)) from None
-            if len(prog.code) > CODE_SLOT:
+            image = prog.code
+            args_src = spec.args
+            if spec.calls is not None:
+                image, args_src = self._lay_out_calls(i, spec.calls, base, image, names)
+            if len(image) > CODE_SLOT:
                 raise ScenarioError(sc.source, f"cpu[{i}].program", "program larger than 64 KiB")
             self.programs[i] = prog
-            pages = -(-len(prog.code) // a.page_size) * a.page_size
+            pages = -(-len(image) // a.page_size) * a.page_size
             self._check_vma(base, pages, f"cpu[{i}] text")
             k.mm.insert_vma(VMA(base, base + pages, "text", Prot(write=False, exec=True),
-                                f"cpu{i} text", image=prog.code))
+                                f"cpu{i} text", image=image))
             stack_top = a.stack_top - i * 2 * STACK_SIZE
             self._check_vma(stack_top - STACK_SIZE, STACK_SIZE, f"cpu[{i}] stack")
             k.mm.insert_vma(VMA(stack_top - STACK_SIZE, stack_top, "anon", Prot(), f"cpu{i} stack"))
@@ -156,7 +178,7 @@ class Machine(KernelHooks):
             cpu.load_root(a.hw_root(root))
             a.set_pc(cpu.uc, base)
             a.set_sp(cpu.uc, stack_top - 64)
-            args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(spec.args)]
+            args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(args_src)]
             try:
                 a.set_args(cpu.uc, args)
             except ValueError as exc:
@@ -174,6 +196,21 @@ class Machine(KernelHooks):
                     raise ScenarioError(sc.source, f"vma[{i}].populate", "must be true, false or >= 0")
                 self.populate(vma, pages)
         self.frames.step = 0
+
+    def _lay_out_calls(self, i: int, records: list[list[Any]], base: int, code: bytes,
+                       names: dict[str, int]) -> tuple[bytes, list[int]]:
+        """The calls program's text image with its records after the code, and its
+        two arguments: the records' address and count (guest/calls.py)."""
+        a, src = self.arch, self.scenario.source
+        numbers = hypercall.by_name()
+        words = []
+        for j, rec in enumerate(records):
+            op = call_format.op_number(rec[0], numbers)
+            words.append([op, *(eval_int(x, names, src, f"cpu[{i}].calls[{j}][{n}]")
+                                for n, x in enumerate(rec[1:], 1))])
+        offset = -(-len(code) // 8) * 8
+        blob = call_format.encode(words, a.word_size, a.byteorder)
+        return code + bytes(offset - len(code)) + blob, [base + offset, len(words)]
 
     def _check_vma(self, start: int, size: int, key: str) -> None:
         a = self.arch
@@ -247,8 +284,11 @@ class Machine(KernelHooks):
                 else:
                     self.cpus[t].step()
                 self.step += 1
-            for c in self.checkers:
-                c.on_run_end()
+            if not limit and deadlock is None:
+                # A run cut by the step limit, or stuck, is not quiescent: its
+                # end-of-run invariants (accounting, balanced locks) do not hold.
+                for c in self.checkers:
+                    c.on_run_end()
         except Violation as v:
             viol = v
             self.step += 1
@@ -263,8 +303,27 @@ class Machine(KernelHooks):
             steps=self.step, schedule=encode(self.choices), violation=viol, deadlock=deadlock,
             step_limit=limit,
             exit_codes={c.index: c.exit_code for c in self.cpus if c.index in self.programs},
+            result_exits=frozenset(i for i, p in self.programs.items() if p.exit_is_result),
             crashes={c.index: c.crash for c in self.cpus if c.crash},
             trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
+
+    def drain_rcu(self, max_callbacks: int = 10_000) -> bool:
+        """rcu_barrier() at the end of a run: every vCPU has stopped, so each is
+        quiescent; run every queued callback (traced). False if some callback
+        could still not run (a grace period that cannot end)."""
+        k = self.kernel
+        for _ in range(max_callbacks):
+            if not k.rcu.callbacks:
+                return True
+            for c in k.cpus:
+                if not c.in_read_side():
+                    k.rcu.quiescent(c.cpu, self.step, k.online_cpus())
+            if not k.rcu.ready_callbacks():
+                return False
+            self.frames.step = k.step = self.step
+            what = k.run_one_rcu_callback()
+            self.trace.add(self.step, "rcu", "rcu", f"{what} (rcu_barrier at the end of the run)")
+        return not k.rcu.callbacks
 
     def deadlock_report(self) -> str:
         parts = []
@@ -359,6 +418,11 @@ class Machine(KernelHooks):
             self.trace.add(self.step, f"cpu{idx}", "walk", f"read {msg.level} [{msg.pa:#x}] = {value:#x}")
             for c in self.checkers:
                 c.on_walker_read(idx, msg.pa, msg.size, value, msg.level)
+            return value
+        if value != msg.expect:
+            # the entry changed since the walk read it: the compare-and-OR fails
+            self.trace.add(self.step, f"cpu{idx}", "walk", f"set A/D {msg.level} [{msg.pa:#x}]: "
+                           f"entry changed ({msg.expect:#x} -> {value:#x}), not written")
             return value
         new = value | msg.bits
         self.trace.add(self.step, f"cpu{idx}", "walk", f"set A/D {msg.level} [{msg.pa:#x}] |= {msg.bits:#x}")

@@ -7,6 +7,7 @@ cpus = 2
 memory_mib = 64
 
 [kernel]
+version = "6.14"        # the Linux release to follow (default: the newest modelled)
 variants = []           # named bug variants, see `ptemu variants`
 override = ""           # "file.py:Class": a user's own mixin or policy
 
@@ -21,10 +22,22 @@ populate = false        # fault every page in at setup (or an integer: the first
 program = "touch"       # guest/programs/<arch>/<program>.S
 args = [0x10000000, 512, "page_size"]
 
+[[cpu]]                 # or a call list, run by guest/programs/<arch>/calls.S:
+calls = [["mmap", "16 * pmd_size", "pmd_size", 0],        # a hypercall by name (or number)
+         ["touch_write", "16 * pmd_size", 8, "page_size"], # guest stores: addr, count, stride
+         ["touch_read", "16 * pmd_size", 8, "page_size"],  # guest loads
+         ["madvise", "16 * pmd_size", "pmd_size", 4]]      # up to five arguments each
+
 [expect]                # for tools/results_table.py
 arches = ["x86-pae"]    # the arches this scenario is meant for
 caught = ["pte_free_immediate", "no_lockless_sync@x86-pae"]  # variants it must catch
 ```
+
+A `calls` list replaces `program`/`args`: each record is an op, a hypercall
+name from `ptemu list hypercalls` (or any number: an unknown one is the
+guest's -ENOSYS) or the pseudo-op `touch_read` / `touch_write`, and up to
+five arguments; the machine lays the records out after the calls program
+in the vCPU's text and passes their address and count (guest/calls.py).
 
 Every problem is a `ScenarioError` naming the file, the key and the reason.
 Integer fields accept small arithmetic over `page_size` and `pmd_size` so
@@ -41,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from emu.kernel.mm import VMA_KINDS
+from emu.kernel.version import NEWEST, Version, parse_version
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "guest" / "scenarios"
 
@@ -72,6 +86,8 @@ class VmaSpec:
 class CpuSpec:
     program: str
     args: list[Any] = field(default_factory=list)
+    # [op, arg, ...] records for the calls program: op is an int or a known name
+    calls: list[list[Any]] | None = None
 
 
 @dataclass
@@ -89,6 +105,8 @@ class Scenario:
     explore: dict[str, Any] = field(default_factory=dict)
     expect: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    version: Version = NEWEST
+    version_given: bool = False  # said in the file (so an arch option may conflict with it)
 
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -168,7 +186,14 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
     if not 1 <= mem <= 2048:
         raise ScenarioError(source, "machine.memory_mib", f"must be 1..2048, got {mem}")
     kern = _get(doc, "kernel", dict, source, "", {})
-    _check_keys(kern, {"variants", "override"}, source, "kernel")
+    _check_keys(kern, {"version", "variants", "override"}, source, "kernel")
+    version_text = _get(kern, "version", str, source, "kernel", None)
+    version = NEWEST
+    if version_text is not None:
+        try:
+            version = parse_version(version_text)
+        except ValueError as exc:
+            raise ScenarioError(source, "kernel.version", str(exc)) from None
     variants = _get(kern, "variants", list, source, "kernel", [])
     for i, v in enumerate(variants):
         if not isinstance(v, str):
@@ -207,12 +232,15 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"cpu[{i}]"
         if not isinstance(c, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(c, {"program", "args"}, source, path)
+        _check_keys(c, {"program", "args", "calls"}, source, path)
         args = _get(c, "args", list, source, path, [])
         for j, a in enumerate(args):
             if isinstance(a, bool) or not isinstance(a, (int, str)):
                 raise ScenarioError(source, f"{path}.args[{j}]", "expected an integer or expression")
-        programs.append(CpuSpec(_get(c, "program", str, source, path), args))
+        if "calls" in c:
+            programs.append(_call_list(c, source, path))
+        else:
+            programs.append(CpuSpec(_get(c, "program", str, source, path), args))
     if len(programs) > cpus:
         raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
     if not programs:
@@ -229,7 +257,44 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                     options=_get(doc, "arch_options", dict, source, "", {}),
                     explore=_get(doc, "explore", dict, source, "", {}),
                     expect=expect,
-                    description=_get(doc, "description", str, source, "", ""))
+                    description=_get(doc, "description", str, source, "", ""),
+                    version=version, version_given=version_text is not None)
+
+
+def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:
+    """A `[[cpu]] calls = [...]` table: records for the calls program, checked here
+    (ops by name; the arguments' expressions are evaluated when the machine is built)."""
+    from emu import hypercall, services  # noqa: F401 - services register the mm calls
+    from guest import calls as call_format
+    if "args" in c:
+        raise ScenarioError(source, f"{path}.args", "a cpu with calls takes no args (the "
+                            "calls program gets the records' address and count)")
+    if _get(c, "program", str, source, path, "calls") != "calls":
+        raise ScenarioError(source, f"{path}.program", "must be \"calls\" (or absent) with calls")
+    records = _get(c, "calls", list, source, path)
+    if len(records) > call_format.MAX_RECORDS:
+        raise ScenarioError(source, f"{path}.calls",
+                            f"{len(records)} records, at most {call_format.MAX_RECORDS}")
+    names = hypercall.by_name()
+    known = ", ".join([*names, *call_format.PSEUDO_OPS])
+    for j, rec in enumerate(records):
+        key = f"{path}.calls[{j}]"
+        if not isinstance(rec, list) or not rec:
+            raise ScenarioError(source, key, "expected [op, arg, ...]")
+        op = rec[0]
+        if isinstance(op, bool) or not isinstance(op, (int, str)):
+            raise ScenarioError(source, f"{key}[0]", "expected a call name or number")
+        if isinstance(op, int) and op < 0:
+            raise ScenarioError(source, f"{key}[0]", f"call number {op} is negative")
+        if call_format.op_number(op, names) is None:
+            raise ScenarioError(source, f"{key}[0]", f"unknown call {op!r} (known: {known})")
+        if len(rec) - 1 > call_format.MAX_ARGS:
+            raise ScenarioError(source, key, f"{len(rec) - 1} arguments, at most "
+                                f"{call_format.MAX_ARGS}")
+        for k, a in enumerate(rec[1:], 1):
+            if isinstance(a, bool) or not isinstance(a, (int, str)):
+                raise ScenarioError(source, f"{key}[{k}]", "expected an integer or expression")
+    return CpuSpec("calls", [], [list(r) for r in records])
 
 
 def load(path: str | Path) -> Scenario:

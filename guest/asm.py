@@ -2,8 +2,8 @@
 
 Owns where program sources live (`guest/programs/<arch>/<name>.S`), the
 textual constants every program may use (`SYS_<name>` hypercall numbers,
-`PAGE_SIZE`, `PMD_SIZE`), and turning Keystone's failures into one clear
-error naming the program.
+`PAGE_SIZE`, `PMD_SIZE`, the call-list format's `CALL_*` from guest/calls.py),
+and turning Keystone's failures into one clear error naming the program.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import keystone
 
 from arch.base import Arch
 from emu import hypercall
+from guest import calls
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -24,12 +25,19 @@ class AsmError(ValueError):
     pass
 
 
+# A program whose exit status is the result of what it did (the `hypercall`
+# program exits with the call's return value), not a verdict on the run, says
+# so in its header; its non-zero exits are then not failures.
+RESULT_STATUS = re.compile(r"^\s*[#!@]\s*exit-status:\s*result\b", re.M)
+
+
 @dataclass(frozen=True)
 class Program:
     name: str
     base: int
     code: bytes
     source: str
+    exit_is_result: bool = False  # the exit status is a result, not a verdict
 
 
 def program_path(arch: Arch, name: str) -> Path:
@@ -46,6 +54,7 @@ def constants(arch: Arch) -> dict[str, int]:
     consts = {f"SYS_{name}": nr for name, nr in hypercall.by_name().items()}
     consts["PAGE_SIZE"] = arch.page_size
     consts["PMD_SIZE"] = arch.pmd_size
+    consts.update(calls.constants(arch.word_size))
     return consts
 
 
@@ -56,7 +65,7 @@ def substitute(arch: Arch, text: str) -> str:
         name = m.group(0)
         return str(consts[name]) if name in consts else name
 
-    return re.sub(r"\b(SYS_\w+|PAGE_SIZE|PMD_SIZE)\b", repl, text)
+    return re.sub(r"\b(SYS_\w+|CALL_\w+|PAGE_SIZE|PMD_SIZE)\b", repl, text)
 
 
 def assemble_text(arch: Arch, text: str, base: int, name: str = "<text>") -> bytes:
@@ -79,4 +88,5 @@ def load_program(arch: Arch, name: str, base: int) -> Program:
         known = ", ".join(list_programs(arch)) or "none"
         raise AsmError(f"no guest program {name!r} for {arch.name} (have: {known})")
     text = path.read_text()
-    return Program(name, base, assemble_text(arch, text, base, f"{name}.S"), text)
+    return Program(name, base, assemble_text(arch, text, base, f"{name}.S"), text,
+                   bool(RESULT_STATUS.search(text)))

@@ -261,9 +261,12 @@ def last_entry(arch: Arch, mem: PhysImage, root: int, va: int, acc: Access,
     try:
         msg = next(gen)
         while True:
+            value = int.from_bytes(mem.read(msg.pa, msg.size), arch.byteorder)
             if isinstance(msg, PteRead):
                 seen.append((msg.pa, msg.size))
-            msg = gen.send(int.from_bytes(mem.read(msg.pa, msg.size), arch.byteorder))
+            else:  # an A/D update lands, as in translate_functional
+                value |= msg.bits
+            msg = gen.send(value)
     except (StopIteration, IndexError):
         pass
     return seen[-1] if seen else None

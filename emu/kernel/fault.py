@@ -94,7 +94,7 @@ class FaultMixin:
         # Present: make it young (and dirty on a write) if it is still the same
         # pte; pte_same() is what makes the _rw_nolock mapping safe here.
         yield s.SpinLock(ptl)
-        cur = yield from self.read_entry("pte", ptep, "pte_same")
+        cur = yield from self.read_entry("pte", ptep)
         if cur == vmf.orig_pte:
             if vmf.access == Access.WRITE and not a.pte_write(cur):
                 yield from self.pte_unmap_unlock(ptep, ptl)

@@ -7,15 +7,35 @@ review threads or its follow-ups name. Select them per scenario with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
+from emu.kernel.pgtable import entry_reads_tear
 from emu.kernel.variants import variant
 
 if TYPE_CHECKING:
+    from arch.base import Arch
     from emu.kernel import Kernel
     from emu.kernel.fault import Vmf
     from emu.kernel.mm import MM
+
+
+def _two_load_reads(arch: Arch) -> str | None:
+    return None if entry_reads_tear(arch) else \
+        f"{arch.name} reads a pmd in one load: nothing to tear or to sync"
+
+
+def _frees_tables_after_flush(arch: Arch) -> str | None:
+    return None if not arch.rcu_table_free else \
+        f"{arch.name} frees unlinked tables after a grace period (MMU_GATHER_RCU_TABLE_FREE)"
+
+
+def _table_policy(name: str) -> Callable[[Arch], str | None]:
+    def check(arch: Arch) -> str | None:
+        return None if arch.pgtable_policy == name else \
+            f"{arch.name} allocates tables by the {arch.pgtable_policy!r} policy, not {name!r}"
+    return check
 
 
 @variant("pte_free_immediate",
@@ -49,7 +69,8 @@ class MissingPteUnmap:
 @variant("no_lockless_sync",
          "on x86-PAE, retract/collapse skip pmdp_get_lockless_sync() after "
          "pmdp_collapse_flush(): an IRQs-off pmdp_get_lockless() reader may pair a "
-         "stale half with a new one and walk into the freed table (seed 002/004)")
+         "stale half with a new one and walk into the freed table (seed 002/004)",
+         applies=_two_load_reads)
 class NoLocklessSync:
     def pmdp_get_lockless_sync(self: Kernel) -> s.KernelGen:
         return
@@ -70,7 +91,8 @@ class CollapseNoClear:
          "munmap (or empty-table reclaim) frees a detached PTE table before the TLB "
          "flush has reached the other CPUs: on arches that free tables right after "
          "the flush (arm 2-level), a walk still in flight reads the freed table "
-         "(the ordering tlb_finish_mmu() exists for)")
+         "(the ordering tlb_finish_mmu() exists for)",
+         applies=_frees_tables_after_flush)
 class FreeBeforeFlush:
     def flush_and_free_table(self: Kernel, mm: MM, addr: int, table: int,
                              rcu: bool = False) -> s.KernelGen:
@@ -84,7 +106,8 @@ class FreeBeforeFlush:
 @variant("plain_two_load_read",
          "a lockless reader of a 64-bit entry on a 32-bit CPU (x86-PAE) reads it with "
          "two 32-bit loads and no re-read of the low half, as before "
-         "pmdp_get_lockless(): it can combine halves of two different values")
+         "pmdp_get_lockless(): it can combine halves of two different values",
+         applies=_two_load_reads)
 class PlainTwoLoadRead:
     def entry_get_lockless(self: Kernel, level: str, pa: int) -> s.KernelGen:
         if not self.split_entry_reads():
@@ -102,7 +125,8 @@ class PlainTwoLoadRead:
          "powerpc: pte_free_defer() queues the fragment page's one rcu_head for every "
          "deferred fragment, as v1 of the series did; two fragments of one page "
          "deferred within a grace period queue it twice and corrupt RCU's list "
-         "(fixed in v2 by deferring only the last free, 32cc0b7c9d50)")
+         "(fixed in v2 by deferring only the last free, 32cc0b7c9d50)",
+         applies=_table_policy("fragments"))
 class FragSharedRcuHead:
     def make_policy(self: Kernel):  # noqa: ANN201
         from emu.kernel.pgalloc_frag import FragmentPolicy
@@ -136,7 +160,8 @@ class FragSharedRcuHead:
 @variant("s390_free_page_early",
          "s390 with two 2 KiB tables per 4 KiB page: freeing one half frees the whole "
          "page at once, ignoring that the other half is still allocated or its free "
-         "still pending (what the AA/PP bits of pgalloc.c exist to prevent)")
+         "still pending (what the AA/PP bits of pgalloc.c exist to prevent)",
+         applies=_table_policy("halves"))
 class S390FreePageEarly:
     def make_policy(self: Kernel):  # noqa: ANN201
         from emu.kernel.pgalloc_s390 import HalvesPolicy

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from emu.kernel import Kernel
 
@@ -26,23 +27,39 @@ class VariantError(ValueError):
     pass
 
 
+# Where a variant can change anything: None if it can on this arch (with its
+# options), else why not (the routine it overrides does nothing there).
+Applies = Callable[[Any], "str | None"]
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     doc: str
     mixin: type
+    applies: Applies | None = None  # None: every arch
+
+    def not_applicable(self, arch: Any) -> str | None:
+        """Why this variant cannot show on `arch` (an Arch instance), or None."""
+        return self.applies(arch) if self.applies is not None else None
 
 
 VARIANTS: dict[str, Variant] = {}
 
 
-def variant(name: str, doc: str) -> Callable[[type], type]:
+def variant(name: str, doc: str, applies: Applies | None = None) -> Callable[[type], type]:
     def register(cls: type) -> type:
         if name in VARIANTS:
             raise ValueError(f"variant {name!r} registered twice")
-        VARIANTS[name] = Variant(name, doc, cls)
+        VARIANTS[name] = Variant(name, doc, cls, applies)
         return cls
     return register
+
+
+def known_variants() -> dict[str, Variant]:
+    """Every built-in variant, registered."""
+    import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
+    return VARIANTS
 
 
 def load_override(spec: str, base_dir: Path) -> type:

@@ -1,0 +1,475 @@
+"""The `ptemu fuzz` workload generator: random multi-vCPU scenarios as TOML text.
+
+Owns the fuzz targets (every arch and arch option: x86-pae, arm, powerpc radix
+and hash, s390 halves and full-page, sparc64) and turning one seeded RNG into
+one shipped-format scenario: 2-4 vCPUs, a few VMAs of every kind and size
+(anon, shmem, file; unpopulated, partly or fully populated, PMD-mapped THP,
+`pmd_mapping = false`, a second mapping of another VMA's file), and on each
+vCPU a call list (guest/calls.py) over every hypercall with arguments that
+are mostly valid and sometimes hostile (misaligned, out of range, unmapped,
+huge counts, unknown numbers and advice).
+
+What the generator keeps legal, because Linux would kill the guest the same
+way (a SIGSEGV or SIGBUS is the program's bug, not the kernel's): guest loads
+and stores (`touch_read` / `touch_write`) only go to VMAs nobody unmaps or
+truncates ("stable" VMAs, and a vCPU's own mmap between its mmap and its
+munmap); munmap and truncate only go to the others ("volatile" VMAs); no
+range a hostile call names covers a stack or a program's text. Everything
+else is fair game for every vCPU at once.
+
+Determinism: `generate(target, seed)` uses only its own `random.Random`; the
+text depends on nothing else (no hash order, no clock).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+from arch import get_arch
+from emu.explore import sub_seed
+from emu.hypercall import HYPERCALLS
+from emu.services import GUP_MAX_PAGES, MADV_COLLAPSE, MADV_DONTNEED
+
+
+@dataclass(frozen=True)
+class Target:
+    """One arch with one set of arch options: a column of the fuzz summary."""
+
+    label: str
+    arch: str
+    options: tuple[tuple[str, str], ...] = ()
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("x86-pae", "x86-pae"),
+    Target("arm", "arm"),
+    Target("powerpc", "powerpc"),
+    Target("powerpc-hash", "powerpc", (("mmu", "hash"),)),
+    Target("s390", "s390"),
+    Target("s390-full-page", "s390", (("pgtable", "full-page"),)),
+    Target("sparc64", "sparc64"),
+)
+
+
+def targets_for(name: str) -> list[Target]:
+    """`all`, an arch name (all of its options), or one target label."""
+    if name == "all":
+        return list(TARGETS)
+    picked = [t for t in TARGETS if t.arch == name] or [t for t in TARGETS if t.label == name]
+    if not picked:
+        known = ", ".join(["all", *dict.fromkeys([t.arch for t in TARGETS] + [t.label for t in TARGETS])])
+        raise ValueError(f"unknown fuzz arch {name!r} (known: {known})")
+    return picked
+
+
+def workload_seed(seed: int, index: int) -> int:
+    """The seed of workload `index`: a hash of (seed, index), as explore's schedules."""
+    return sub_seed(seed, index)
+
+
+# ---- the address-space plan ------------------------------------------------------------
+
+SLOT_PMDS = 3  # each VMA (and each vCPU's mmap area) owns 3 PMD ranges
+FIRST_SLOT = 8  # in PMDs: above every arch's text, below every arch's stacks
+OUT_PMD = 4  # the GUP-fast output buffer
+
+
+@dataclass
+class Vma:
+    name: str
+    kind: str
+    start_pages: int  # offset of the start from the slot base, in pages
+    size_pages: int
+    slot: int
+    prot: str = "rw"
+    populate: bool | int = False
+    thp: bool = False
+    pmd_mapping: bool = True
+    share: str = ""
+    stable: bool = True  # touched by guests; never unmapped or truncated
+
+
+@dataclass
+class Region:
+    """A range the calls may name: a VMA of the scenario, or a vCPU's mmap area."""
+
+    start: str  # expression
+    start_b: int  # in bytes, for arithmetic
+    size_b: int
+    kind: str
+    writable: bool
+    stable: bool
+    vma: Vma | None = None
+    touch_b: int = -1  # how far guest loads and stores may go (the file's end); -1: size_b
+
+    def __post_init__(self) -> None:
+        if self.touch_b < 0:
+            self.touch_b = self.size_b
+
+
+@dataclass
+class Plan:
+    target: Target
+    page: int
+    pmd: int
+    va_bits: int
+    word: int
+    cpus: int
+    vmas: list[Vma] = field(default_factory=list)
+    out_pages: int = 1
+    thp: bool = True  # the arch has PMD-sized pages (arm 2-level has none)
+
+    def slot_base(self, slot: int) -> int:
+        return (FIRST_SLOT + SLOT_PMDS * slot) * self.pmd
+
+    def expr(self, nbytes: int) -> str | int:
+        """Bytes as an expression over pmd_size and page_size (one scenario, any arch)."""
+        if nbytes == 0:
+            return 0
+        pmds, rest = divmod(nbytes, self.pmd)
+        pages, tail = divmod(rest, self.page)
+        parts = []
+        if pmds:
+            parts.append("pmd_size" if pmds == 1 else f"{pmds} * pmd_size")
+        if pages:
+            parts.append("page_size" if pages == 1 else f"{pages} * page_size")
+        if tail:
+            parts.append(str(tail))
+        return " + ".join(parts)
+
+
+# ---- generation ------------------------------------------------------------------------
+
+
+def generate(target: Target, seed: int) -> str:
+    """One random workload for `target` as scenario TOML (the same text for the same seed)."""
+    rng = random.Random(seed)
+    a = get_arch(target.arch, **dict(target.options))
+    plan = Plan(target, a.page_size, a.pmd_size, a.va_bits, a.word_size, rng.randint(2, 4))
+    plan.thp = a.supports_huge_pmd()
+    _plan_vmas(rng, plan)
+    regions = _regions(plan)
+    lists = [_calls(rng, plan, regions, cpu) for cpu in range(plan.cpus)]
+    return _toml(plan, lists, seed)
+
+
+CANDIDATES = 2  # the first VMAs: collapse candidates the calls favour (see _calls)
+
+
+def _plan_vmas(rng: random.Random, plan: Plan) -> None:
+    """2-4 VMAs. The first two are collapse candidates, PMD-aligned shmem/file
+    ranges of whole PMDs (what khugepaged, MADV_COLLAPSE and retract act on; the
+    second is one guests may not touch but calls may truncate or unmap); the
+    others are of any kind, size and alignment."""
+    ppmd = plan.pmd // plan.page
+    nvma = rng.randint(2, 4)
+    for i in range(nvma):
+        candidate = i < CANDIDATES
+        kind = rng.choice(["shmem", "file"]) if candidate else \
+            rng.choices(["anon", "shmem", "file"], [2, 3, 3])[0]
+        if candidate or rng.random() < 0.5:
+            off, size = 0, ppmd * rng.choice([1, 1, 1, 2])
+        else:
+            off = rng.choice([0, 0, rng.randint(1, 8)])
+            size = rng.choice([rng.randint(1, 8), ppmd, ppmd - rng.randint(1, 4),
+                               ppmd + rng.randint(1, 8), 2 * ppmd])
+        v = Vma(f"v{i}", kind, off, size, i)
+        v.stable = i == 0 or (i > 1 and rng.random() < 0.6) or (i == 1 and rng.random() < 0.3)
+        if not candidate and rng.random() < 0.15 and kind != "anon":
+            v.prot = "r"
+        pop = rng.random()
+        if pop < (0.2 if candidate else 0.35):
+            v.populate = False
+        elif pop < 0.5 and size <= 64:
+            v.populate = True
+        else:
+            v.populate = rng.randint(1, min(size, 16))
+        if kind != "anon":
+            v.thp = off == 0 and size >= ppmd and rng.random() < (0.5 if candidate else 0.3) \
+                and plan.thp  # no THP on arm 2-level: thp = true is refused
+            v.pmd_mapping = rng.random() < 0.5
+            earlier = [w for w in plan.vmas if w.kind == kind and not w.share]
+            if not candidate and earlier and rng.random() < 0.3:
+                w = rng.choice(earlier)
+                v.share = w.name
+                v.thp = False
+                v.stable = w.stable  # one file: truncating it reaches both mappings
+        plan.vmas.append(v)
+
+
+def _regions(plan: Plan) -> list[Region]:
+    out = []
+    by_name = {v.name: v for v in plan.vmas}
+    for v in plan.vmas:
+        start = plan.slot_base(v.slot) + v.start_pages * plan.page
+        size = v.size_pages * plan.page
+        # a second mapping maps the file from page 0: past the file's end a
+        # guest access is SIGBUS in Linux (SIGSEGV here), so touches stop there
+        touch = min(size, by_name[v.share].size_pages * plan.page) if v.share else size
+        out.append(Region(plan.expr(start), start, size, v.kind, v.prot == "rw", v.stable, v,
+                          touch))
+    return out
+
+
+HOSTILE = 0.12  # share of calls with a hostile argument
+NR_UNKNOWN = (11, 37, 0x1000, 0xFFFF)
+
+
+def _pick(rng: random.Random, regions: list[Region]) -> Region:
+    """A region for a call: the collapse candidates more often than the rest, so
+    calls on different vCPUs meet on the same PMD ranges."""
+    cands = [r for r in regions if r.vma is not None and int(r.vma.name[1:]) < CANDIDATES]
+    if cands and rng.random() < 0.6:
+        return rng.choice(cands)
+    return rng.choice(regions)
+
+
+def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> list[list]:
+    """One vCPU's call list: a random sequence over every hypercall."""
+    page, pmd = plan.page, plan.pmd
+    own_slot = len(plan.vmas) + cpu
+    own_base = plan.slot_base(own_slot)
+    own: Region | None = None  # this vCPU's mmap, while it is mapped
+    out_addr = plan.expr(OUT_PMD * pmd)
+    calls: list[list] = []
+    # weights: the kernel paths that free tables and their racing walkers first
+    ops = ["touch_read", "touch_write", "khugepaged_scan", "madvise_collapse",
+           "madvise_dontneed", "gup_fast", "fault_around", "truncate", "munmap", "mmap",
+           "rcu_barrier", "getcpu", "log", "unknown"]
+    weights = [8, 6, 6, 5, 6, 6, 3, 3, 2, 3, 2, 0.5, 0.5, 0.5]
+    n = rng.randint(2, 8)
+    while len(calls) < n:
+        op = rng.choices(ops, weights)[0]
+        hostile = rng.random() < HOSTILE
+        live = regions + ([own] if own is not None else [])
+        if op in ("touch_read", "touch_write"):
+            cands = [r for r in live if r.stable and (op == "touch_read" or r.writable)]
+            if not cands:
+                continue
+            r = _pick(rng, cands)
+            addr, length = _subrange(rng, plan, replace(r, size_b=r.touch_b))
+            count = rng.randint(1, 8)
+            stride = max(page, (length // count) // page * page)
+            count = min(count, max(1, length // stride))
+            calls.append([op, _at(plan, addr), count, plan.expr(stride)])
+        elif op == "khugepaged_scan":
+            r = _pick(rng, live)
+            addr = r.start_b + rng.randrange(0, r.size_b, page)
+            if not hostile:
+                addr -= addr % pmd if addr - addr % pmd >= r.start_b else 0
+            calls.append([op, _hostile_addr(rng, plan, addr) if hostile else _at(plan, addr)])
+        elif op in ("madvise_collapse", "madvise_dontneed"):
+            r = _pick(rng, live)
+            addr, length = _subrange(rng, plan, r, pmd_aligned=op == "madvise_collapse")
+            advice = MADV_COLLAPSE if op == "madvise_collapse" else MADV_DONTNEED
+            if hostile:
+                which = rng.randrange(4)
+                if which == 0:
+                    advice = rng.choice([0, 1, 14, 100])
+                elif which == 1:
+                    calls.append(["madvise", _hostile_addr(rng, plan, addr), plan.expr(length),
+                                  advice])
+                    continue
+                elif which == 2:
+                    length = (1 << plan.va_bits) - page
+                else:
+                    length += 1
+            calls.append(["madvise", _at(plan, addr), _len(plan, length), advice])
+        elif op == "gup_fast":
+            r = _pick(rng, live)
+            addr, length = _subrange(rng, plan, r)
+            nr = max(1, length // page)
+            write = int(r.writable and rng.random() < 0.5)
+            out: str | int = out_addr
+            if hostile:
+                which = rng.randrange(4)
+                if which == 0:
+                    nr = rng.choice([0, GUP_MAX_PAGES + 1, 1 << 20])
+                elif which == 1:
+                    out = plan.expr(plan.slot_base(own_slot) + 2 * pmd)  # never mapped
+                elif which == 2:
+                    write = 1
+                else:
+                    calls.append([op, _hostile_addr(rng, plan, addr), nr, out, write])
+                    continue
+            calls.append([op, _at(plan, addr), nr, out, write])
+        elif op == "fault_around":
+            r = _pick(rng, live)
+            addr = r.start_b + rng.randrange(0, r.size_b, page)
+            calls.append([op, _hostile_addr(rng, plan, addr) if hostile else _at(plan, addr)])
+        elif op == "truncate":
+            cands = [r for r in regions if not r.stable and r.kind != "anon"]
+            if hostile:
+                # -EINVAL whatever it names: a size off the page grain, a negative
+                # size, or an address with no file behind it
+                r = rng.choice(live)
+                which = rng.randrange(3)
+                if which == 0:
+                    calls.append([op, _at(plan, r.start_b), plan.expr(page + 1)])
+                elif which == 1:
+                    calls.append([op, _at(plan, r.start_b), -page])
+                else:
+                    anon = [x for x in live if x.kind == "anon"]
+                    where = anon[0].start_b if anon else own_base + 2 * pmd
+                    calls.append([op, _at(plan, where), 0])
+                continue
+            if not cands:
+                continue
+            r = _pick(rng, cands)
+            size = rng.choice([0, page, r.size_b // 2 // page * page, r.size_b, r.size_b + pmd])
+            calls.append([op, _at(plan, r.start_b), _len(plan, size)])
+        elif op == "munmap":
+            cands = [r for r in regions if not r.stable]
+            if own is not None and rng.random() < 0.6:
+                calls.append([op, _at(plan, own.start_b), plan.expr(own.size_b)])
+                own = None
+                continue
+            if hostile or not cands:
+                which = rng.randrange(3)
+                if which == 0:  # a hole in this vCPU's own area: nothing to unmap
+                    calls.append([op, _at(plan, own_base + 2 * pmd), plan.expr(page)])
+                elif which == 1:
+                    calls.append([op, _at(plan, own_base + 1), plan.expr(page)])
+                else:
+                    calls.append([op, _at(plan, (1 << plan.va_bits) - page), plan.expr(2 * page)])
+                continue
+            r = rng.choice(cands)
+            length = r.size_b if rng.random() < 0.8 else max(page, r.size_b // 2 // page * page)
+            calls.append([op, _at(plan, r.start_b), plan.expr(length)])
+        elif op == "mmap":
+            if own is not None or hostile:
+                # over a live mapping: -EEXIST; or a bad kind / range: -EINVAL
+                r = rng.choice([x for x in live if x.stable] or live)
+                which = rng.randrange(3)
+                if which == 0:
+                    calls.append([op, _at(plan, r.start_b), plan.expr(r.size_b), 0])
+                elif which == 1:
+                    calls.append([op, _at(plan, own_base), plan.expr(page), 7])
+                else:
+                    calls.append([op, _at(plan, own_base + 1), plan.expr(page), 0])
+                continue
+            kind = rng.randrange(3)
+            size = rng.choice([rng.randint(1, 8) * page, pmd, 2 * pmd])
+            calls.append([op, _at(plan, own_base), plan.expr(size), kind])
+            own = Region(plan.expr(own_base), own_base, size, ("anon", "shmem", "file")[kind],
+                         True, True)
+        elif op == "rcu_barrier":
+            calls.append([op])
+        elif op == "getcpu":
+            calls.append([op])
+        elif op == "log":
+            calls.append([op, rng.randrange(1 << 16)])
+        else:
+            calls.append([rng.choice(NR_UNKNOWN), 1, 2, 3])
+    if own is not None and rng.random() < 0.7:
+        calls.append(["munmap", _at(plan, own.start_b), plan.expr(own.size_b)])
+    if rng.random() < 0.05:
+        calls.append(["exit", 0])
+    return calls
+
+
+def _subrange(rng: random.Random, plan: Plan, r: Region,
+              pmd_aligned: bool = False) -> tuple[int, int]:
+    """A page-aligned (or PMD-range) piece of a region: (start, length) in bytes."""
+    page, pmd = plan.page, plan.pmd
+    if pmd_aligned:
+        first = -(-r.start_b // pmd) * pmd
+        if first + pmd <= r.start_b + r.size_b and rng.random() < 0.8:
+            n = (r.start_b + r.size_b - first) // pmd
+            k = rng.randrange(n)
+            return first + k * pmd, pmd * rng.randint(1, n - k)
+        return r.start_b, r.size_b
+    pages = r.size_b // page
+    choice = rng.random()
+    if choice < 0.3:
+        return r.start_b, r.size_b
+    first = rng.randrange(pages)
+    return r.start_b + first * page, page * rng.randint(1, min(pages - first, 16))
+
+
+def _at(plan: Plan, addr: int) -> str | int:
+    return plan.expr(addr)
+
+
+def _len(plan: Plan, length: int) -> str | int:
+    if length < 0:
+        return length
+    if length >= (1 << plan.va_bits) - plan.pmd:
+        return length  # a raw number: not worth an expression
+    return plan.expr(length)
+
+
+def _hostile_addr(rng: random.Random, plan: Plan, addr: int) -> str | int:
+    """Misaligned, outside the user address space, or an unmapped hole."""
+    which = rng.randrange(3)
+    if which == 0:
+        return f"{plan.expr(addr)} + {rng.choice([1, 8, plan.page // 2])}"
+    if which == 1:
+        return (1 << plan.va_bits) + rng.choice([0, plan.page])
+    return plan.expr(plan.slot_base(len(plan.vmas) + plan.cpus) + plan.pmd)  # above every slot
+
+
+# ---- TOML ------------------------------------------------------------------------------
+
+
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v) if -(1 << 16) < v < (1 << 16) else (hex(v) if v >= 0 else str(v))
+    return f'"{v}"'
+
+
+def _memory_mib(plan: Plan) -> int:
+    """Room for every VMA populated, a PMD folio per PMD range of the files (collapse
+    copies), each vCPU's mmap and the tables, with a margin."""
+    total = 0
+    for v in plan.vmas:
+        nbytes = v.size_pages * plan.page
+        total += nbytes + (-(-nbytes // plan.pmd) * plan.pmd if v.kind != "anon" else 0)
+    total += plan.cpus * 4 * plan.pmd + 8 * (1 << 20)
+    mib = -(-total // (1 << 20))
+    return max(16, 1 << (mib - 1).bit_length())
+
+
+def _toml(plan: Plan, lists: list[list[list]], seed: int) -> str:
+    t = plan.target
+    lines = [f'description = "ptemu fuzz workload {seed:#x} for {t.label}"', "",
+             "[machine]", f'arch = "{t.arch}"', f"cpus = {plan.cpus}",
+             f"memory_mib = {_memory_mib(plan)}"]
+    if t.options:
+        lines += ["", "[arch_options]"] + [f'{k} = "{v}"' for k, v in t.options]
+    for v in plan.vmas:
+        start = plan.slot_base(v.slot) + v.start_pages * plan.page
+        lines += ["", "[[vma]]", f'name = "{v.name}"', f"start = {_value(plan.expr(start))}",
+                  f"size = {_value(plan.expr(v.size_pages * plan.page))}", f'kind = "{v.kind}"']
+        if v.prot != "rw":
+            lines.append(f'prot = "{v.prot}"')
+        if v.populate is not False:
+            lines.append(f"populate = {_value(v.populate)}")
+        if v.thp:
+            lines.append("thp = true")
+        if v.kind != "anon" and not v.pmd_mapping:
+            lines.append("pmd_mapping = false")
+        if v.share:
+            lines.append(f'share = "{v.share}"')
+    lines += ["", "[[vma]]", 'name = "gup-out"', f"start = {_value(plan.expr(OUT_PMD * plan.pmd))}",
+              f"size = {_value(plan.expr(_out_pages(plan) * plan.page))}", 'kind = "anon"',
+              "populate = true"]
+    for calls in lists:
+        lines += ["", "[[cpu]]", "calls = ["]
+        lines += [f"  [{', '.join(_value(x) for x in rec)}]," for rec in calls]
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def _out_pages(plan: Plan) -> int:
+    """The GUP-fast output buffer: one word for each page of the largest valid range."""
+    most = SLOT_PMDS * plan.pmd // plan.page
+    return max(1, -(-most * plan.word // plan.page))
+
+
+def hypercall_names() -> list[str]:
+    """Every hypercall the generator exercises (all registered ones)."""
+    return sorted(hc.name for hc in HYPERCALLS.values())
