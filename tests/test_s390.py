@@ -773,3 +773,12 @@ def test_pte_bit_55_is_iep_with_the_facility_and_must_be_zero_without():
 
 def test_the_vcpu_holds_linux_asce():
     assert A.hw_root(ROOT) == ASCE and ASCE & S.ASCE_TYPE_MASK == S.ASCE_TYPE_R3
+
+
+def test_each_vcpu_holds_the_asce_and_walks_through_it():
+    m = touch_machine("halves")
+    cpu = m.cpus[0]
+    assert cpu.mmu_root == cpu.hw_root == A.asce(m.root)
+    m.populate(m.mm.find_vma(0x10000000), 1)
+    tr = m.run_walk_now(cpu, 0x10000000, Access.READ)
+    assert isinstance(tr, Translation) and tr.tables[0] == m.root
