@@ -195,31 +195,15 @@ def _reads(walk, mem):
         return out
 
 
-TOUCH = """
-[machine]
-arch = "x86-pae"
-cpus = 1
-[[vma]]
-start = 0x10000000
-size = "page_size"
-kind = "anon"
-populate = true
-[[cpu]]
-program = "touch"
-args = [0x10000000, 1, "page_size"]
-"""
-
-
 def test_vcpu_walks_use_the_pdptes_it_latched_until_a_reload():
     """Clearing a PDPTE in memory without reloading CR3 changes no translation;
     a flush_tlb_mm (a CR3 reload on x86) picks the change up."""
-    import textwrap
-
     from emu import scenario
     from emu.machine import Machine
-    m = Machine(scenario.parse(textwrap.dedent(TOUCH), "<test>"))
+    m = Machine(scenario.load("touch"), trace=False)
     cpu = m.cpus[0]
     va = 0x10000000
+    m.populate(m.mm.find_vma(va), 1)
     assert isinstance(m.run_walk_now(cpu, va, Access.READ), Translation)
     m.mem.write_int(m.root + 8 * (va >> 30), 8, 0, "little")
     assert isinstance(m.run_walk_now(cpu, va, Access.READ), Translation)
