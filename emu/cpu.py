@@ -116,6 +116,15 @@ class VCpu:
         self._hook_error: BaseException | None = None
         self.sync_walks = False  # walk inside the hook (no interleaving): fast mode
         self.quantum = 1
+        self.hw_root = 0
+        self.mmu_root: Any = None  # the root register and what the MMU latched with it
+
+    def load_root(self, hw_root: int) -> None:
+        """Load the root register (CR3, the ASCE, TTBR0): the MMU latches what
+        it latches at that moment (x86-PAE's PDPTEs) and walks use that."""
+        self.hw_root = hw_root
+        self.mmu_root = self.arch.load_root(
+            hw_root, lambda pa, size: self.m.mem.read_int(pa, size, self.arch.byteorder))
 
     # ---- TLB model -------------------------------------------------------------
     def tlb_lookup(self, va: int) -> TlbEntry | None:
@@ -129,6 +138,10 @@ class VCpu:
         self.tlb[tr.va_base] = TlbEntry(tr, self.m.step, self.m.frame_gens(tr))
 
     def flush_range(self, start: int, end: int) -> bool:
+        if start <= 0 and end >= 1 << self.arch.va_bits and self.mmu_root is not None:
+            # flush_tlb_mm(): x86 reloads CR3 for it (native_flush_tlb_local),
+            # which relatches the PAE PDPTEs; elsewhere reloading is a no-op.
+            self.load_root(self.hw_root)
         gone = [va for va, e in self.tlb.items() if va < end and start < va + e.tr.size]
         for va in gone:
             del self.tlb[va]
@@ -239,7 +252,7 @@ class VCpu:
 
     # ---- walks -------------------------------------------------------------------------
     def start_walk(self, va: int, acc: Access) -> None:
-        self.walk = self.arch.walk(self.m.root, va, acc, True)
+        self.walk = self.arch.walk(self.mmu_root, va, acc, True)
         self.walk_req = (va, acc)
         self.walk_msg = next(self.walk)
         self.mode = Mode.WALK

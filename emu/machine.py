@@ -181,6 +181,7 @@ class Machine(KernelHooks):
             k.mm.insert_vma(VMA(stack_top - STACK_SIZE, stack_top, "anon", Prot(), f"cpu{i} stack"))
             cpu = self.cpus[i]
             a.setup_cpu(cpu.uc, i, root)
+            cpu.load_root(a.hw_root(root))
             a.set_pc(cpu.uc, base)
             a.set_sp(cpu.uc, stack_top - 64)
             args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(args_src)]
@@ -410,6 +411,8 @@ class Machine(KernelHooks):
             c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
             c.task = c.walk = c.walk_req = None
             c.flush_all()
+            if c.mmu_root is not None:
+                c.load_root(c.hw_root)  # the restored tables' PDPTEs, as at the start
         self.step = 0
         self.choices = []
         self.trace = Trace(self.trace.enabled)
@@ -468,7 +471,7 @@ class Machine(KernelHooks):
         return new
 
     def run_walk_now(self, cpu: VCpu, va: int, acc: Access) -> Translation | Fault:
-        gen = self.arch.walk(self.root, va, acc, True)
+        gen = self.arch.walk(cpu.mmu_root, va, acc, True)
         try:
             msg = next(gen)
             while True:
