@@ -234,7 +234,7 @@ def cmd_pgtable_dump(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from arch import arch_names, available_arch_names
-    from emu import hypercall, services  # noqa: F401 - services register hypercalls
+    from emu import abi
     from emu.kernel.variants import VARIANTS, build_kernel_class
     from emu.scenario import builtin_names
     build_kernel_class([])  # registers the built-in variants
@@ -250,7 +250,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for v in sorted(VARIANTS.values(), key=lambda v: v.name):
             console.print(f"[bold]{v.name}[/]: {v.doc}")
     elif what == "hypercalls":
-        for hc in sorted(hypercall.HYPERCALLS.values(), key=lambda h: h.nr):
+        for hc in sorted(abi.CALLS.values(), key=lambda h: h.nr):
             console.print(f"{hc.nr:>3} {hc.name}({hc.nargs} args): {hc.doc}")
     elif what == "versions":
         from emu.kernel.version import CHANGES, MODELLED, NEWEST, fmt

@@ -27,8 +27,8 @@ import random
 from dataclasses import dataclass, field, replace
 
 from arch import get_arch
+from emu import abi
 from emu.explore import sub_seed
-from emu.hypercall import HYPERCALLS
 from emu.services import GUP_MAX_PAGES, MADV_COLLAPSE, MADV_DONTNEED
 
 
@@ -472,5 +472,5 @@ def _out_pages(plan: Plan) -> int:
 
 
 def hypercall_names() -> list[str]:
-    """Every hypercall the generator exercises (all registered ones)."""
-    return sorted(hc.name for hc in HYPERCALLS.values())
+    """Every hypercall the generator exercises (every call of the ABI table)."""
+    return sorted(c.name for c in abi.CALLS.values())

@@ -18,7 +18,7 @@ import capstone
 
 from arch import UnknownArch, get_arch
 from arch.base import Access, Fault, Prot, PteRead, PteSetBits, PteWrite, Translation
-from emu import hypercall, services  # noqa: F401 - services register hypercalls
+from emu import abi, hypercall, services  # noqa: F401 - services bind the handlers
 from emu.check.base import Checker, Violation
 from emu.cpu import Mode, TlbEntry, VCpu
 from emu.kernel import Kernel
@@ -208,7 +208,7 @@ class Machine(KernelHooks):
         """The calls program's text image with its records after the code, and its
         two arguments: the records' address and count (guest/calls.py)."""
         a, src = self.arch, self.scenario.source
-        numbers = hypercall.by_name()
+        numbers = abi.by_name()
         words = []
         for j, rec in enumerate(records):
             op = call_format.op_number(rec[0], numbers)

@@ -290,7 +290,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
 def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:
     """A `[[cpu]] calls = [...]` table: records for the calls program, checked here
     (ops by name; the arguments' expressions are evaluated when the machine is built)."""
-    from emu import hypercall, services  # noqa: F401 - services register the mm calls
+    from emu import abi
     from guest import calls as call_format
     if "args" in c:
         raise ScenarioError(source, f"{path}.args", "a cpu with calls takes no args (the "
@@ -301,7 +301,7 @@ def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:
     if len(records) > call_format.MAX_RECORDS:
         raise ScenarioError(source, f"{path}.calls",
                             f"{len(records)} records, at most {call_format.MAX_RECORDS}")
-    names = hypercall.by_name()
+    names = abi.by_name()
     known = ", ".join([*names, *call_format.PSEUDO_OPS])
     for j, rec in enumerate(records):
         key = f"{path}.calls[{j}]"

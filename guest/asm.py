@@ -19,7 +19,7 @@ from pathlib import Path
 import keystone
 
 from arch.base import Arch
-from emu import hypercall
+from emu import abi
 from guest import calls
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -54,8 +54,7 @@ def list_programs(arch: Arch) -> list[str]:
 
 
 def constants(arch: Arch) -> dict[str, int]:
-    import emu.services  # noqa: F401 - registers the mm services' numbers
-    consts = {f"SYS_{name}": nr for name, nr in hypercall.by_name().items()}
+    consts = {f"SYS_{name}": nr for name, nr in abi.by_name().items()}
     consts["PAGE_SIZE"] = arch.page_size
     consts["PMD_SIZE"] = arch.pmd_size
     consts.update(calls.constants(arch.word_size))
