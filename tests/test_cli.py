@@ -43,7 +43,17 @@ def test_demo_touch_exits_0(capsys):
 
 def test_unknown_demo_and_arch_override(capsys):
     assert main(["demo", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown demo 'nope'" in err and len(err.strip().splitlines()) == 1
     assert main(["run", "touch", "--arch", "mips"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown arch 'mips'" in err and len(err.strip().splitlines()) == 1
+    # a known arch overrides the scenario's: the same scenario runs on other tables
+    assert main(["run", "touch", "--arch", "s390"]) == 0
+    s390 = capsys.readouterr().out
+    assert main(["run", "touch"]) == 0
+    x86 = capsys.readouterr().out
+    assert "s390" in s390 and "s390" not in x86
 
 
 def test_pgtable_dump_shows_each_level(capsys):

@@ -69,6 +69,12 @@ def test_madvise_collapse_racing_a_toucher_ends_pmd_mapped_with_exact_accounting
         assert m.arch.pmd_trans_huge(k.read_entry_now(pmd_pa, 8))
         assert audit(k) == []
         assert m.mm.rss["shmem"] == m.arch.pmd_size // m.arch.page_size
+    # the variant half: the same run catches a toucher whose fault leaks the
+    # rcu_read_lock of its pte_offset_map (missing_pte_unmap)
+    sc.variants = ["missing_pte_unmap"]
+    r = Machine(sc).run(RandomStrategy(0))
+    assert r.violation is not None and r.violation.checker == "imbalance"
+    assert "rcu_nesting=1" in r.violation.message
 
 
 def test_copy_to_user_follows_linux_write_permission_not_hardware_dirty_bits():
