@@ -32,7 +32,9 @@ How a run goes:
 2. Each mutant runs only the tests covering its line, fastest first, in a
    private copy of the tree (``.mutation/work<N>``), with ``pytest -x -p
    no:cacheprovider``; the first failing test kills it.  A mutant whose line
-   is executed only at import time runs the whole default suite.
+   is executed only at import time runs every test that runs its module.
+   ``--max-tests N`` caps the tests per mutant (the module's own test file
+   first, then the fastest); the report says so.
 3. A mutant that runs past its time limit (``--timeout-factor`` times the
    covering tests' recorded duration, plus 10 s) is *killed by timeout* and
    counted as killed: the suite noticed (an infinite loop never passes).
@@ -362,13 +364,17 @@ class Runner:
     max_tests: int | None = None
     live: set = field(default_factory=set)  # running pytest processes
 
-    def tests_for(self, m: Mutant) -> list[str] | None:
+    def tests_for(self, m: Mutant) -> list[str]:
         """Covering tests, those of the module's own test file first, then the
-        fastest; [] when uncovered; None = the whole suite (import-time lines)."""
-        ctxs = set(self.lines.get(m.file, {}).get(str(m.line), []))
+        fastest; [] when uncovered. A line run only at import time (a module
+        constant, a table) is covered by every test that runs the module."""
+        by_line = self.lines.get(m.file, {})
+        ctxs = set(by_line.get(str(m.line), []))
         tests = {c for c in ctxs if c}
+        if not tests and "" in ctxs:
+            tests = {c for cs in by_line.values() for c in cs if c}
         if not tests:
-            return None if "" in ctxs else []
+            return []
         stem = Path(m.file).stem
         ranked = sorted(tests, key=lambda t: (stem not in t.split("::")[0],
                                               self.durations.get(t, 1.0), t))
@@ -376,11 +382,10 @@ class Runner:
 
     def run(self, m: Mutant, text: str, work: Path) -> Result:
         tests = self.tests_for(m)
-        if tests == []:
+        if not tests:
             return Result(m, "uncovered")
-        args = tests if tests is not None else ["tests"]
-        budget = sum(self.durations.values()) if tests is None else sum(
-            self.durations.get(t, 1.0) for t in tests)
+        args = tests
+        budget = sum(self.durations.get(t, 1.0) for t in tests)
         limit = self.timeout_factor * budget + 10
         target = work / m.file
         original = target.read_text()
