@@ -94,6 +94,7 @@ class Mutant:
     path: tuple        # (field, index) steps from the module node to the target
     before: str
     after: str
+    stmt_line: int = 0  # first line of the enclosing statement (what coverage reports)
 
     @property
     def id(self) -> str:
@@ -241,9 +242,11 @@ def mutants_of(rel: str) -> list[Mutant]:
     lines = source.splitlines()
     out: list[Mutant] = []
 
-    def visit(node: ast.AST, parent: ast.AST, slot: tuple, path: tuple) -> None:
+    def visit(node: ast.AST, parent: ast.AST, slot: tuple, path: tuple, stmt: int = 0) -> None:
         if _skip_subtree(node):
             return
+        if isinstance(node, ast.stmt):
+            stmt = node.lineno
         lineno = getattr(node, "lineno", None)
         if lineno is not None and "no mutate" in lines[lineno - 1]:
             return
@@ -255,9 +258,9 @@ def mutants_of(rel: str) -> list[Mutant]:
                 before, after = _short(node), _short(mutated)
             if after == before:
                 continue
-            out.append(Mutant(rel, lineno, node.col_offset, op, path, before, after))
+            out.append(Mutant(rel, lineno, node.col_offset, op, path, before, after, stmt))
         for sub_slot, child in _children(node):
-            visit(child, node, sub_slot, path + (sub_slot,))
+            visit(child, node, sub_slot, path + (sub_slot,), stmt)
 
     visit(tree, None, (None, None), ())
     return out
@@ -369,10 +372,14 @@ class Runner:
         fastest; [] when uncovered. A line run only at import time (a module
         constant, a table) is covered by every test that runs the module."""
         by_line = self.lines.get(m.file, {})
-        ctxs = set(by_line.get(str(m.line), []))
+        # a continuation line or a decorator is not a line to coverage: its
+        # statement's first line is
+        ctxs = set(by_line.get(str(m.line), by_line.get(str(m.stmt_line), [])))
         tests = {c for c in ctxs if c}
         if not tests and "" in ctxs:
             tests = {c for cs in by_line.values() for c in cs if c}
+            if not tests:  # a module run only at import (tables, step classes)
+                tests = set(self.durations)
         if not tests:
             return []
         stem = Path(m.file).stem
@@ -568,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         key = hashlib.sha256((m.id + "\0" + text).encode()).hexdigest()
         hit = cache.get(key)
         if hit and (hit["status"] in ("killed", "timeout") or (
-                hit["status"] != "error" and hit.get("tree") == digest)):
+                hit["status"] not in ("error", "uncovered") and hit.get("tree") == digest)):
             results.append(Result(m, hit["status"], hit.get("tests", 0), 0.0,
                                   hit.get("killer", ""), cached=True))
         else:
