@@ -204,3 +204,62 @@ def test_table_freed_before_the_flush_ipi_reaches_a_walk_in_flight(variant):
         assert not il.tasks[1].done  # the flush IPI waits for the walk
         cpu.step()  # the walk reads the (detached, still allocated) table
         il.finish()
+
+
+@pytest.mark.parametrize("variant", [(), ("pte_free_immediate",)])
+def test_taking_the_ptl_of_a_freed_table_is_a_use_after_free(variant):
+    """collapse step 2 has mapped the table (rcu_read_lock held) when retract
+    detaches it: pte_free_defer() keeps the page, so the ptl step 2 takes next
+    is still a lock in a live ptdesc; freed at once, taking it writes into a
+    free page."""
+    from test_kernel_contracts import machine as contract_machine
+    m = contract_machine(variant, thp=True, pmd_mapping=False)
+    m.add_checker(UseAfterFree())
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    ptl = k.pte_lockptr(m.mm, k.read_entry_now(pmd_pa, 8))
+
+    def collapse():
+        yield s.DownRead(m.mm.mmap_lock)
+        r = yield from k.collapse_pte_mapped_thp(m.mm, BASE, True)
+        yield s.UpRead(m.mm.mmap_lock)
+        return r
+
+    taken = []
+
+    def second_ptl(op):
+        if isinstance(op, s.SpinLock) and op.lock is ptl:
+            taken.append(op)
+        return len(taken) == 2
+
+    il = Interleaving(m)
+    il.start(0, collapse())
+    il.run_until(0, second_ptl)
+    il.start(1, zap_and_retract(k, cache))
+    il.run_while_runnable(1)
+    if variant:
+        with pytest.raises(Violation, match="spin_lock") as exc:
+            il.finish()
+        assert exc.value.checker == "use-after-free" and exc.value.cpu == 0
+        return
+    il.finish()
+    il.pass_grace_period()
+
+
+def test_a_kernel_store_into_a_freed_table_is_a_use_after_free():
+    from test_kernel_contracts import machine as contract_machine
+    m = contract_machine(("pte_free_immediate",), thp=True, pmd_mapping=False)
+    m.add_checker(UseAfterFree())
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    table = m.arch.table_pa("pmd", k.read_entry_now(pmd_pa, 8))
+    il = Interleaving(m)
+    il.start(1, zap_and_retract(k, cache))
+    il.finish()
+    assert m.frames.info(table).state.value == "free"
+    il.start(0, k.clear_entry("pte", table, "stale pte_clear"))
+    with pytest.raises(Violation, match="kernel store") as exc:
+        il.finish()
+    assert exc.value.checker == "use-after-free" and exc.value.frame == table

@@ -722,3 +722,16 @@ def test_fault_on_an_old_clean_pte_makes_it_young_and_dirty_on_write(access):
     if access == "WRITE":
         want = a.pte_mkdirty(want)
     assert want != clean and k.read_entry_now(ptep, 8) == want
+
+
+def test_truncate_that_grows_the_file_unmaps_nothing():
+    m = machine(populate=4)
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    size = cache.size_pages
+    rss = dict(m.mm.rss)
+    il = Interleaving(m)
+    il.start(0, k.truncate(cache, size + 8))
+    il.finish()
+    assert il.tasks[0].result == 0 and cache.size_pages == size + 8
+    assert m.mm.rss == rss and audit(k) == []

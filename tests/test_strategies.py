@@ -328,3 +328,20 @@ def test_dpor_reaches_every_trace_of_the_full_search_once(seed):
     reduced = [trace_class(o, programs) for o in traces_explored(programs, stats=stats)]
     assert set(reduced) == full
     assert len(reduced) == len(full) == stats["complete"]
+
+
+@pytest.mark.parametrize("quantum,want", [
+    (1, [0, 1, 2, 0, 1, 2]),
+    (2, [0, 0, 1, 1, 2, 2]),
+    (3, [0, 0, 0, 1, 1, 1]),
+])
+def test_round_robin_runs_each_task_for_its_quantum(quantum, want):
+    from emu.sched import RoundRobin
+    rr = RoundRobin(quantum)
+    assert [rr.choose([0, 1, 2], i) for i in range(6)] == want
+
+
+def test_round_robin_moves_on_when_the_current_task_cannot_run():
+    from emu.sched import RoundRobin
+    rr = RoundRobin(3)
+    assert [rr.choose([0, 1], 0), rr.choose([1], 1), rr.choose([0, 1], 2)] == [0, 1, 1]

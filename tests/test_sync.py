@@ -119,3 +119,48 @@ def test_a_grace_period_requested_by_the_only_online_cpu_ends_at_once_for_offlin
     assert rcu.gp_in_progress()
     rcu.offline(0, 1, [])
     assert rcu.completed == g
+
+
+def test_an_rwsem_reader_waits_for_the_writer_and_says_who_holds_it():
+    m = machine()
+    sem = m.mm.mmap_lock
+
+    def write_then_release():
+        yield s.DownWrite(sem)
+        yield s.UpWrite(sem)
+
+    def read():
+        yield s.DownRead(sem)
+        yield s.UpRead(sem)
+
+    il = Interleaving(m)
+    il.start(0, write_then_release())
+    il.step(0)  # cpu0 holds it for write
+    il.start(1, read())
+    il.run_while_runnable(1)
+    assert not il.tasks[1].done
+    assert "held by writer cpu0" in il.tasks[1].blocked_on()
+    il.finish()
+    assert not sem.is_locked()
+
+
+def test_an_rwsem_writer_waits_for_readers_and_names_them():
+    m = machine()
+    sem = m.mm.mmap_lock
+
+    def read_then_release():
+        yield s.DownRead(sem)
+        yield s.UpRead(sem)
+
+    def write():
+        yield s.DownWrite(sem)
+        yield s.UpWrite(sem)
+
+    il = Interleaving(m)
+    il.start(0, read_then_release())
+    il.step(0)
+    il.start(1, write())
+    il.run_while_runnable(1)
+    assert "readers ['cpu0']" in il.tasks[1].blocked_on()
+    il.finish()
+    assert not sem.is_locked()

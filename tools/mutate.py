@@ -296,8 +296,8 @@ def _digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def tree_digest() -> str:
-    files = [p for d in ("emu", "arch", "guest", "tests") for p in (ROOT / d).rglob("*")
+def tree_digest(dirs: tuple[str, ...] = ("emu", "arch", "guest", "tests")) -> str:
+    files = [p for d in dirs for p in (ROOT / d).rglob("*")
              if p.is_file() and "__pycache__" not in p.parts]
     return _digest(files + [ROOT / "pyproject.toml"])
 
@@ -323,14 +323,18 @@ sys.exit(rc)
 '''
 
 
-def coverage_map() -> tuple[dict, dict]:
-    """{file: {line: [node ids]}} and {node id: seconds} for the default suite."""
+def coverage_map(keep: bool = False) -> tuple[dict, dict]:
+    """{file: {line: [node ids]}} and {node id: seconds} for the default suite.
+
+    Rebuilt when a source or test file changed; with `keep`, only when a
+    source file did (tests added since are then not selected)."""
     STATE.mkdir(exist_ok=True)
     cache = STATE / "covmap.json"
     digest = tree_digest()
+    sources = tree_digest(("emu", "arch", "guest"))
     if cache.exists():
         data = json.loads(cache.read_text())
-        if data.get("digest") == digest:
+        if data.get("digest") == digest or (keep and data.get("sources") == sources):
             return data["lines"], data["durations"]
     print("building the coverage map (the whole default suite under coverage)...",
           file=sys.stderr, flush=True)
@@ -350,7 +354,8 @@ def coverage_map() -> tuple[dict, dict]:
         by_line = cdata.contexts_by_lineno(fname)
         lines[rel] = {str(ln): sorted(c for c in ctxs) for ln, ctxs in by_line.items()}
     durations = json.loads(durfile.read_text())
-    cache.write_text(json.dumps({"digest": digest, "lines": lines, "durations": durations}))
+    cache.write_text(json.dumps({"digest": digest, "sources": sources, "lines": lines,
+                                 "durations": durations}))
     print(f"coverage map built in {time.time() - t0:.0f} s", file=sys.stderr)
     return lines, durations
 
@@ -529,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tests", type=int, default=None,
                     help="run at most N covering tests per mutant (the module's own "
                          "test file first, then the fastest); the report says so")
+    ap.add_argument("--keep-map", action="store_true",
+                    help="reuse the coverage map if only tests changed since it was built")
     ap.add_argument("--list", action="store_true", help="list the mutant ids and exit")
     ap.add_argument("--only", action="append", default=[],
                     help="run only this mutant id (repeatable)")
@@ -558,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     t0 = time.time()
-    lines, durations = coverage_map()
+    lines, durations = coverage_map(args.keep_map)
     digest = tree_digest()
     cache_file = STATE / "cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
