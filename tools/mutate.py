@@ -299,7 +299,7 @@ def _digest(paths: list[Path]) -> str:
 def tree_digest(dirs: tuple[str, ...] = ("emu", "arch", "guest", "tests")) -> str:
     files = [p for d in dirs for p in (ROOT / d).rglob("*")
              if p.is_file() and "__pycache__" not in p.parts]
-    return _digest(files + [ROOT / "pyproject.toml"])
+    return _digest(files)
 
 
 COV_PLUGIN = '''
