@@ -372,6 +372,26 @@ class Runner:
     max_tests: int | None = None
     live: set = field(default_factory=set)  # running pytest processes
 
+    def _pytest(self, args: list[str], work: Path, env: dict, limit: float) -> tuple[str, str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+             "--no-header", "-rN", *args],
+            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True)
+        self.live.add(proc)
+        try:
+            out, _ = proc.communicate(timeout=limit)
+            status = {0: "survived", 1: "killed", 2: "killed"}.get(proc.returncode, "error")
+            if proc.returncode == 4 and "ERROR collecting" in out:
+                status = "killed"  # the mutant breaks a test module's import
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            status = "timeout"
+        finally:
+            self.live.discard(proc)
+        return status, out
+
     def tests_for(self, m: Mutant) -> list[str]:
         """Covering tests, those of the module's own test file first, then the
         fastest; [] when uncovered. A line run only at import time (a module
@@ -407,23 +427,15 @@ class Runner:
         env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1",
                    PYTHONHASHSEED="0")
         t0 = time.time()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-             "--no-header", "-rN", *args],
-            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True)
-        self.live.add(proc)
         try:
-            out, _ = proc.communicate(timeout=limit)
-            status = {0: "survived", 1: "killed", 2: "killed"}.get(proc.returncode, "error")
-            if proc.returncode == 4 and "ERROR collecting" in out:
-                status = "killed"  # the mutant breaks a test module's import
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            status = "timeout"
+            status, out = self._pytest(args, work, env, limit)
+            if status == "error" and "ERROR: not found" in out:
+                # a parametrized test's ids changed (the mutant changed a value
+                # they are made from, or the test file changed): run every
+                # case of the covering test functions instead
+                funcs = list(dict.fromkeys(t.split("[")[0] for t in args))
+                status, out = self._pytest(funcs, work, env, limit)
         finally:
-            self.live.discard(proc)
             target.write_text(original)
             shutil.rmtree(pyc, ignore_errors=True)
         killer = ""
