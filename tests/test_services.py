@@ -96,6 +96,8 @@ def test_arch_options_for_another_arch_are_one_line_errors(capsys):
     assert main(["run", "touch_ppc_hash", "--arch", "sparc64"]) == 2
     err = capsys.readouterr().err
     assert "arch_options" in err and "Traceback" not in err
+    # the line says what the arch does take (sparc64: nothing)
+    assert err.strip().endswith("['mmu']; it takes none")
 
 
 BASE_SHM = 0x10000000

@@ -223,7 +223,8 @@ def _operators(node: ast.AST, parent: ast.AST, slot: tuple) -> Iterator[tuple[st
                 return ast.Constant(value=-n.operand.value + d)
             yield f"const:{d:+d}", bumpneg
     if isinstance(node, ast.stmt) and not _is_docstring(node, parent, slot[1]):
-        deletable = not _is_note(node) and isinstance(node, (ast.Expr, ast.AugAssign, ast.Break, ast.Continue)) or (
+        stub = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)  # `...`
+        deletable = not stub and not _is_note(node) and isinstance(node, (ast.Expr, ast.AugAssign, ast.Break, ast.Continue)) or (
             isinstance(node, ast.Assign) and all(
                 isinstance(t, (ast.Attribute, ast.Subscript)) for t in node.targets))
         if deletable:
