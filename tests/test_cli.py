@@ -78,3 +78,15 @@ def test_demo_torn_pae_shows_all_three_acts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "torn-read" in out and "clean over all" in out and "lockless-sync" in out
     assert (tmp_path / "torn-pae.svg").read_text().startswith("<svg")
+
+
+def test_list_arches_marks_none_missing_and_list_names_the_rest(capsys):
+    assert main(["list", "arches"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert lines == ["x86-pae", "arm", "powerpc", "s390", "sparc64"]  # all built in
+    assert main(["list", "variants"]) == 0
+    out = capsys.readouterr().out
+    assert "pte_free_immediate" in out and "no_pmd_same_recheck" in out
+    assert main(["list", "hypercalls"]) == 0
+    out = capsys.readouterr().out
+    assert "khugepaged_scan" in out and "rcu_barrier" in out

@@ -735,3 +735,61 @@ def test_truncate_that_grows_the_file_unmaps_nothing():
     il.finish()
     assert il.tasks[0].result == 0 and cache.size_pages == size + 8
     assert m.mm.rss == rss and audit(k) == []
+
+
+def test_a_porters_policy_file_replaces_the_arch_table_policy():
+    """[kernel] override naming a TablePolicy subclass swaps the pte_free_defer
+    policy: porter_example's flush-then-free frees a retracted table at
+    once, under a reader the correct policy would have waited for."""
+    from emu.kernel.pgalloc import TablePolicy
+    sc = scenario.load("porter_example")
+    m = Machine(sc)
+    policy = m.kernel.policy
+    assert isinstance(policy, TablePolicy) and policy.name == "flush-then-free"
+    assert Machine(scenario.load("retract_x86")).kernel.policy.name != "flush-then-free"
+
+
+def test_a_kernel_mixin_file_overrides_a_routine(tmp_path):
+    (tmp_path / "patch.py").write_text(
+        "class NoCollapse:\n"
+        "    def collapse_pte_mapped_thp(self, mm, addr, install_pmd):\n"
+        "        return 0\n"
+        "        yield\n")
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 1
+    memory_mib = 32
+    [kernel]
+    override = "patch.py:NoCollapse"
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "shmem"
+    populate = true
+    thp = true
+    pmd_mapping = false
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    m = Machine(scenario.parse(textwrap.dedent(text), "<test>", base_dir=tmp_path))
+    il = Interleaving(m)
+    il.start(0, collapse_locked(m))
+    il.finish()
+    assert il.tasks[0].result == 0
+    assert not m.arch.pmd_trans_huge(m.kernel.read_entry_now(pmd_of(m), 8))
+
+
+def test_a_users_override_takes_precedence_over_named_variants(tmp_path):
+    (tmp_path / "mine.py").write_text(
+        "class Mine:\n"
+        "    def pte_free_defer(self, mm, pa):\n"
+        "        self.mine_called = True\n"
+        "        yield from super().pte_free_defer(mm, pa)\n")
+    from emu.kernel.variants import build_kernel_class
+    cls = build_kernel_class(["collapse_no_clear", "pte_free_immediate"], "mine.py:Mine",
+                             tmp_path)
+    assert cls.pte_free_defer.__qualname__ == "Mine.pte_free_defer"
+    assert [c.__name__ for c in cls.__mro__[1:4]] == ["Mine", "CollapseNoClear",
+                                                       "PteFreeImmediate"]
