@@ -116,3 +116,31 @@ def test_segfault_outside_any_vma_crashes_only_that_cpu(machine_from):
     r = m.run(RandomStrategy(0))
     assert 1 in r.crashes and "SIGSEGV" in r.crashes[1]
     assert r.exit_codes[0] == 0
+
+
+def test_a_guest_step_is_one_instruction(machine_from):
+    """A schedule may switch CPUs between any two guest instructions: each
+    guest step runs exactly one (x86-PAE has no delay slots), or none when
+    its access missed the TLB and a walk comes first. So a CPU's next traced
+    pc is the same instruction, the next one, or a branch's target."""
+    import capstone
+    m = machine_from(SMALL)
+    assert m.run(RoundRobin()).ok
+    cs = capstone.Cs(m.arch.cs_arch, m.arch.cs_mode)
+
+    def insn_at(pc):
+        for prog in m.programs.values():
+            off = pc - prog.base
+            if 0 <= off < len(prog.code):
+                return next(cs.disasm(prog.code[off: off + 16], pc, 1))
+        raise AssertionError(f"no program at {pc:#x}")
+
+    for cpu in ("cpu0", "cpu1"):
+        pcs = [text for _, task, kind, text in m.trace.records if task == cpu and kind == "guest"]
+        assert len(pcs) > 100
+        for a, b in zip(pcs, pcs[1:], strict=False):
+            insn = insn_at(a)
+            allowed = {a, a + insn.size}
+            if insn.mnemonic.startswith("j"):
+                allowed.add(int(insn.op_str, 16))
+            assert b in allowed, f"{cpu}: {a:#x} {insn.mnemonic} then {b:#x}"
