@@ -263,3 +263,16 @@ def test_a_kernel_store_into_a_freed_table_is_a_use_after_free():
     with pytest.raises(Violation, match="kernel store") as exc:
         il.finish()
     assert exc.value.checker == "use-after-free" and exc.value.frame == table
+
+
+def test_audit_flags_a_mapped_folio_whose_frame_was_freed():
+    """A folio the tables still map must live in a DATA frame; freed behind
+    the books (what a double put does), the audit says where."""
+    from emu.kernel.audit import audit
+    m = shm_machine(populate=1)
+    k = m.kernel
+    assert audit(k) == []
+    folio = m.mm.find_vma(BASE).file.lookup(0)
+    m.frames.free(folio.pa, None, "freed behind the books")
+    problems = audit(k)
+    assert any(f"{folio.pa:#x}" in p and "lives in a frame that is free" in p for p in problems)
