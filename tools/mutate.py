@@ -409,8 +409,7 @@ class Runner:
         if not tests:
             return []
         stem = Path(m.file).stem
-        ranked = sorted(tests, key=lambda t: (stem not in t.split("::")[0],
-                                              self.durations.get(t, 1.0), t))
+        ranked = sorted(tests, key=lambda t: (stem not in t, self.durations.get(t, 1.0), t))
         return ranked[:self.max_tests] if self.max_tests else ranked
 
     def run(self, m: Mutant, text: str, work: Path) -> Result:
