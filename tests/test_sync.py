@@ -164,3 +164,11 @@ def test_an_rwsem_writer_waits_for_readers_and_names_them():
     assert "readers ['cpu0']" in il.tasks[1].blocked_on()
     il.finish()
     assert not sem.is_locked()
+
+
+def test_a_spin_lock_step_says_whether_it_is_nested():
+    from emu.kernel.sync import Spinlock
+    from emu.trace import describe_op
+    lock = Spinlock("ptl")
+    assert describe_op(s.SpinLock(lock)) == "spin_lock(ptl)"
+    assert describe_op(s.SpinLock(lock, nested=True)) == "spin_lock_nested(ptl)"
