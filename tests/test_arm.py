@@ -542,3 +542,7 @@ def test_oracle_builder_is_deterministic():
     b = oracle.BUILDERS["arm"](random.Random(9), ARM, 16 << 20)
     assert a.mem == b.mem and a.vas == b.vas
 
+
+
+def test_pgtable_dump_tells_an_empty_fault_entry_from_a_nonzero_one():
+    assert ARM.describe_entry("pmd", 0x4) == "fault 0x4 / fault"

@@ -713,3 +713,14 @@ def test_one_walk_serves_all_sixteen_4k_unicorn_pages_of_a_64k_page():
     leaf = m.arch.translate_functional(m.mem.buf, m.root, 0x10000000, Access.READ).leaf_pa
     walks = [t for _, _, kind, t in m.trace.records if kind == "walk" and f"[{leaf:#x}]" in str(t)]
     assert len(walks) == 1, walks
+
+
+def test_pgtable_dump_names_each_kind_of_entry():
+    a = get_arch("powerpc")
+    assert a.describe_entry("pmd", 0) == "none"
+    assert a.describe_entry("pmd", p.V | 0x1000 | 9) == "table 0x1000 NLS=9 V"
+    assert a.describe_entry("pmd", p.V | p.LEAF | 0x200000 | 0x10) == "huge page 0x200000 V|L|SAO"
+    # a huge page's address is its pmd-size-aligned frame, whatever the low bits say
+    assert a.describe_entry("pmd", p.V | p.LEAF | 0x210000) == "huge page 0x200000 V|L"
+    assert a.describe_entry("pte", p.V | p.LEAF | 0x10000 | 0x20) == \
+        "page 0x10000 V|L|NON_IDEMPOTENT"

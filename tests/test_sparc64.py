@@ -428,6 +428,7 @@ def test_assembler_refuses_what_cannot_be_stepped_exactly(name):
 
 def test_assembler_accepts_annulled_branch_always_and_the_shipped_programs():
     A.check_guest_asm("x: ba,a x\n nop\n", "t.S")
+    A.check_guest_asm("x: ba x\n stbar\n", "t.S")  # a barrier, not a memory access
     names = list_programs(A)
     assert {"touch", "sum_calls", "gup", "khugepaged", "read_pages"} <= set(names)
     for name in names:
