@@ -359,8 +359,9 @@ def test_collapse_step4_rechecks_a_table_reclaimed_while_ptl_was_dropped(variant
     assert audit(k) == []
 
 
+@pytest.mark.parametrize("reads", [1, 2])
 @pytest.mark.parametrize("variant", [(), ("no_lockless_sync",)])
-def test_retract_waits_out_an_irqs_off_pmd_reader(variant):
+def test_retract_waits_out_an_irqs_off_pmd_reader(variant, reads):
     """x86-PAE: GUP-fast has read half of the pmd with IRQs off when retract
     clears it. pmdp_get_lockless_sync() holds retract until that window
     closes; without it retract drops its locks with the reader still inside."""
@@ -373,9 +374,10 @@ def test_retract_waits_out_an_irqs_off_pmd_reader(variant):
     pmd_pa = pmd_of(m)
     il = Interleaving(m)
     il.start(0, k.gup_fast(m.mm, BASE, 1, False))
-    # GUP-fast: IRQs off, then the low half of the pmd
+    # GUP-fast: IRQs off, then the low half of the pmd (and the high half)
     il.run_until(0, lambda op: isinstance(op, s.Load) and op.pa == pmd_pa)
-    il.step(0)
+    for _ in range(reads):
+        il.step(0)
 
     def retract():
         yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
@@ -793,3 +795,27 @@ def test_a_users_override_takes_precedence_over_named_variants(tmp_path):
     assert cls.pte_free_defer.__qualname__ == "Mine.pte_free_defer"
     assert [c.__name__ for c in cls.__mro__[1:4]] == ["Mine", "CollapseNoClear",
                                                        "PteFreeImmediate"]
+
+
+def test_a_reader_whose_irqs_off_window_closed_is_owed_no_sync():
+    """GUP-fast read the pmd with IRQs off and finished before retract clears
+    it: even without pmdp_get_lockless_sync() nobody can pair stale halves,
+    so the lockless-sync rule has nothing to report."""
+    from emu.check.lockless_sync import LocklessSync
+    m = machine(("no_lockless_sync",), populate=4)
+    m.add_checker(LocklessSync())
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    il = Interleaving(m)
+    il.start(0, k.gup_fast(m.mm, BASE, 1, False))
+    il.finish()
+    assert len(il.tasks[0].result) == 1
+    k.unpin_user_pages(il.tasks[0].result)
+
+    def retract():
+        yield from k.unmap_mapping_range(cache, 0, cache.size_pages)
+        yield from k.retract_page_tables(cache, 0)
+
+    il.start(1, retract())
+    il.finish()  # no Violation
+    assert il.tasks[1].done
