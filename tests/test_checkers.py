@@ -277,3 +277,64 @@ def test_audit_flags_a_mapped_folio_whose_frame_was_freed():
     m.frames.free(folio.pa, None, "freed behind the books")
     problems = audit(k)
     assert any(f"{folio.pa:#x}" in p and "lives in a frame that is free" in p for p in problems)
+
+
+def test_a_walk_through_a_table_freed_and_reused_is_a_stale_pointer():
+    """free_before_flush on an IPI-flushing arch: the table a walk in flight
+    has its pointer to is freed, and a fault elsewhere gets the same frame as
+    its new table. The walk's next read is no use-after-free (the frame is
+    live again) but a read through a stale pointer: StalePointer says so."""
+    from emu.check.reuse import StalePointer
+    from emu.cpu import Mode
+    other = BASE + 0x1000_0000
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 3
+    memory_mib = 16
+
+    [kernel]
+    variants = ["free_before_flush"]
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "anon"
+    populate = 2
+
+    [[vma]]
+    start = {other}
+    size = "pmd_size"
+    kind = "anon"
+
+    [[cpu]]
+    program = "read_pages"
+    args = [{BASE}, 2, 4096, 1000]
+    """
+    m = Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=[StalePointer()])
+    m.arch.rcu_table_free = False
+    m.arch.tlb_flush_kind = "ipi"
+    m.frames.quarantine_len = 0  # a freed frame is the next one handed out
+    k, cpu = m.kernel, m.cpus[0]
+    il = Interleaving(m)
+    il.start(1, k.do_munmap(m.mm, BASE, BASE + m.arch.pmd_size))
+    il.run_until(1, lambda op: isinstance(op, s.Store) and op.what == "free_pgtables: pmd_clear")
+    cpu.flush_all()
+    while not (cpu.mode is Mode.WALK and cpu.walk_msg.level == "pte"
+               and BASE <= cpu.walk_req[0] < BASE + m.arch.pmd_size):
+        cpu.step()
+        m.step += 1
+    table = m.frames.frame_base(cpu.walk_msg.pa)
+    il.run_while_runnable(1)  # the table is freed before the flush
+    assert m.frames.info(table).state.value == "free"
+
+    def new_table():  # another table is allocated (munmap still holds mmap_lock)
+        pmd_pa = yield from k.pmd_offset_alloc(m.mm, other, alloc=True)
+        yield from k.pte_alloc(m.mm, pmd_pa, other)
+
+    il.start(2, new_table())
+    il.run_while_runnable(2)
+    assert m.frames.info(table).state.value == "pgtable"  # the same frame, reused
+    with pytest.raises(Violation, match="the walker reading a pte entry") as exc:
+        cpu.step()
+    assert exc.value.checker == "stale-pointer" and exc.value.frame == table
