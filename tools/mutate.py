@@ -33,8 +33,9 @@ How a run goes:
    private copy of the tree (``.mutation/work<N>``), with ``pytest -x -p
    no:cacheprovider``; the first failing test kills it.  A mutant whose line
    is executed only at import time runs every test that runs its module.
-   ``--max-tests N`` caps the tests per mutant (the module's own test file
-   first, then the fastest); the report says so.
+   ``--max-tests N`` caps the tests per mutant (tests naming the module
+   first, then the fastest, one case per test function before the other
+   parametrized cases); the report says so.
 3. A mutant that runs past its time limit (``--timeout-factor`` times the
    covering tests' recorded duration, plus 10 s) is *killed by timeout* and
    counted as killed: the suite noticed (an infinite loop never passes).
@@ -410,6 +411,17 @@ class Runner:
             return []
         stem = Path(m.file).stem
         ranked = sorted(tests, key=lambda t: (stem not in t, self.durations.get(t, 1.0), t))
+        # one case of each test function first (the cap then spans as many
+        # different tests as it can), then the other parametrized cases
+        seen: set[str] = set()
+        first = []
+        for t in ranked:
+            func = t.split("[")[0]
+            if func not in seen:
+                seen.add(func)
+                first.append(t)
+        rest = [t for t in ranked if t not in set(first)]
+        ranked = first + rest
         return ranked[:self.max_tests] if self.max_tests else ranked
 
     def run(self, m: Mutant, text: str, work: Path) -> Result:
