@@ -257,6 +257,8 @@ def test_a_kernel_store_into_a_freed_table_is_a_use_after_free():
     pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
     table = m.arch.table_pa("pmd", k.read_entry_now(pmd_pa, 8))
     il = Interleaving(m)
+    il.start(0, rcu_pte_reader(k, pmd_pa, BASE))  # a read-side section, over before the free
+    il.finish()
     il.start(1, zap_and_retract(k, cache))
     il.finish()
     assert m.frames.info(table).state.value == "free"
@@ -264,6 +266,7 @@ def test_a_kernel_store_into_a_freed_table_is_a_use_after_free():
     with pytest.raises(Violation, match="kernel store") as exc:
         il.finish()
     assert exc.value.checker == "use-after-free" and exc.value.frame == table
+    assert "it holds no RCU/IRQs-off protection" in exc.value.message
 
 
 def test_audit_flags_a_mapped_folio_whose_frame_was_freed():

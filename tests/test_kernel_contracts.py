@@ -390,6 +390,7 @@ def test_retract_waits_out_an_irqs_off_pmd_reader(variant, reads):
         return
     il.run_while_runnable(1)
     assert isinstance(il.tasks[1].pending, s.TlbRemoveTableSyncOne)  # waiting for cpu0
+    assert il.tasks[1].blocked_on() == "TlbRemoveTableSyncOne IPI waiting for IRQs on at cpu0"
     il.finish()
     assert k.cpus[0].irq_off == 0 and il.tasks[1].done
 
