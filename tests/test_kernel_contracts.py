@@ -820,3 +820,17 @@ def test_a_reader_whose_irqs_off_window_closed_is_owed_no_sync():
     il.start(1, retract())
     il.finish()  # no Violation
     assert il.tasks[1].done
+
+
+def test_a_plain_two_load_read_is_right_when_nothing_races_it():
+    """plain_two_load_read is wrong only under a racing writer: alone, its two
+    loads return the entry (so its reports come from the race, not the read)."""
+    m = machine(("plain_two_load_read",), thp=True, pmd_mapping=True)
+    k = m.kernel
+    pmd_pa = pmd_of(m)
+    want = k.read_entry_now(pmd_pa, 8)
+    assert want >> 32, "a huge pmd has NX in its high half"
+    il = Interleaving(m)
+    il.start(0, k.pmdp_get_lockless(pmd_pa))
+    il.finish()
+    assert il.tasks[0].result == want

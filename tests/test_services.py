@@ -101,3 +101,18 @@ def test_arch_options_for_another_arch_are_one_line_errors(capsys):
 
 
 BASE_SHM = 0x10000000
+
+
+def test_khugepaged_scan_of_a_file_smaller_than_a_pmd_is_eagain():
+    """collapse_file() cannot fill a huge page past the end of the file:
+    the scan fails, and the hypercall says -EAGAIN as khugepaged's result."""
+    text = CALL.format(args=[9, 0x10000000]).replace('size = "pmd_size"',
+                                                     'size = "16 * page_size"')
+    m = Machine(scenario.parse(textwrap.dedent(text), "<test>"))
+    r = m.run(RandomStrategy(0))
+    assert r.violation is None and r.exit_codes[0] == (-11) & 0xFFFF_FFFF
+    assert audit(m.kernel) == []
+
+
+def test_khugepaged_scan_of_a_whole_pmd_succeeds_with_0():
+    assert call([9, 0x10000000]) == 0
