@@ -116,3 +116,9 @@ def test_khugepaged_scan_of_a_file_smaller_than_a_pmd_is_eagain():
 
 def test_khugepaged_scan_of_a_whole_pmd_succeeds_with_0():
     assert call([9, 0x10000000]) == 0
+
+
+def test_mmap_right_below_or_above_a_vma_is_not_an_overlap():
+    assert call([3, 0x10000000 - 0x1000, 0x1000, 0]) == 0
+    assert call([3, 0x10000000 + 0x200000, 0x1000, 0]) == 0  # the VMA is one 2 MiB pmd
+    assert call([3, 0x10000000 + 0x1ff000, 0x2000, 0]) == -17  # one page inside: -EEXIST
