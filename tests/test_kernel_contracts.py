@@ -834,3 +834,29 @@ def test_a_plain_two_load_read_is_right_when_nothing_races_it():
     il.start(0, k.pmdp_get_lockless(pmd_pa))
     il.finish()
     assert il.tasks[0].result == want
+
+
+def test_madvise_dontneed_outside_any_vma_is_einval():
+    m = machine()
+    il = Interleaving(m)
+    il.start(0, m.kernel.madvise_dontneed(m.mm, 0x3000_0000, 0x3000_1000))
+    il.finish()
+    assert il.tasks[0].result == -22
+    assert m.kernel.cpus[0].held == []
+
+
+@pytest.mark.parametrize("arch", ["x86-pae", "powerpc", "s390", "sparc64"])
+def test_madvise_dontneed_where_no_table_exists_allocates_none(arch):
+    """Empty-table reclaim looks for the table without allocating: over a
+    range never faulted, MADV_DONTNEED leaves the page-table frames as they
+    were."""
+    m = machine(arch=arch, populate=False)
+    k = m.kernel
+    before = [fi.state for fi in m.frames.frames]
+    il = Interleaving(m)
+    il.start(0, k.madvise_dontneed(m.mm, BASE, BASE + m.arch.pmd_size))
+    il.finish()
+    assert il.tasks[0].result == 0
+    assert [fi.state for fi in m.frames.frames] == before
+    il.pass_grace_period()
+    assert audit(k) == []
