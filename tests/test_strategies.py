@@ -345,3 +345,35 @@ def test_round_robin_moves_on_when_the_current_task_cannot_run():
     from emu.sched import RoundRobin
     rr = RoundRobin(3)
     assert [rr.choose([0, 1], 0), rr.choose([1], 1), rr.choose([0, 1], 2)] == [0, 1, 1]
+
+
+def test_dpor_backtracks_only_the_racing_task():
+    """Tasks 0 and 1 race on K; task 2 touches another key. The race adds
+    task 1 (not every task) at task 0's choice point: two traces, and no
+    execution started only to be cut by the sleep sets."""
+    stats: dict = {}
+    got = traces_explored({0: [{K: "r"}], 1: [{K: "w"}], 2: [{("e", 2): "w"}]}, stats=stats)
+    assert len(got) == 2 and stats == {"complete": 2, "blocked": 0}
+
+
+def test_pct_with_a_one_step_bound_changes_priority_at_step_0():
+    for k in (1, 0):  # a bound below one step is one step
+        s = PCTStrategy(7, depth=3, k=k)
+        assert s.change_at == {0: 1}  # one change point fits in a one-step bound
+
+
+def test_a_setup_routine_that_runs_away_is_stopped():
+    from emu.kernel.task import KernelTask
+    m = Machine(scenario.load("touch"))
+
+    def forever():
+        while True:
+            yield s_note()
+
+    def s_note():
+        from emu.kernel import steps as ks
+        return ks.Load(0, 4, "spin")
+
+    t = KernelTask(m.kernel, 0, forever(), "runaway")
+    with pytest.raises(RuntimeError, match="did not finish in 5 steps"):
+        t.run_to_completion(max_steps=5)
