@@ -486,6 +486,14 @@ def load_equivalent() -> dict[str, str]:
     return {e["id"]: e["reason"] for e in data.get("equivalent", [])}
 
 
+def _covers(hit: dict, max_tests: int | None) -> bool:
+    """A cached survivor stands for this run if it ran at least as many tests."""
+    if "max_tests" not in hit:
+        return False
+    cap = hit["max_tests"]
+    return cap is None or (max_tests is not None and cap >= max_tests)
+
+
 def select(files: list[str], limit: int | None, seed: int) -> list[Mutant]:
     chosen: list[Mutant] = []
     for rel in files:
@@ -606,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         key = hashlib.sha256((m.id + "\0" + text).encode()).hexdigest()
         hit = cache.get(key)
         if hit and (hit["status"] in ("killed", "timeout") or (
-                hit["status"] not in ("error", "uncovered") and hit.get("tree") == digest)):
+                hit["status"] not in ("error", "uncovered") and hit.get("tree") == digest
+                and _covers(hit, args.max_tests))):
             results.append(Result(m, hit["status"], hit.get("tests", 0), 0.0,
                                   hit.get("killer", ""), cached=True))
         else:
@@ -631,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             done += 1
             results.append(r)
             cache[key] = {"status": r.status, "tests": r.tests_run, "killer": r.killer,
-                          "tree": digest}
+                          "tree": digest, "max_tests": args.max_tests}
             if done % 10 == 0 or done == len(todo):
                 cache_file.write_text(json.dumps(cache))
             print(f"[{done}/{len(todo)}] {r.status:9} {r.seconds:5.1f}s {r.mutant.id}",
