@@ -489,3 +489,7 @@ def test_supersection_extended_base_matches_unicorn_execution():
     uc.reg_write(ua.UC_ARM_REG_R1, 0x4000_0000 + root + 0x400 * 4)  # loads that very L1 entry
     uc.emu_start(0x4000_0200, 0, 0, 1)
     assert uc.reg_read(ua.UC_ARM_REG_R0) == sup
+
+
+def test_pgtable_dump_tells_an_empty_fault_entry_from_a_nonzero_one():
+    assert ARM.describe_entry("pmd", 0x4) == "fault 0x4 / fault"

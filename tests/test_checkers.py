@@ -102,6 +102,7 @@ def test_stale_tlb_use_after_a_truncate_without_flush(buggy):
         with pytest.raises(Violation, match="TLB entry") as exc:
             run_guest(m, 50)
         assert exc.value.checker == "stale-tlb"
+        assert "the page frame" in exc.value.message  # the data page, not a table
     else:
         run_guest(m, 50)  # faults (the file is empty now): SIGSEGV, no stale use
         assert cpu.crash and "SIGSEGV" in cpu.crash
@@ -221,3 +222,139 @@ def test_table_freed_before_the_flush_ipi_reaches_a_walk_in_flight(variant):
         assert not il.tasks[1].done  # the flush IPI waits for the walk
         cpu.step()  # the walk reads the (detached, still allocated) table
         il.finish()
+
+
+@pytest.mark.parametrize("variant", [(), ("pte_free_immediate",)])
+def test_taking_the_ptl_of_a_freed_table_is_a_use_after_free(variant):
+    """collapse step 2 has mapped the table (rcu_read_lock held) when retract
+    detaches it: pte_free_defer() keeps the page, so the ptl step 2 takes next
+    is still a lock in a live ptdesc; freed at once, taking it writes into a
+    free page."""
+    from test_kernel_contracts import machine as contract_machine
+    m = contract_machine(variant, thp=True, pmd_mapping=False)
+    m.add_checker(UseAfterFree())
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    ptl = k.pte_lockptr(m.mm, k.read_entry_now(pmd_pa, 8))
+
+    def collapse():
+        yield s.DownRead(m.mm.mmap_lock)
+        r = yield from k.collapse_pte_mapped_thp(m.mm, BASE, True)
+        yield s.UpRead(m.mm.mmap_lock)
+        return r
+
+    taken = []
+
+    def second_ptl(op):
+        if isinstance(op, s.SpinLock) and op.lock is ptl:
+            taken.append(op)
+        return len(taken) == 2
+
+    il = Interleaving(m)
+    il.start(0, collapse())
+    il.run_until(0, second_ptl)
+    il.start(1, zap_and_retract(k, cache))
+    il.run_while_runnable(1)
+    if variant:
+        with pytest.raises(Violation, match="spin_lock") as exc:
+            il.finish()
+        assert exc.value.checker == "use-after-free" and exc.value.cpu == 0
+        return
+    il.finish()
+    il.pass_grace_period()
+
+
+def test_a_kernel_store_into_a_freed_table_is_a_use_after_free():
+    from test_kernel_contracts import machine as contract_machine
+    m = contract_machine(("pte_free_immediate",), thp=True, pmd_mapping=False)
+    m.add_checker(UseAfterFree())
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    table = m.arch.table_pa("pmd", k.read_entry_now(pmd_pa, 8))
+    il = Interleaving(m)
+    il.start(0, rcu_pte_reader(k, pmd_pa, BASE))  # a read-side section, over before the free
+    il.finish()
+    il.start(1, zap_and_retract(k, cache))
+    il.finish()
+    assert m.frames.info(table).state.value == "free"
+    il.start(0, k.clear_entry("pte", table, "stale pte_clear"))
+    with pytest.raises(Violation, match="kernel store") as exc:
+        il.finish()
+    assert exc.value.checker == "use-after-free" and exc.value.frame == table
+    assert "it holds no RCU/IRQs-off protection" in exc.value.message
+
+
+def test_audit_flags_a_mapped_folio_whose_frame_was_freed():
+    """A folio the tables still map must live in a DATA frame; freed behind
+    the books (what a double put does), the audit says where."""
+    from emu.kernel.audit import audit
+    m = shm_machine(populate=1)
+    k = m.kernel
+    assert audit(k) == []
+    folio = m.mm.find_vma(BASE).file.lookup(0)
+    m.frames.free(folio.pa, None, "freed behind the books")
+    problems = audit(k)
+    assert any(f"{folio.pa:#x}" in p and "lives in a frame that is free" in p for p in problems)
+
+
+def test_a_walk_through_a_table_freed_and_reused_is_a_stale_pointer():
+    """free_before_flush on an IPI-flushing arch: the table a walk in flight
+    has its pointer to is freed, and a fault elsewhere gets the same frame as
+    its new table. The walk's next read is no use-after-free (the frame is
+    live again) but a read through a stale pointer: StalePointer says so."""
+    from emu.check.reuse import StalePointer
+    from emu.cpu import Mode
+    other = BASE + 0x1000_0000
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 3
+    memory_mib = 16
+
+    [kernel]
+    variants = ["free_before_flush"]
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "anon"
+    populate = 2
+
+    [[vma]]
+    start = {other}
+    size = "pmd_size"
+    kind = "anon"
+
+    [[cpu]]
+    program = "read_pages"
+    args = [{BASE}, 2, 4096, 1000]
+    """
+    m = Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=[StalePointer()])
+    m.arch.rcu_table_free = False
+    m.arch.tlb_flush_kind = "ipi"
+    m.frames.quarantine_len = 0  # a freed frame is the next one handed out
+    k, cpu = m.kernel, m.cpus[0]
+    il = Interleaving(m)
+    il.start(1, k.do_munmap(m.mm, BASE, BASE + m.arch.pmd_size))
+    il.run_until(1, lambda op: isinstance(op, s.Store) and op.what == "free_pgtables: pmd_clear")
+    cpu.flush_all()
+    while not (cpu.mode is Mode.WALK and cpu.walk_msg.level == "pte"
+               and BASE <= cpu.walk_req[0] < BASE + m.arch.pmd_size):
+        cpu.step()
+        m.step += 1
+    table = m.frames.frame_base(cpu.walk_msg.pa)
+    il.run_while_runnable(1)  # the table is freed before the flush
+    assert m.frames.info(table).state.value == "free"
+
+    def new_table():  # another table is allocated (munmap still holds mmap_lock)
+        pmd_pa = yield from k.pmd_offset_alloc(m.mm, other, alloc=True)
+        yield from k.pte_alloc(m.mm, pmd_pa, other)
+
+    il.start(2, new_table())
+    il.run_while_runnable(2)
+    assert m.frames.info(table).state.value == "pgtable"  # the same frame, reused
+    with pytest.raises(Violation, match="the walker reading a pte entry") as exc:
+        cpu.step()
+    assert exc.value.checker == "stale-pointer" and exc.value.frame == table

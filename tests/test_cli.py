@@ -45,7 +45,17 @@ def test_demo_touch_exits_0(capsys):
 
 def test_unknown_demo_and_arch_override(capsys):
     assert main(["demo", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown demo 'nope'" in err and len(err.strip().splitlines()) == 1
     assert main(["run", "touch", "--arch", "mips"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown arch 'mips'" in err and len(err.strip().splitlines()) == 1
+    # a known arch overrides the scenario's: the same scenario runs on other tables
+    assert main(["run", "touch", "--arch", "s390"]) == 0
+    s390 = capsys.readouterr().out
+    assert main(["run", "touch"]) == 0
+    x86 = capsys.readouterr().out
+    assert "s390" in s390 and "s390" not in x86
 
 
 def test_pgtable_dump_shows_each_level(capsys):
@@ -71,3 +81,15 @@ def test_demo_torn_pae_shows_all_three_acts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "torn-read" in out and "clean over all" in out and "lockless-sync" in out
     assert (tmp_path / "torn-pae.svg").read_text().startswith("<svg")
+
+
+def test_list_arches_marks_none_missing_and_list_names_the_rest(capsys):
+    assert main(["list", "arches"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert lines == ["x86-pae", "arm", "powerpc", "s390", "sparc64"]  # all built in
+    assert main(["list", "variants"]) == 0
+    out = capsys.readouterr().out
+    assert "pte_free_immediate" in out and "no_pmd_same_recheck" in out
+    assert main(["list", "hypercalls"]) == 0
+    out = capsys.readouterr().out
+    assert "khugepaged_scan" in out and "rcu_barrier" in out

@@ -57,13 +57,38 @@ def test_replay_reproduces_trace_and_memory(machine_from):
         (r1.trace_digest, r1.memory_digest, r1.schedule)
 
 
+def user_view(m: Machine, vma_start: int) -> tuple:
+    """The VMA's contents as the guest sees them through the page tables:
+    (page, bytes) for every mapped page (physical placement left out)."""
+    a, k = m.arch, m.kernel
+    vma = m.mm.find_vma(vma_start)
+    pages = []
+    for va in range(vma.start, vma.end, a.page_size):
+        pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, va, alloc=False), "view")
+        if pmd_pa is None:
+            continue
+        pmd = k.read_entry_now(pmd_pa, a.level("pmd").entry_size)
+        if a.entry_none("pmd", pmd):
+            continue
+        ptep = k.entry_addr("pte", a.table_pa("pmd", pmd), va)
+        pte = k.read_entry_now(ptep, a.level("pte").entry_size)
+        if a.pte_present(pte):
+            pages.append((va, m.mem.read(a.pte_pa(pte), a.page_size)))
+    return tuple(pages)
+
+
 def test_different_seeds_interleave_differently(machine_from):
-    a = machine_from(SMALL).run(RandomStrategy(1))
-    b = machine_from(SMALL).run(RandomStrategy(2))
+    runs = [machine_from(SMALL) for _ in range(3)]
+    a = runs[0].run(RandomStrategy(1))
+    b = runs[1].run(RandomStrategy(2))
     assert a.ok and b.ok and a.schedule != b.schedule
-    # the end state of memory does not depend on the interleaving here
-    rr = machine_from(SMALL).run(RoundRobin())
+    rr = runs[2].run(RoundRobin())
     assert rr.ok
+    # the end state of memory as the guest sees it does not depend on the
+    # interleaving here (which CPU's fault got which frame does)
+    views = [user_view(m, 0x10000000) for m in runs]
+    assert len(views[0]) == 48 and all(any(data) for _, data in views[0])
+    assert views[0] == views[1] == views[2]
 
 
 def test_same_seed_same_trace_in_another_process():
@@ -91,3 +116,31 @@ def test_segfault_outside_any_vma_crashes_only_that_cpu(machine_from):
     r = m.run(RandomStrategy(0))
     assert 1 in r.crashes and "SIGSEGV" in r.crashes[1]
     assert r.exit_codes[0] == 0
+
+
+def test_a_guest_step_is_one_instruction(machine_from):
+    """A schedule may switch CPUs between any two guest instructions: each
+    guest step runs exactly one (x86-PAE has no delay slots), or none when
+    its access missed the TLB and a walk comes first. So a CPU's next traced
+    pc is the same instruction, the next one, or a branch's target."""
+    import capstone
+    m = machine_from(SMALL)
+    assert m.run(RoundRobin()).ok
+    cs = capstone.Cs(m.arch.cs_arch, m.arch.cs_mode)
+
+    def insn_at(pc):
+        for prog in m.programs.values():
+            off = pc - prog.base
+            if 0 <= off < len(prog.code):
+                return next(cs.disasm(prog.code[off: off + 16], pc, 1))
+        raise AssertionError(f"no program at {pc:#x}")
+
+    for cpu in ("cpu0", "cpu1"):
+        pcs = [text for _, task, kind, text in m.trace.records if task == cpu and kind == "guest"]
+        assert len(pcs) > 100
+        for a, b in zip(pcs, pcs[1:], strict=False):
+            insn = insn_at(a)
+            allowed = {a, a + insn.size}
+            if insn.mnemonic.startswith("j"):
+                allowed.add(int(insn.op_str, 16))
+            assert b in allowed, f"{cpu}: {a:#x} {insn.mnemonic} then {b:#x}"

@@ -42,3 +42,13 @@ def test_quarantine_delays_reuse_and_double_free_is_caught():
         assert frees_before_reuse < 10
     assert frees_before_reuse >= 2  # the quarantine length
     assert fa.info(first).generation == gen + 1
+
+
+def test_memory_image_reads_from_physical_zero_and_refuses_outside_ram():
+    from arch.base import MemoryImage
+    img = MemoryImage(bytes(range(16)))
+    assert img.read(0, 4) == bytes([0, 1, 2, 3])
+    assert img.read(12, 4) == bytes([12, 13, 14, 15])
+    for pa, size in ((-1, 2), (13, 4), (16, 1)):
+        with pytest.raises(IndexError):
+            img.read(pa, size)

@@ -740,3 +740,14 @@ def test_hash_16m_hugetlb_pmd_leaf_is_hashed_like_a_pte():
     res = HASH.translate_functional(hash_mapping(0, pmd_entry=leaf & ~p.READ & ~p.WRITE), ROOT,
                                     H_VA, Access.READ)
     assert isinstance(res, Fault) and res.reason == "protection"
+
+
+def test_pgtable_dump_names_each_kind_of_entry():
+    a = get_arch("powerpc")
+    assert a.describe_entry("pmd", 0) == "none"
+    assert a.describe_entry("pmd", p.V | 0x1000 | 9) == "table 0x1000 NLS=9 V"
+    assert a.describe_entry("pmd", p.V | p.LEAF | 0x200000 | 0x10) == "huge page 0x200000 V|L|SAO"
+    # a huge page's address is its pmd-size-aligned frame, whatever the low bits say
+    assert a.describe_entry("pmd", p.V | p.LEAF | 0x210000) == "huge page 0x200000 V|L"
+    assert a.describe_entry("pte", p.V | p.LEAF | 0x10000 | 0x20) == \
+        "page 0x10000 V|L|NON_IDEMPOTENT"

@@ -782,3 +782,18 @@ def test_each_vcpu_holds_the_asce_and_walks_through_it():
     m.populate(m.mm.find_vma(0x10000000), 1)
     tr = m.run_walk_now(cpu, 0x10000000, Access.READ)
     assert isinstance(tr, Translation) and tr.tables[0] == m.root
+
+
+def test_pte_bits_are_linuxs():
+    """Golden values from pgtable.h (pgtable_facts.md section 3), so a wrong
+    bit constant cannot hide behind tests that use the same constant."""
+    clean = A.mk_pte(PAGE, Prot())  # s390's mk_pte() makes the pte young
+    # PROTECT 0x200 (clean), NOEXEC 0x100, WRITE 0x20, READ 0x10, YOUNG 4, PRESENT 1
+    assert clean == PAGE | 0x200 | 0x100 | 0x20 | 0x10 | 0x4 | 0x1
+    # DIRTY 8 and SOFT_DIRTY 2 set, PROTECT dropped: the hardware may write
+    assert A.pte_mkdirty(clean) == PAGE | 0x100 | 0x3f
+    # an old pte is INVALID 0x400 for the hardware, and the empty pte is just that bit
+    assert A.empty_entry("pte") == 0x400 and A.pte_none(0x400)
+    assert A.pte_mkyoung((clean & ~0x4) | 0x400) == clean
+    # each bit alone, on a value that has no other software bit
+    assert A.pte_mkyoung(PAGE) == PAGE | 0x4 and A.pte_mkdirty(PAGE) == PAGE | 0x8 | 0x2

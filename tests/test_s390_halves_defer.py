@@ -43,6 +43,11 @@ kind = "shmem"
 populate = 2
 name = "b"
 
+# both CPUs real (online): grace periods wait for both
+[[cpu]]
+program = "touch"
+args = ["8 * pmd_size", 1, "page_size"]
+
 [[cpu]]
 program = "touch"
 args = ["8 * pmd_size", 1, "page_size"]

@@ -31,3 +31,8 @@ def test_replay_names_the_divergence():
     assert r.choose([0, 1], 0) == 0
     with pytest.raises(ReplayDivergence, match="wants cpu1"):
         r.choose([0], 1)
+
+
+def test_every_cpu_letter_and_the_rcu_task_decode():
+    # a..p are the 16 CPUs, z is the RCU callback task; q..y name nothing
+    assert decode("pt1:a2p3z") == [0, 0, 15, 15, 15, 25]

@@ -45,6 +45,7 @@ def call(args) -> int:
     ([3, 0x20000000, 0x1000, 7], -22),  # unknown kind
     ([7, 0x10000000, 0x1000, 99], -22),  # unknown madvise advice
     ([5, 0x30000000, 0], -22),  # truncate outside any file mapping
+    ([4, 0x10000000, 0x1000], -22),  # munmap of part of a VMA (no split is modelled)
     ([99, 0, 0, 0], -38),  # unknown call: -ENOSYS
 ])
 def test_bad_hypercall_arguments_are_errnos_not_crashes(args, errno):
@@ -69,6 +70,12 @@ def test_madvise_collapse_racing_a_toucher_ends_pmd_mapped_with_exact_accounting
         assert m.arch.pmd_trans_huge(k.read_entry_now(pmd_pa, 8))
         assert audit(k) == []
         assert m.mm.rss["shmem"] == m.arch.pmd_size // m.arch.page_size
+    # the variant half: the same run catches a toucher whose fault leaks the
+    # rcu_read_lock of its pte_offset_map (missing_pte_unmap)
+    sc.variants = ["missing_pte_unmap"]
+    r = Machine(sc).run(RandomStrategy(0))
+    assert r.violation is not None and r.violation.checker == "imbalance"
+    assert "rcu_nesting=1" in r.violation.message
 
 
 def test_copy_to_user_follows_linux_write_permission_not_hardware_dirty_bits():
@@ -89,6 +96,29 @@ def test_arch_options_for_another_arch_are_one_line_errors(capsys):
     assert main(["run", "touch_ppc_hash", "--arch", "sparc64"]) == 2
     err = capsys.readouterr().err
     assert "arch_options" in err and "Traceback" not in err
+    # the line says what the arch does take (sparc64: nothing)
+    assert err.strip().endswith("['mmu']; it takes none")
 
 
 BASE_SHM = 0x10000000
+
+
+def test_khugepaged_scan_of_a_file_smaller_than_a_pmd_is_eagain():
+    """collapse_file() cannot fill a huge page past the end of the file:
+    the scan fails, and the hypercall says -EAGAIN as khugepaged's result."""
+    text = CALL.format(args=[9, 0x10000000]).replace('size = "pmd_size"',
+                                                     'size = "16 * page_size"')
+    m = Machine(scenario.parse(textwrap.dedent(text), "<test>"))
+    r = m.run(RandomStrategy(0))
+    assert r.violation is None and r.exit_codes[0] == (-11) & 0xFFFF_FFFF
+    assert audit(m.kernel) == []
+
+
+def test_khugepaged_scan_of_a_whole_pmd_succeeds_with_0():
+    assert call([9, 0x10000000]) == 0
+
+
+def test_mmap_right_below_or_above_a_vma_is_not_an_overlap():
+    assert call([3, 0x10000000 - 0x1000, 0x1000, 0]) == 0
+    assert call([3, 0x10000000 + 0x200000, 0x1000, 0]) == 0  # the VMA is one 2 MiB pmd
+    assert call([3, 0x10000000 + 0x1ff000, 0x2000, 0]) == -17  # one page inside: -EEXIST

@@ -215,3 +215,165 @@ def test_dpor_explores_the_same_traces_as_sleep_sets_alone_with_fewer_executions
     b, out_b, runs_b = small_torn(dpor=False)
     assert a.complete == b.complete and out_a == out_b
     assert a.blocked == 0 and runs_a < runs_b
+
+
+class ScriptedSteps:
+    """A recorder for ExhaustiveSearch over scripted tasks: task t's i-th step
+    has the footprint programs[t][i] (no machine: the search alone)."""
+
+    def __init__(self, programs: dict[int, list[dict]], mode: str = "frames") -> None:
+        self.programs = programs
+        self.mode = mode
+        self.pos = {t: 0 for t in programs}
+
+    def begin(self, task: int) -> None:
+        self.task = task
+        self.pos[task] += 1
+
+    def take(self) -> dict:
+        return self.programs[self.task][self.pos[self.task] - 1]
+
+
+def traces_explored(programs: dict[int, list[dict]], mode: str = "frames",
+                    stats: dict | None = None) -> set[tuple]:
+    """Every complete order the search ran (its choices, one per step)."""
+    rec = ScriptedSteps(programs, mode)
+    search = ExhaustiveSearch(rec)
+    seen: set[tuple] = set()
+    while True:
+        rec.pos = {t: 0 for t in programs}
+        order: list[int] = []
+        blocked = False
+        try:
+            while True:
+                runnable = [t for t in sorted(programs) if rec.pos[t] < len(programs[t])]
+                if not runnable:
+                    break
+                order.append(search.choose(runnable, len(order)))
+        except SleepBlocked:
+            blocked = True
+        if not blocked:
+            seen.add(tuple(order))
+        if not search.end_execution(blocked):
+            if stats is not None:
+                stats.update(complete=search.complete, blocked=search.blocked)
+            return seen
+
+
+K = ("e", 1)
+
+
+@pytest.mark.parametrize("first,second,orders", [
+    ("r", "r", 1),  # two reads commute
+    ("c", "c", 1),  # two commutative updates commute
+    ("r", "c", 2),  # a read and an update do not: the read sees the update or not
+    ("c", "r", 2),
+    ("w", "r", 2),
+    ("r", "w", 2),
+    ("c", "w", 2),
+])
+def test_dpor_tries_both_orders_of_dependent_steps_and_one_of_independent(first, second, orders):
+    """Two tasks of one step each, on one key: DPOR (with sleep sets) runs one
+    execution per Mazurkiewicz trace: both orders when the steps depend."""
+    stats: dict = {}
+    got = traces_explored({0: [{K: first}], 1: [{K: second}]}, stats=stats)
+    assert len(got) == orders
+    assert stats == {"complete": orders, "blocked": 0}  # no execution wasted
+    got_none = traces_explored({0: [{K: first}], 1: [{K: second}]}, mode="none")
+    assert len(got_none) == 2  # no reduction: every interleaving
+
+
+def test_dpor_finds_a_race_behind_an_independent_step():
+    """task0: a read of K; task1: a step on another key, then an update of K.
+    The race is between task0's step and task1's *second* step: DPOR must
+    still try running task1's update before task0's read."""
+    got = traces_explored({0: [{K: "r"}], 1: [{("e", 2): "w"}, {K: "c"}]})
+    firsts = {o.index(0) for o in got}
+    assert any(o.index(0) > 1 for o in got), got  # task0 after the update
+    assert 0 in firsts  # and before it
+
+
+def trace_class(order: tuple, programs: dict[int, list[dict]]) -> frozenset:
+    """The Mazurkiewicz trace of an order: which of each dependent pair came first."""
+    steps, pos = [], {t: 0 for t in programs}
+    for t in order:
+        steps.append((t, pos[t]))
+        pos[t] += 1
+    return frozenset((a, b) for i, a in enumerate(steps) for b in steps[i + 1:]
+                     if a[0] != b[0] and conflict(programs[a[0]][a[1]], programs[b[0]][b[1]]))
+
+
+def random_programs(seed: int) -> dict[int, list[dict]]:
+    import random
+    rng = random.Random(seed)
+    keys = [("e", 1), ("e", 2)]
+    return {t: [{rng.choice(keys): rng.choice("rcw")} for _ in range(rng.randint(1, 3))]
+            for t in range(3)}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_dpor_reaches_every_trace_of_the_full_search_once(seed):
+    """Scripted three-task programs over two keys with reads, updates and
+    writes: DPOR with sleep sets runs exactly one execution per Mazurkiewicz
+    trace of the unreduced search (none missing, none twice).
+
+    Regression (seeds 10, 23, 29, 37): a race whose later task was asleep at
+    the earlier step's choice point added only that task there, which the
+    sleep set then refused, so a trace was never run (e.g. seed 23 never ran
+    the one where task 0's read sees task 1's update while task 2's second
+    read sees task 0's)."""
+    programs = random_programs(seed)
+    full = {trace_class(o, programs) for o in traces_explored(programs, mode="none")}
+    stats: dict = {}
+    reduced = [trace_class(o, programs) for o in traces_explored(programs, stats=stats)]
+    assert set(reduced) == full
+    assert len(reduced) == len(full) == stats["complete"]
+
+
+@pytest.mark.parametrize("quantum,want", [
+    (1, [0, 1, 2, 0, 1, 2]),
+    (2, [0, 0, 1, 1, 2, 2]),
+    (3, [0, 0, 0, 1, 1, 1]),
+])
+def test_round_robin_runs_each_task_for_its_quantum(quantum, want):
+    from emu.sched import RoundRobin
+    rr = RoundRobin(quantum)
+    assert [rr.choose([0, 1, 2], i) for i in range(6)] == want
+
+
+def test_round_robin_moves_on_when_the_current_task_cannot_run():
+    from emu.sched import RoundRobin
+    rr = RoundRobin(3)
+    assert [rr.choose([0, 1], 0), rr.choose([1], 1), rr.choose([0, 1], 2)] == [0, 1, 1]
+
+
+def test_dpor_backtracks_only_the_racing_task():
+    """Tasks 0 and 1 race on K; task 2 touches another key. The race adds
+    task 1 (not every task) at task 0's choice point: two traces, and no
+    execution started only to be cut by the sleep sets."""
+    stats: dict = {}
+    got = traces_explored({0: [{K: "r"}], 1: [{K: "w"}], 2: [{("e", 2): "w"}]}, stats=stats)
+    assert len(got) == 2 and stats == {"complete": 2, "blocked": 0}
+
+
+def test_pct_with_a_one_step_bound_changes_priority_at_step_0():
+    for k in (1, 0):  # a bound below one step is one step
+        s = PCTStrategy(7, depth=3, k=k)
+        assert s.change_at == {0: 1}  # one change point fits in a one-step bound
+
+
+def test_a_setup_routine_that_runs_away_is_stopped():
+    from emu.kernel.task import KernelTask
+    m = Machine(scenario.load("touch"))
+
+    def forever():
+        while True:
+            yield s_note()
+
+    def s_note():
+        from emu.kernel import steps as ks
+        return ks.Load(0, 4, "spin")
+
+    t = KernelTask(m.kernel, 0, forever(), "runaway")
+    with pytest.raises(RuntimeError, match="did not finish in 5 steps"):
+        t.run_to_completion(max_steps=5)

@@ -183,7 +183,11 @@ class ExhaustiveSearch:
             task_last[p] = j
 
     def _backtrack(self, node: Node, p: int) -> None:
-        if p in node.runnable:
+        # Flanagan and Godefroid add p where it can run, else every runnable
+        # task. A sleeping p is as good as absent: the sleep set would refuse
+        # it, and the trace the race points at (p's step moved before the
+        # earlier one, but after steps p has not yet run) would never be run.
+        if p in node.runnable and p not in node.sleep:
             node.todo.add(p)
         else:
             node.todo.update(node.runnable)
