@@ -37,8 +37,13 @@ def available_arch_names() -> list[str]:
     return out
 
 
-def get_arch(name: str, **options: object) -> Arch:
-    """An instance of the arch called `name` (options: per-arch policy knobs)."""
+def get_arch(name: str, version: tuple[int, int] | None = None, version_given: bool = False,
+             **options: object) -> Arch:
+    """An instance of the arch called `name` following Linux `version` (None: the newest).
+
+    `options` are per-arch policy knobs; `version_given` says the user named
+    the version, so an option that contradicts it is refused.
+    """
     target = _ARCHES.get(name)
     if target is None:
         raise UnknownArch(f"unknown arch {name!r}; known: {', '.join(_ARCHES)}")
@@ -47,10 +52,12 @@ def get_arch(name: str, **options: object) -> Arch:
         raise UnknownArch(f"arch {name!r} is not built into this ptemu yet")
     cls = getattr(importlib.import_module(module_name), cls_name)
     try:
-        return cls(**options)
+        inst = cls(**options)
     except TypeError:
         import inspect
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise UnknownArch(
             f"arch {name!r} does not take arch_options {sorted(options)}; "
             f"it takes {', '.join(params) if params else 'none'}") from None
+    inst.use_kernel_version(version, version_given)
+    return inst

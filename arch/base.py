@@ -170,6 +170,16 @@ class MemOp:
     pa: int
     size: int
     value: int
+    # "store"; "xchg" (an atomic exchange: the old bytes are its result); or
+    # "load" (a read of part of the entry, as old get-and-clears make)
+    kind: str = "store"
+
+
+# Linux's entry-writing primitives, by name, and the level each writes.
+PRIMITIVES: dict[str, str] = {
+    "set_pte": "pte", "pte_clear": "pte", "ptep_get_and_clear": "pte",
+    "set_pmd": "pmd", "pmd_clear": "pmd", "pmdp_get_and_clear": "pmd",
+}
 
 
 @dataclass
@@ -303,6 +313,20 @@ class Arch(ABC):
     def clear_entry_ops(self, level: str, entry_pa: int) -> Sequence[MemOp]:
         return self.set_entry_ops(level, entry_pa, self.empty_entry(level))
 
+    def entry_ops(self, primitive: str, entry_pa: int, val: int = 0) -> Sequence[MemOp]:
+        """The memory operations of one Linux primitive (a `PRIMITIVES` name), in order.
+
+        By default `set_*` is `set_entry_ops` and the clears and get-and-clears
+        are `clear_entry_ops`: the generic ptep_get_and_clear() is a read and
+        a pte_clear(), and callers hold the ptl and have just read the entry,
+        so that read is its load. An arch whose get-and-clear is atomic (or
+        whose primitives changed between Linux versions) says so here.
+        """
+        level = PRIMITIVES[primitive]
+        if primitive.startswith("set_"):
+            return self.set_entry_ops(level, entry_pa, val)
+        return self.clear_entry_ops(level, entry_pa)
+
     def describe_entry(self, level: str, val: int) -> str:
         """Human-readable decoding of an entry, for `ptemu pgtable dump`."""
         return f"{val:#x}"
@@ -410,6 +434,22 @@ class Arch(ABC):
     # Does a lockless read of a pmd need two loads (x86-PAE's 64-bit entries
     # on a 32-bit CPU)? None: decide from entry and word size.
     pmd_read_tears: ClassVar[bool | None] = None
+    # The Linux release whose primitives and policies to follow, as (6, n)
+    # (emu/kernel/version.py lists them); None: the newest ptemu models.
+    # get_arch() sets it through use_kernel_version().
+    kernel_version: tuple[int, int] | None = None
+
+    def since(self, version: tuple[int, int]) -> bool:
+        """Does the Linux being followed include the change made in `version`?"""
+        return self.kernel_version is None or self.kernel_version >= version
+
+    def use_kernel_version(self, version: tuple[int, int] | None, given: bool) -> None:
+        """Follow `version` (`given`: the user named it, so an option may conflict).
+
+        Arches whose defaults depend on the version resolve them here; an
+        explicit arch option that contradicts an explicit version is an error.
+        """
+        self.kernel_version = version
 
     # ---- Unicorn glue -------------------------------------------------------
     @abstractmethod

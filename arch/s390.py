@@ -18,9 +18,12 @@ INVALID and a clean page PROTECTed and makes them young/dirty in the fault
 handler. Invalidation is IPTE/IDTE, which purges the TLBs of every CPU as
 part of the instruction: a remote flush never waits for an interrupt.
 
-Page-table allocation (two 2 KiB tables per page up to v6.7, one per page
-from v6.8) is selected with `[arch_options] pgtable = "halves"` or
-`"full-page"`; the algorithms live in emu/kernel/pgalloc_s390.py.
+Page-table allocation follows the kernel version (`[kernel] version`): two
+2 KiB tables per page up to v6.7 ("halves"), one per page from v6.8
+("full-page"). `[arch_options] pgtable = "halves"` or `"full-page"`
+overrides the version's choice, unless the scenario names a version that
+contradicts it, which is refused. The algorithms live in
+emu/kernel/pgalloc_s390.py.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ _REG_NAMES = ((REG_LARGE, "FC"), (REG_PROTECT, "P"), (REG_NOEXEC, "IEP"), (REG_I
 _REGS = {f"r{i}": getattr(us, f"UC_S390X_REG_R{i}") for i in range(16)}
 
 POLICIES = ("halves", "full-page")
+FULL_PAGE_PTE = (6, 8)  # the first Linux giving each PTE table a page of its own
 
 # A label definition at the start of a line, and a name token elsewhere.
 _LABEL_DEF = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
@@ -169,23 +173,40 @@ class S390(Arch):
     rcu_table_free: ClassVar[bool] = True  # MMU_GATHER_RCU_TABLE_FREE, always
     extra_tlb_sizes: ClassVar[tuple[int, ...]] = (1 << 31,)  # EDAT-2 region frames
 
-    def __init__(self, pgtable: str = "halves", edat: bool = True, iep: bool = True,
+    def __init__(self, pgtable: str | None = None, edat: bool = True, iep: bool = True,
                  **unknown: Any) -> None:
         if unknown:
             raise UnknownArch(f"s390 has no arch option {', '.join(sorted(unknown))!r} "
                               "(it has pgtable, edat, iep)")
-        if pgtable not in POLICIES:
+        if pgtable is not None and pgtable not in POLICIES:
             raise UnknownArch(f"s390 arch option pgtable must be one of {', '.join(POLICIES)}, "
                               f"got {pgtable!r}")
-        # "halves": two 2 KiB tables per page (Linux <= 6.7); "full-page": one
-        # table per page (6.8+, d08d4e7cd6bf "s390/mm: use full 4KB page for 2KB PTE")
-        self.pgtable_policy = pgtable
+        self._pgtable_option = pgtable
+        self.pgtable_policy = pgtable or self._pgtable_of(None)
         # EDAT-1/-2 (large segment and region frames) and IEP are machine
         # facilities Linux switches on in CR0 where installed (z10+, z14+).
         self.edat = bool(edat)
         self.iep = bool(iep)
         self._init = {lv.name: self.empty_entry(lv.name).to_bytes(8, "big") * lv.entries
                       for lv in self.levels}
+
+    @staticmethod
+    def _pgtable_of(version: tuple[int, int] | None) -> str:
+        # "halves": two 2 KiB tables per page (Linux <= 6.7); "full-page": one
+        # table per page (6.8+, d08d4e7cd6bf "s390/mm: use full 4KB page for 2KB PTE")
+        return "halves" if version is not None and version < FULL_PAGE_PTE else "full-page"
+
+    def use_kernel_version(self, version: tuple[int, int] | None, given: bool) -> None:
+        super().use_kernel_version(version, given)
+        by_version = self._pgtable_of(version)
+        option = self._pgtable_option
+        if option is not None and given and option != by_version:
+            v = f"{version[0]}.{version[1]}" if version else "the newest"
+            raise UnknownArch(
+                f"s390 arch option pgtable = {option!r} contradicts [kernel] version {v}, "
+                f"which has {by_version!r} (halves up to 6.7, full-page from 6.8); "
+                "drop one of them")
+        self.pgtable_policy = option or by_version
 
     # ---- root -------------------------------------------------------------
     def alloc_root(self, alloc_table: Callable[[str, int], int],

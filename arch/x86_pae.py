@@ -3,7 +3,8 @@
 Owns every x86-PAE bit (Intel SDM vol. 3A, 4.4 "PAE paging"; Linux
 arch/x86/include/asm/pgtable-3level*.h and pgtable_types.h), the hardware
 walk with its A/D updates, the order in which Linux writes the two halves
-of an entry, and the Unicorn/Keystone/Capstone glue for 32-bit guests.
+of an entry (before and after 6.2), and the Unicorn/Keystone/Capstone glue
+for 32-bit guests.
 
 Linux's view: pgd = the 4-entry PDPT (shift 30), p4d/pud folded, pmd = the
 page directory (512 x 8 B, shift 21), pte = 512 x 8 B (shift 12).
@@ -54,6 +55,8 @@ PFN_MASK = 0x000F_FFFF_FFFF_F000  # bits 12..51
 HUGE_MASK = 0x000F_FFFF_FFE0_0000  # bits 21..51 of a 2 MiB PDE
 _FLAG_NAMES = ((P, "P"), (RW, "RW"), (US, "US"), (PWT, "PWT"), (PCD, "PCD"), (A, "A"),
                (D, "D"), (PSE, "PS"), (G, "G"), (SPECIAL, "SPECIAL"), (NX, "NX"))
+
+XCHG64 = (6, 2)  # the first Linux writing whole PAE entries with pxx_xchg64
 
 # Linux's _KERNPG_TABLE | _PAGE_USER: what pmd_populate writes.
 PAGE_TABLE = P | RW | US | A | D
@@ -162,20 +165,37 @@ class X86Pae(Arch):
     def pmd_huge_pa(self, val: int) -> int:
         return val & HUGE_MASK
 
+    # Linux's entry writes (pgtable-3level.h, CONFIG_SMP), which changed in
+    # 6.2 with Peter Zijlstra's "x86/mm/pae: Be consistent with
+    # pXXp_get_and_clear()", "Use WRITE_ONCE()" and "Don't (ab)use atomic64":
+    #   set_pte            high, smp_wmb, low (present bit last)     all versions
+    #   pte_clear/pmd_clear low, smp_wmb, high (present bit first)    all versions
+    #   p{te,md}p_get_and_clear
+    #     <= 6.1  xchg(low, 0), then read high, then high = 0
+    #     6.2+    pxx_xchg64: one 64-bit exchange (try_cmpxchg64 loop)
+    #   set_pmd/set_pud
+    #     <= 6.1  set_64bit(): a cmpxchg8b loop, one atomic 64-bit store
+    #     6.2+    pxx_xchg64: one 64-bit exchange
     def set_entry_ops(self, level: str, entry_pa: int, val: int) -> Sequence[MemOp]:
         if level == "pte":
-            # native_set_pte(): high word, smp_wmb(), low word, so the
-            # present bit appears last.
             return (MemOp(entry_pa + 4, 4, val >> 32), MemOp(entry_pa, 4, val & 0xFFFF_FFFF))
-        # set_pmd()/set_pud() use cmpxchg8b / set_64bit: one atomic store.
+        if level == "pmd" and self.since(XCHG64):
+            return (MemOp(entry_pa, 8, val, "xchg"),)
         return (MemOp(entry_pa, 8, val),)
 
     def clear_entry_ops(self, level: str, entry_pa: int) -> Sequence[MemOp]:
         if level == "pgd":
             return (MemOp(entry_pa, 8, 0),)
-        # native_pte_clear()/native_pmd_clear(): low word, smp_wmb(), high word,
-        # so the present bit goes first.
         return (MemOp(entry_pa, 4, 0), MemOp(entry_pa + 4, 4, 0))
+
+    def entry_ops(self, primitive: str, entry_pa: int, val: int = 0) -> Sequence[MemOp]:
+        if primitive in ("ptep_get_and_clear", "pmdp_get_and_clear"):
+            if self.since(XCHG64):
+                return (MemOp(entry_pa, 8, 0, "xchg"),)
+            # "xchg acts as a barrier before the setting of the high bits"
+            return (MemOp(entry_pa, 4, 0, "xchg"), MemOp(entry_pa + 4, 4, 0, "load"),
+                    MemOp(entry_pa + 4, 4, 0))
+        return super().entry_ops(primitive, entry_pa, val)
 
     def describe_entry(self, level: str, val: int) -> str:
         if val == 0:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 def _width() -> int | None:
     # rich falls back to 80 columns when not on a terminal; tables need more
@@ -82,8 +82,13 @@ def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
             console.print(line, markup=False)
     t = Table(title=f"{m.scenario.source} on {m.arch.name}", show_header=False)
     t.add_row("steps", str(r.steps))
+    bits = 8 * m.arch.word_size
     for cpu, code in r.exit_codes.items():
-        t.add_row(f"cpu{cpu}", r.crashes.get(cpu) or f"exit({code})")
+        shown = f"exit({code})"
+        if cpu in r.result_exits and code is not None:
+            signed = code - (1 << bits) if code >= 1 << (bits - 1) else code
+            shown = f"exit({code}): the call returned {signed}"
+        t.add_row(f"cpu{cpu}", r.crashes.get(cpu) or shown)
     t.add_row("nr_ptes", str(m.mm.nr_ptes))
     t.add_row("rss", ", ".join(f"{k}={v}" for k, v in m.mm.rss.items()))
     t.add_row("trace hash", r.trace_digest)
@@ -95,9 +100,11 @@ def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
         console.print(f"[bold red]violation[/] {r.violation}")
     if r.deadlock:
         console.print(f"[bold red]{r.deadlock}[/]")
-    if r.step_limit:
-        console.print("[bold red]step limit reached[/]")
-    bad_exit = any(code not in (0, None) for code in r.exit_codes.values())
+    bad_exit = bool(r.failed_exits())
+    if r.step_limit and not (r.violation or r.deadlock or r.crashes or bad_exit):
+        console.print(f"[yellow]step limit reached at step {r.steps}: the run was cut before "
+                      "its end, so no end-of-run checks were made (raise --max-steps)[/]")
+        return EXIT_INCOMPLETE
     return EXIT_OK if r.ok and not bad_exit else EXIT_FOUND
 
 

@@ -133,7 +133,11 @@ def cmd_explore(args: argparse.Namespace) -> int:
             console.print(f"[yellow]clean within the budget of {cfg.schedules} executions; "
                           "the search was not exhausted[/]")
         else:
-            console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure")
+            done = st.schedules - st.step_limited
+            cut = (f" ({st.step_limited} cut by the step limit and checked only as far as they "
+                   f"ran; raise --max-steps)") if st.step_limited else ""
+            console.print(f"[bold green]clean[/]: {st.schedules} schedules, no failure; "
+                          f"{done} ran to their end{cut}")
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n")
         return EXIT_OK

@@ -94,7 +94,7 @@ def failure_of(r: RunResult) -> tuple[str, str] | None:
     if r.crashes:
         cpu = min(r.crashes)
         return "crash", f"cpu{cpu} {r.crashes[cpu]}"
-    bad = sorted(c for c, code in r.exit_codes.items() if code not in (0, None))
+    bad = r.failed_exits()
     if bad:
         return "exit", f"cpu{bad[0]} exited with status {r.exit_codes[bad[0]]}"
     return None

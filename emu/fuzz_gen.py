@@ -118,6 +118,7 @@ class Plan:
     cpus: int
     vmas: list[Vma] = field(default_factory=list)
     out_pages: int = 1
+    thp: bool = True  # the arch has PMD-sized pages (arm 2-level has none)
 
     def slot_base(self, slot: int) -> int:
         return (FIRST_SLOT + SLOT_PMDS * slot) * self.pmd
@@ -146,6 +147,7 @@ def generate(target: Target, seed: int) -> str:
     rng = random.Random(seed)
     a = get_arch(target.arch, **dict(target.options))
     plan = Plan(target, a.page_size, a.pmd_size, a.va_bits, a.word_size, rng.randint(2, 4))
+    plan.thp = a.supports_huge_pmd()
     _plan_vmas(rng, plan)
     regions = _regions(plan)
     lists = [_calls(rng, plan, regions, cpu) for cpu in range(plan.cpus)]
@@ -184,7 +186,8 @@ def _plan_vmas(rng: random.Random, plan: Plan) -> None:
         else:
             v.populate = rng.randint(1, min(size, 16))
         if kind != "anon":
-            v.thp = off == 0 and size >= ppmd and rng.random() < (0.6 if candidate else 0.3)
+            v.thp = off == 0 and size >= ppmd and rng.random() < (0.6 if candidate else 0.3) \
+                and plan.thp  # no THP on arm 2-level: thp = true is refused
             # PTE-mapped (what collapse_pte_mapped_thp and retract act on) more often
             v.pmd_mapping = rng.random() < (0.4 if candidate else 0.6)
             earlier = [w for w in plan.vmas if w.kind == kind and not w.share]

@@ -16,7 +16,7 @@ from typing import Any
 
 import capstone
 
-from arch import get_arch
+from arch import UnknownArch, get_arch
 from arch.base import Access, Fault, Prot, PteRead, PteSetBits, PteWrite, Translation
 from emu import hypercall, services  # noqa: F401 - services register hypercalls
 from emu.check.base import Checker, Violation
@@ -58,9 +58,17 @@ class RunResult:
     deadlock: str | None = None
     step_limit: bool = False
     exit_codes: dict[int, int | None] = field(default_factory=dict)
+    # vCPUs whose program's exit status is a result (the `hypercall` program's
+    # return value), not a verdict on the run: a non-zero status is no failure
+    result_exits: frozenset[int] = frozenset()
     crashes: dict[int, str] = field(default_factory=dict)
     trace_digest: str = ""
     memory_digest: str = ""
+
+    def failed_exits(self) -> list[int]:
+        """vCPUs whose program exited with a non-zero verdict, in index order."""
+        return sorted(c for c, code in self.exit_codes.items()
+                      if code not in (0, None) and c not in self.result_exits)
 
     @property
     def ok(self) -> bool:
@@ -72,7 +80,13 @@ class Machine(KernelHooks):
     def __init__(self, scenario: Scenario, arch: str | None = None,
                  checkers: list[Checker] | None = None, trace: bool = True) -> None:
         self.scenario = scenario
-        self.arch = get_arch(arch or scenario.arch, **scenario.options)
+        try:
+            self.arch = get_arch(arch or scenario.arch, scenario.version, scenario.version_given,
+                                 **scenario.options)
+        except UnknownArch as exc:
+            if not scenario.options:
+                raise
+            raise ScenarioError(scenario.source, "arch_options", str(exc)) from None
         self.ncpus = scenario.cpus
         self.mem = PhysMem(scenario.memory_mib << 20)
         self.frames = FrameAllocator(self.mem, self.arch.page_size)
@@ -128,6 +142,9 @@ class Machine(KernelHooks):
             start = eval_int(v.start, names, sc.source, f"vma[{i}].start")
             size = eval_int(v.size, names, sc.source, f"vma[{i}].size")
             self._check_vma(start, size, f"vma[{i}]")
+            if v.thp and not a.supports_huge_pmd():
+                raise ScenarioError(sc.source, f"vma[{i}].thp",
+                                    f"{a.name} has no PMD-sized pages (no THP)")
             k.mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
             vma = k.mm.find_vma(start)
             named[vma.name] = vma
@@ -266,8 +283,11 @@ class Machine(KernelHooks):
                 else:
                     self.cpus[t].step()
                 self.step += 1
-            for c in self.checkers:
-                c.on_run_end()
+            if not limit and deadlock is None:
+                # A run cut by the step limit, or stuck, is not quiescent: its
+                # end-of-run invariants (accounting, balanced locks) do not hold.
+                for c in self.checkers:
+                    c.on_run_end()
         except Violation as v:
             viol = v
             self.step += 1
@@ -282,8 +302,27 @@ class Machine(KernelHooks):
             steps=self.step, schedule=encode(self.choices), violation=viol, deadlock=deadlock,
             step_limit=limit,
             exit_codes={c.index: c.exit_code for c in self.cpus if c.index in self.programs},
+            result_exits=frozenset(i for i, p in self.programs.items() if p.exit_is_result),
             crashes={c.index: c.crash for c in self.cpus if c.crash},
             trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
+
+    def drain_rcu(self, max_callbacks: int = 10_000) -> bool:
+        """rcu_barrier() at the end of a run: every vCPU has stopped, so each is
+        quiescent; run every queued callback (traced). False if some callback
+        could still not run (a grace period that cannot end)."""
+        k = self.kernel
+        for _ in range(max_callbacks):
+            if not k.rcu.callbacks:
+                return True
+            for c in k.cpus:
+                if not c.in_read_side():
+                    k.rcu.quiescent(c.cpu, self.step, k.online_cpus())
+            if not k.rcu.ready_callbacks():
+                return False
+            self.frames.step = k.step = self.step
+            what = k.run_one_rcu_callback()
+            self.trace.add(self.step, "rcu", "rcu", f"{what} (rcu_barrier at the end of the run)")
+        return not k.rcu.callbacks
 
     def deadlock_report(self) -> str:
         parts = []

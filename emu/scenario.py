@@ -7,6 +7,7 @@ cpus = 2
 memory_mib = 64
 
 [kernel]
+version = "6.14"        # the Linux release to follow (default: the newest modelled)
 variants = []           # named bug variants, see `ptemu variants`
 override = ""           # "file.py:Class": a user's own mixin or policy
 
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from emu.kernel.mm import VMA_KINDS
+from emu.kernel.version import NEWEST, Version, parse_version
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "guest" / "scenarios"
 
@@ -103,6 +105,8 @@ class Scenario:
     explore: dict[str, Any] = field(default_factory=dict)
     expect: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    version: Version = NEWEST
+    version_given: bool = False  # said in the file (so an arch option may conflict with it)
 
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -182,7 +186,14 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
     if not 1 <= mem <= 2048:
         raise ScenarioError(source, "machine.memory_mib", f"must be 1..2048, got {mem}")
     kern = _get(doc, "kernel", dict, source, "", {})
-    _check_keys(kern, {"variants", "override"}, source, "kernel")
+    _check_keys(kern, {"version", "variants", "override"}, source, "kernel")
+    version_text = _get(kern, "version", str, source, "kernel", None)
+    version = NEWEST
+    if version_text is not None:
+        try:
+            version = parse_version(version_text)
+        except ValueError as exc:
+            raise ScenarioError(source, "kernel.version", str(exc)) from None
     variants = _get(kern, "variants", list, source, "kernel", [])
     for i, v in enumerate(variants):
         if not isinstance(v, str):
@@ -246,7 +257,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                     options=_get(doc, "arch_options", dict, source, "", {}),
                     explore=_get(doc, "explore", dict, source, "", {}),
                     expect=expect,
-                    description=_get(doc, "description", str, source, "", ""))
+                    description=_get(doc, "description", str, source, "", ""),
+                    version=version, version_given=version_text is not None)
 
 
 def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:

@@ -136,7 +136,16 @@ def sys_madvise(m: Machine, cpu: VCpu, addr: int, length: int, advice: int) -> s
         return m.kernel.madvise_dontneed(m.mm, addr, addr + length)
     if advice != MADV_COLLAPSE:
         raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, MADV_COLLAPSE=25)")
+    require_thp(m, "MADV_COLLAPSE")
     return m.kernel.madvise_collapse(m.mm, addr, addr + length)
+
+
+def require_thp(m: Machine, what: str) -> None:
+    """Where the arch has no PMD-sized pages Linux has no CONFIG_TRANSPARENT_HUGEPAGE:
+    madvise_behavior_valid() refuses MADV_COLLAPSE with -EINVAL and there is no khugepaged."""
+    if not m.arch.supports_huge_pmd():
+        raise HypercallError(EINVAL, f"{what}: {m.arch.name} has no PMD-sized pages "
+                             "(no CONFIG_TRANSPARENT_HUGEPAGE)")
 
 
 @hypercall(8, "gup_fast", 4)
@@ -168,6 +177,7 @@ def _gup(m: Machine, addr: int, nr: int, out: int, write: bool) -> s.KernelGen:
 def sys_khugepaged_scan(m: Machine, cpu: VCpu, addr: int) -> s.KernelGen:
     """khugepaged_scan(addr): one khugepaged pass over the PMD range at addr (no mmap_lock)."""
     check_user_range(m, addr, 1)
+    require_thp(m, "khugepaged")
     return m.kernel.khugepaged_scan_file(m.mm, addr)
 
 

@@ -25,12 +25,19 @@ class AsmError(ValueError):
     pass
 
 
+# A program whose exit status is the result of what it did (the `hypercall`
+# program exits with the call's return value), not a verdict on the run, says
+# so in its header; its non-zero exits are then not failures.
+RESULT_STATUS = re.compile(r"^\s*[#!@]\s*exit-status:\s*result\b", re.M)
+
+
 @dataclass(frozen=True)
 class Program:
     name: str
     base: int
     code: bytes
     source: str
+    exit_is_result: bool = False  # the exit status is a result, not a verdict
 
 
 def program_path(arch: Arch, name: str) -> Path:
@@ -81,4 +88,5 @@ def load_program(arch: Arch, name: str, base: int) -> Program:
         known = ", ".join(list_programs(arch)) or "none"
         raise AsmError(f"no guest program {name!r} for {arch.name} (have: {known})")
     text = path.read_text()
-    return Program(name, base, assemble_text(arch, text, base, f"{name}.S"), text)
+    return Program(name, base, assemble_text(arch, text, base, f"{name}.S"), text,
+                   bool(RESULT_STATUS.search(text)))

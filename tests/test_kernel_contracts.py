@@ -25,7 +25,8 @@ from emu.testing import Interleaving, about_to_read_pte, rcu_pte_reader, zap_and
 BASE = 0x1000_0000  # 2 MiB aligned on every arch whose PMD is <= 8 MiB... x86 here
 
 
-def machine(variants=(), thp=False, pmd_mapping=True, arch="x86-pae", populate=True) -> Machine:
+def machine(variants=(), thp=False, pmd_mapping=True, arch="x86-pae", populate=True,
+            version="6.14") -> Machine:
     text = f"""
     [machine]
     arch = "{arch}"
@@ -33,6 +34,7 @@ def machine(variants=(), thp=False, pmd_mapping=True, arch="x86-pae", populate=T
     memory_mib = 32
 
     [kernel]
+    version = "{version}"
     variants = {list(variants)!r}
 
     [[vma]]
@@ -286,10 +288,12 @@ def test_adjust_pte_rechecks_pmd_against_empty_table_reclaim(variant):
         assert k.cpus[0].rcu_nesting == 0
 
 
-def test_fault_during_collapse_file_waits_on_the_new_folio():
-    """Regression: collapse_file() left a replaced index empty until the end,
-    so a racing fault added a fresh small page that the huge folio then hid
-    (its mapping leaked: rss and mapcount off by one)."""
+def test_fault_during_collapse_file_waits_on_the_old_folio_then_maps_the_new():
+    """Regression: collapse_file() once left a replaced index empty until the
+    end, so a racing fault added a fresh small page that the huge folio then
+    hid (its mapping leaked). As in v6.6+, the old folios stay in the page
+    cache, locked, until the new folio replaces them all: the fault sleeps on
+    the old folio's lock and, woken, finds it gone and retries."""
     from arch.base import Access
     m = machine(populate=False)
     k = m.kernel
@@ -300,15 +304,41 @@ def test_fault_during_collapse_file_waits_on_the_new_folio():
         il.finish()
     old = cache.lookup(0)
     il.start(0, k.collapse_file(cache, 0))
-    # collapse has copied page 0 and dropped its lock; page 1 is next
-    il.run_until(0, lambda op: isinstance(op, s.UpWrite) and op.sem is old.lock)
-    il.step(0)
+    # collapse holds page 0's lock and is isolating page 1
+    il.run_until(0, lambda op: isinstance(op, s.DownWrite) and op.sem is cache.lookup(1).lock)
     il.start(1, k.handle_mm_fault(BASE, Access.READ))
     il.run_while_runnable(1)
-    assert not il.tasks[1].done, "the fault must wait on the locked huge folio"
-    assert cache.lookup(0).large
+    assert not il.tasks[1].done, "the fault must wait on the locked old folio"
+    assert cache.lookup(0) is old and old.lock.writer == 0
     il.finish()
     il.pass_grace_period()
+    assert cache.lookup(0).large and not old.in_cache
+    assert audit(k) == []
+
+
+def test_collapse_file_backs_off_a_pinned_page_and_keeps_the_file_intact():
+    """A page with a reference collapse does not own (a GUP pin) is not
+    collapsed: SCAN_PAGE_COUNT, and the rollback leaves the old folios the
+    file's, unlocked, with nothing leaked."""
+    from arch.base import Access
+    from emu.kernel.khugepaged import SCAN_PAGE_COUNT
+    m = machine(populate=False)
+    k = m.kernel
+    cache = m.mm.find_vma(BASE).file
+    il = Interleaving(m)
+    for page in (0, 1):
+        il.start(1, k.handle_mm_fault(BASE + page * m.arch.page_size, Access.READ))
+        il.finish()
+    pinned = cache.lookup(1)
+    pinned.get()  # as gup_fast's try_grab_folio() holds it
+    free_before = m.frames.free_count()
+    il.start(0, k.collapse_file(cache, 0))
+    il.finish()
+    assert il.tasks[0].result == SCAN_PAGE_COUNT
+    assert cache.lookup(0) is not None and not cache.lookup(0).large
+    assert cache.lookup(1) is pinned and pinned.in_cache and pinned.lock.writer is None
+    k.put_folio(pinned)
+    assert m.frames.free_count() == free_before
     assert audit(k) == []
 
 
@@ -438,10 +468,12 @@ def test_fault_reading_a_half_cleared_pae_pte_retries():
     """Regression (found by PCT on walker-vs-retract): a fault's lockless read
     caught zap's PAE clear between its two stores (low=0, high=NX): neither
     none nor present. Linux rechecks under the ptl (pte_unmap_same()) and
-    retries; the model returned SIGSEGV."""
+    retries; the model returned SIGSEGV. Up to 6.1 ptep_get_and_clear() is
+    xchg(low), then the high word, so the half-cleared pte is real there
+    (6.2+ clears all 64 bits in one exchange)."""
     from arch.base import Access
     from emu.kernel.fault import VM_FAULT_RETRY_ACCESS
-    m = machine(populate=1)
+    m = machine(populate=1, version="6.1")
     k = m.kernel
     vma = m.mm.find_vma(BASE)
     il = Interleaving(m)

@@ -17,6 +17,7 @@ from arch.base import Arch
 from emu.kernel import steps as s
 from emu.kernel.mm import MM
 from emu.kernel.sync import Rcu, RcuCallback, RwSem, Spinlock
+from emu.kernel.version import NEWEST, Version
 from emu.physmem import FrameAllocator, PhysMem
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class KernelCore:
 
     def __init__(self, arch: Arch, mem: PhysMem, frames: FrameAllocator, ncpus: int) -> None:
         self.arch = arch
+        # the Linux release followed, a comparable (6, n) (emu/kernel/version.py)
+        self.version: Version = arch.kernel_version or NEWEST
         self.mem = mem
         self.frames = frames
         self.ncpus = ncpus

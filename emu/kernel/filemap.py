@@ -109,9 +109,11 @@ class FilemapMixin:
         folio = vma.file.lookup(self.vma_index(vma, vmf.addr))
         if folio is None or not folio.large:
             return False
+        folio.get()  # filemap_fault()'s reference, held while it sleeps on the lock
         yield s.DownWrite(folio.lock)  # lock_folio(): sleeps while khugepaged holds it
         done = yield from self.do_set_pmd(vmf, folio)
         yield s.UpWrite(folio.lock)
+        self.put_folio(folio)
         return done
 
     def do_set_pmd(self: Kernel, vmf: Vmf, folio: Folio) -> s.KernelGen:
@@ -141,9 +143,11 @@ class FilemapMixin:
         folio = cache.lookup(index)
         if folio is None:
             folio = self.cache_small_folio(cache, index)
+        folio.get()  # filemap_fault()'s reference: the mapping gets its own in finish_fault
         yield s.DownWrite(folio.lock)
         ret = yield from self.finish_fault(vmf, folio, index)
         yield s.UpWrite(folio.lock)
+        self.put_folio(folio)
         return ret
 
     def finish_fault(self: Kernel, vmf: Vmf, folio: Folio, index: int) -> s.KernelGen:
@@ -169,9 +173,14 @@ class FilemapMixin:
 
     # ---- truncate -------------------------------------------------------------------
     def truncate(self: Kernel, cache: PageCache, new_pages: int) -> s.KernelGen:
-        """truncate_pagecache(): unmap [new_size, EOF) everywhere, then drop the folios.
+        """truncate_pagecache() (mm/truncate.c, v6.12): unmap [new_size, EOF) everywhere,
+        then drop the folios.
 
-        No mmap_lock: only i_mmap_rwsem (read) and the page-table locks.
+        No mmap_lock: only i_mmap_rwsem (read) and the page-table locks. The
+        folios are found as find_lock_entries() finds them: a batch looked up
+        with a reference each, then each locked and skipped unless it is still
+        this file's at that index (khugepaged's collapse_file() may have
+        replaced it while truncate slept on its lock).
         """
         if new_pages >= cache.size_pages:
             cache.size_pages = new_pages
@@ -179,18 +188,22 @@ class FilemapMixin:
         old = cache.size_pages
         cache.size_pages = new_pages
         yield from self.unmap_mapping_range(cache, new_pages, old)
-        for folio in cache.folios():
-            end = folio.index + folio.nr_pages
-            if end <= new_pages:
-                continue
+        batch = [f for f in cache.folios() if f.index + f.nr_pages > new_pages]
+        for folio in batch:
+            folio.get()  # the lookup's reference (find_lock_entries)
+        for folio in batch:
             yield s.DownWrite(folio.lock)
-            # A large folio straddling the new EOF would be split; ptemu drops it whole.
-            yield from self.unmap_mapping_range(cache, folio.index, end)
-            for i in range(folio.index, end):
-                cache.slots.pop(i, None)
-            folio.in_cache = False
+            end = folio.index + folio.nr_pages
+            if folio.in_cache and cache.lookup(folio.index) is folio:
+                # A large folio straddling the new EOF would be split; ptemu drops it whole.
+                yield from self.unmap_mapping_range(cache, folio.index, end)
+                for i in range(folio.index, end):
+                    if cache.slots.get(i) is folio:
+                        del cache.slots[i]
+                folio.in_cache = False
+                self.put_folio(folio)  # the page cache's reference
             yield s.UpWrite(folio.lock)
-            self.put_folio(folio)  # the page cache's reference
+            self.put_folio(folio)  # the lookup's reference
         return 0
 
     def unmap_mapping_range(self: Kernel, cache: PageCache, first: int, end: int) -> s.KernelGen:

@@ -1,12 +1,17 @@
 """GUP-fast: the lockless software page-table walker.
 
-Models mm/gup.c's gup_fast (v6.6+): IRQs off for the whole walk (which holds
-off the IPI of tlb_remove_table_sync_one() and, on arches freeing tables by
-RCU, the grace period), every pmd read with `pmdp_get_lockless()`, the PTE
-table mapped from the pmd value already read (`pte_offset_map(&pmd)`), the
-pte read with `ptep_get_lockless()`, and after grabbing the folio a recheck
-that neither the pmd nor the pte changed (70cbc3cc78a9), else the reference
-is dropped and the walk stops. It is the adversary of retract and collapse.
+Models mm/gup.c's gup_fast as in v6.12 (v6.6's gup_pte_range() and
+gup_huge_pmd() are the same steps under older names): IRQs off for the
+whole walk (which holds off the IPI of tlb_remove_table_sync_one() and, on
+arches freeing tables by RCU, the grace period), every pmd read with
+`pmdp_get_lockless()`, the PTE table mapped from the pmd value already read
+(`pte_offset_map(&pmd)`), the pte read with `ptep_get_lockless()`, then the
+folio reference taken as a step of its own (`try_grab_folio_fast()`'s
+atomic add, which fails on a folio whose count already reached zero), and
+after it a recheck that neither the pmd nor the pte changed (70cbc3cc78a9),
+else the reference is dropped and the walk stops. Other CPUs run between the
+read, the grab and the recheck, as they can in Linux. It is the adversary
+of retract and collapse. A pin holds the page, never the page table.
 """
 
 from __future__ import annotations
@@ -22,6 +27,22 @@ if TYPE_CHECKING:
 
 
 class GupMixin:
+    def try_grab_folio_fast(self: Kernel, page_pa: int, refs: int) -> s.KernelGen:
+        """One atomic step: take `refs` references on the folio now holding page_pa.
+
+        folio_ref_try_add(): fails (None) if the page is no folio's or its
+        count is zero (being freed); the caller's pte/pmd recheck catches a
+        page that was freed and reused meanwhile.
+        """
+        def grab() -> Folio | None:
+            folio = self.folio_of(page_pa)
+            if folio is None or folio.refcount == 0:
+                return None
+            folio.get(refs)
+            return folio
+
+        return (yield s.KernelAtomic(grab, f"try_grab_folio_fast {page_pa:#x} +{refs}"))
+
     def gup_fast(self: Kernel, mm: MM, start: int, nr_pages: int, write: bool) -> s.KernelGen:
         """Pin up to nr_pages pages from start; returns [(page pa, folio)] pinned."""
         a = self.arch
@@ -66,11 +87,10 @@ class GupMixin:
             if not a.pte_present(pte) or (write and not a.pte_write(pte)):
                 ok = False
                 break
-            folio = self.folio_of(a.pte_pa(pte))
+            folio = yield from self.try_grab_folio_fast(a.pte_pa(pte), 1)
             if folio is None:
                 ok = False
                 break
-            folio.get()  # try_grab_folio()
             pmd_now = yield from self.pmdp_get_lockless(pmd_pa)
             pte_now = yield from self.read_entry("pte", ptep, "gup_fast recheck pte")
             if pmd_now != pmd or pte_now != pte:
@@ -87,19 +107,18 @@ class GupMixin:
     def gup_huge_pmd(self: Kernel, pmd: int, pmd_pa: int, addr: int, end: int, write: bool,
                      pinned: list) -> s.KernelGen:
         a = self.arch
-        folio = self.folio_of(a.pmd_huge_pa(pmd))
+        stop = min(end, addr - addr % a.pmd_size + a.pmd_size)
+        pages = range(addr, stop, a.page_size)
+        # one reference per page pinned, as try_grab_folio_fast(folio, refs) takes
+        folio = yield from self.try_grab_folio_fast(a.pmd_huge_pa(pmd), len(pages))
         if folio is None:
             return False
-        folio.get()
         pmd_now = yield from self.pmdp_get_lockless(pmd_pa)
         if pmd_now != pmd:
-            self.put_folio(folio)
+            self.put_folio(folio, len(pages))
             return False
-        stop = min(end, addr - addr % a.pmd_size + a.pmd_size)
-        for va in range(addr, stop, a.page_size):
+        for va in pages:
             pinned.append((a.pmd_huge_pa(pmd) + va % a.pmd_size, folio))
-        # one reference per page pinned, as try_grab_folio(folio, refs) takes
-        folio.get(len(range(addr, stop, a.page_size)) - 1)
         return True
 
     def unpin_user_pages(self: Kernel, pinned: list) -> None:

@@ -27,6 +27,7 @@ from arch.base import Access
 from emu.kernel import steps as s
 from emu.kernel.fault import Vmf
 from emu.kernel.folio import Folio, PageCache
+from emu.kernel.version import RW_NOLOCK
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
@@ -41,6 +42,9 @@ SCAN_VMA_CHECK = 5
 SCAN_PTE_NON_PRESENT = 6
 SCAN_PTE_MAPPED_HUGEPAGE = 7
 SCAN_PAGE_COMPOUND = 8
+SCAN_TRUNCATED = 9
+SCAN_PAGE_COUNT = 10
+SCAN_PAGE_FILLED = 11
 
 SCAN_NAMES = {v: k for k, v in dict(globals()).items() if k.startswith("SCAN_")}
 
@@ -63,9 +67,14 @@ class KhugepagedMixin:
         return SCAN_SUCCEED, pmd_pa
 
     def pmdp_collapse_flush(self: Kernel, haddr: int, pmd_pa: int) -> s.KernelGen:
-        """Clear a pmd that points to a page table and flush the range; returns the old pmd."""
+        """Clear a pmd that points to a page table and flush the range; returns the old pmd.
+
+        mm/pgtable-generic.c (all modelled versions): pmdp_huge_get_and_clear(),
+        then flush_tlb_range(); the old value is the get-and-clear's.
+        """
         old = yield from self.read_entry("pmd", pmd_pa, "pmdp_collapse_flush")
-        yield from self.clear_entry("pmd", pmd_pa, "pmdp_collapse_flush")
+        old = yield from self.get_and_clear_entry("pmd", pmd_pa, old,
+                                                  "pmdp_collapse_flush: pmdp_huge_get_and_clear")
         yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size)
         if self.arch.collapse_flush_serializes:
             # book3s64 hash: serialize_against_pte_lookup() IPIs every CPU and
@@ -74,7 +83,13 @@ class KhugepagedMixin:
         return old
 
     def rw_nolock_pmd_same(self: Kernel, pmd_pa: int, pmdval: int) -> s.KernelGen:
-        """The recheck a pte_offset_map_rw_nolock() caller owes before writing."""
+        """The recheck a pte_offset_map_rw_nolock() caller owes before writing (6.13+).
+
+        Before 6.13 these callers (collapse steps 2 and 4, arm's adjust_pte)
+        used pte_offset_map_nolock() and made no recheck: True, with no read.
+        """
+        if self.version < RW_NOLOCK:
+            return True
         now = yield from self.pmdp_get_lockless(pmd_pa)
         return now == pmdval
 
@@ -255,8 +270,17 @@ class KhugepagedMixin:
     def collapse_file(self: Kernel, cache: PageCache, index: int) -> s.KernelGen:
         """Replace the small folios of one PMD range with a huge one, then retract.
 
-        Returns SCAN_PTE_MAPPED_HUGEPAGE so MADV_COLLAPSE goes on to
-        collapse_pte_mapped_thp(), as 6.6's collapse_file() does.
+        Follows mm/khugepaged.c's collapse_file() as of v6.6-v6.12: every old
+        folio is looked up with a reference, locked, checked to be still the
+        file's at that index (truncate may have removed it: SCAN_TRUNCATED),
+        unmapped (try_to_unmap) and checked for unexpected references (a GUP
+        pin, a racing fault or truncate holding it: SCAN_PAGE_COUNT); the old
+        folios stay in the page cache, locked, until the new folio replaces
+        them all at once, so a racing fault or truncate sleeps on an old
+        folio's lock and then finds it gone. Holes are rechecked at the end
+        (SCAN_PAGE_FILLED). Any failure rolls back: the old folios are
+        unlocked and stay the file's. Returns SCAN_PTE_MAPPED_HUGEPAGE on
+        success so MADV_COLLAPSE goes on to collapse_pte_mapped_thp().
         """
         nr = self.arch.pmd_size // self.arch.page_size
         cur = cache.lookup(index)
@@ -268,31 +292,69 @@ class KhugepagedMixin:
         huge.index = index
         yield s.DownWrite(huge.lock)
         ps = self.arch.page_size
-        # The locked new folio goes into every hole first, so a racing fault
-        # waits on it instead of adding a page collapse would not see.
-        holes = [i for i in range(nr) if cache.lookup(index + i) is None]
-        for i in holes:
-            cache.slots[index + i] = huge
+        locked: list[Folio] = []  # old folios: locked, with our lookup reference
+        holes: list[int] = []
+        result = SCAN_SUCCEED
         for i in range(nr):
-            if i in holes:
-                continue  # the new folio's page stays zero
+            if index + i >= cache.size_pages:
+                result = SCAN_TRUNCATED  # the file shrank under us
+                break
             old = cache.lookup(index + i)
+            if old is None:
+                holes.append(i)  # shmem: a zero page; file: readahead would fill it
+                continue
+            old.get()  # xas_load + folio_try_get
             yield s.DownWrite(old.lock)
-            # try_to_unmap(): no PTE may map the old page once it is copied
-            yield from self.unmap_mapping_range(cache, index + i, index + i + 1)
+            if old.large:
+                result = SCAN_PTE_MAPPED_HUGEPAGE if old.index == index else SCAN_PAGE_COMPOUND
+            elif not old.in_cache or cache.lookup(index + i) is not old:
+                result = SCAN_TRUNCATED  # folio_mapping(folio) != mapping
+            else:
+                # try_to_unmap(): no PTE may map the old page once it is copied
+                yield from self.unmap_mapping_range(cache, index + i, index + i + 1)
+                # the page cache's reference and ours, nothing else (Linux's
+                # "ref_count != 3" also counts the LRU isolation ptemu lacks)
+                if old.refcount != 2 or old.mapcount:
+                    result = SCAN_PAGE_COUNT
+            if result != SCAN_SUCCEED:
+                yield s.UpWrite(old.lock)
+                self.put_folio(old)
+                break
+            locked.append(old)
+        if result == SCAN_SUCCEED and holes:
+            # v6.6: a hole filled while the old folios were being isolated
+            # (a racing fault) means this collapse would hide that page
+            if any(cache.lookup(index + i) is not None for i in holes):
+                result = SCAN_PAGE_FILLED
+            else:
+                for i in holes:  # XA_RETRY_ENTRY: a fault now waits on the new folio
+                    cache.slots[index + i] = huge
+        if result != SCAN_SUCCEED:
+            # rollback: the old folios stay the file's; the new one goes away
+            for i in holes:
+                if cache.slots.get(index + i) is huge:
+                    del cache.slots[index + i]
+            for old in locked:
+                yield s.UpWrite(old.lock)
+                self.put_folio(old)
+            yield s.UpWrite(huge.lock)
+            self.free_folio(huge, "collapse_file rollback: new folio unused")
+            yield s.Note(f"collapse_file: {SCAN_NAMES.get(result, result)}")
+            return result
+        for old in locked:  # the old folios are locked: copy them
+            i = old.index - index
             self.mem.write(huge.pa + i * ps, self.mem.read(old.pa, ps))
-            # the locked new folio takes the slot at once (xas_store), so a
-            # racing fault waits on it rather than adding a fresh small page
-            cache.slots[index + i] = huge
-            old.in_cache = False
-            yield s.UpWrite(old.lock)
-            self.put_folio(old)
-        for i in range(nr):
+        for i in range(nr):  # one multi-index store replaces them all
             cache.slots[index + i] = huge
         huge.in_cache = True
         huge.get()  # the page cache's reference
+        for old in locked:
+            old.in_cache = False
         yield from self.retract_page_tables(cache, index)
         yield s.UpWrite(huge.lock)
+        for old in locked:  # the collapse has succeeded: free the old folios
+            yield s.UpWrite(old.lock)
+            self.put_folio(old, 2)  # the page cache's reference and ours
         return SCAN_PTE_MAPPED_HUGEPAGE
 
     # ---- entry points for services -----------------------------------------------------------
@@ -326,7 +388,8 @@ class KhugepagedMixin:
             return -22
         haddr = addr - addr % self.arch.pmd_size
         result = yield from self.collapse_file(vma.file, self.vma_index(vma, haddr))
-        if result == SCAN_PTE_MAPPED_HUGEPAGE and vma.file.lookup(self.vma_index(vma, haddr)).large:
+        now = vma.file.lookup(self.vma_index(vma, haddr))
+        if result == SCAN_PTE_MAPPED_HUGEPAGE and now is not None and now.large:
             # Already huge in the page cache but still PTE-mapped here:
             # khugepaged collapses it under mmap_read_lock, without installing
             # the PMD (the next fault maps it).

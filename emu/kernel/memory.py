@@ -2,9 +2,9 @@
 
 Models mm/memory.c's zap path (`zap_pte_range` under `pte_offset_map_lock`,
 `zap_huge_pmd` under `pmd_lock`, a TLB flush before pages are released) and
-mm/mmap.c's munmap: detach the VMA first, so lockless walkers that start
-later find nothing, then zap, then free the now-empty page tables
-(`free_pgtables`). Page tables of a detached range are freed through
+mm/vma.c's munmap (v6.12): detach the VMA first, so lockless walkers that
+start later find nothing, then zap, then `free_pgtables`: unlink the file
+VMA from i_mmap under i_mmap_rwsem (write), then free the now-empty tables. Page tables of a detached range are freed through
 `tlb_remove_table`: deferred by RCU where the arch frees tables by RCU, at
 once after the IPI flush where it does not (arm 2-level).
 """
@@ -47,7 +47,8 @@ class MemoryMixin:
         cur = yield from self.read_entry("pmd", pmd_pa)
         folio = None
         if a.pmd_trans_huge(cur):
-            yield from self.clear_entry("pmd", pmd_pa, "zap_huge_pmd: pmdp_huge_get_and_clear")
+            cur = yield from self.get_and_clear_entry("pmd", pmd_pa, cur,
+                                                      "zap_huge_pmd: pmdp_huge_get_and_clear")
             folio = self.folio_of(a.pmd_huge_pa(cur))
         yield s.SpinUnlock(ptl)
         if folio is not None:
@@ -72,7 +73,8 @@ class MemoryMixin:
             cur = yield from self.read_entry("pte", ptep, "zap_pte_range")
             if a.pte_none(cur):
                 continue
-            yield from self.clear_entry("pte", ptep, "zap_pte_range: ptep_get_and_clear")
+            cur = yield from self.get_and_clear_entry("pte", ptep, cur,
+                                                      "zap_pte_range: ptep_get_and_clear")
             if not a.pte_present(cur):
                 continue
             folio = self.folio_of(a.pte_pa(cur))
@@ -87,12 +89,26 @@ class MemoryMixin:
         for folio in released:
             self.put_folio(folio)
 
-    def free_pgtables(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """Free the PTE tables wholly inside [start, end) (the VMA is already detached)."""
+    def free_pgtables(self: Kernel, mm: MM, vma: VMA) -> s.KernelGen:
+        """free_pgtables() for one detached, zapped VMA (mm/memory.c, v6.6 and v6.12).
+
+        First unlink_file_vma(): the VMA leaves its file's i_mmap under
+        i_mmap_rwsem held for write, so an rmap walker (retract_page_tables,
+        truncate's unmap_mapping_range), which holds it for read, either
+        finishes with the VMA first or never finds it. Only then
+        free_pgd_range(): every PTE table the VMA used that no other VMA
+        shares (floor/ceiling), pmd_clear() and pte_free_tlb() with no ptl or
+        pmd lock taken.
+        """
+        if vma.file is not None:
+            cache = vma.file
+            yield s.DownWrite(cache.i_mmap_rwsem)
+            if vma in cache.vmas:
+                cache.vmas.remove(vma)
+            yield s.UpWrite(cache.i_mmap_rwsem)
         a = self.arch
         pmd_size = a.pmd_size
-        first = -(-start // pmd_size) * pmd_size
-        for addr in range(first, end - pmd_size + 1, pmd_size):
+        for addr in range(vma.start - vma.start % pmd_size, vma.end, pmd_size):
             if mm.overlaps(addr, addr + pmd_size):
                 continue  # another VMA still uses this table
             pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
@@ -127,7 +143,14 @@ class MemoryMixin:
         yield from self.policy.tlb_remove_table(self, mm, table, "pte")
 
     def do_munmap(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """munmap(): detach VMAs under mmap_write_lock, zap, free tables."""
+        """munmap() of whole VMAs (v6.12 vms_gather_munmap_vmas / vms_clear_ptes).
+
+        Under mmap_write_lock: detach the VMAs from the mm (lockless walkers
+        starting later find nothing), zap them (unmap_vmas), then
+        free_pgtables(), which unlinks each file VMA from i_mmap before
+        freeing its tables. (Linux downgrades to the read lock before the zap;
+        ptemu keeps the write lock, which only excludes more.)
+        """
         yield s.DownWrite(mm.mmap_lock)
         victims = [v for v in mm.vmas if v.start < end and start < v.end and v.kind != "text"]
         if any(v.start < start or v.end > end for v in victims):
@@ -135,11 +158,9 @@ class MemoryMixin:
             return -22  # partial VMA unmap (split) is not modelled: -EINVAL
         for v in victims:
             mm.vmas.remove(v)
-            if v.file is not None:
-                v.file.vmas.remove(v)
         for v in victims:
             yield from self.zap_page_range(mm, v, v.start, v.end)
         for v in victims:
-            yield from self.free_pgtables(mm, v.start, v.end)
+            yield from self.free_pgtables(mm, v)
         yield s.UpWrite(mm.mmap_lock)
         return 0

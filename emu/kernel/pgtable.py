@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from arch.base import PRIMITIVES
 from emu.kernel import steps as s
 from emu.kernel.sync import Spinlock
 
@@ -48,12 +49,55 @@ class PgtableMixin:
         return (yield s.Load(pa, self.entry_size(level), what or f"read {level}"))
 
     def set_entry(self: Kernel, level: str, pa: int, val: int, what: str = "") -> s.KernelGen:
+        """set_pte()/set_pmd() (set_pte_at, pmd_populate, set_pmd_at), or a plain upper-level store."""
+        if level in ("pte", "pmd"):
+            yield from self.entry_primitive(f"set_{level}", pa, val, what or f"set {level}")
+            return
         for op in self.arch.set_entry_ops(level, pa, val):
             yield s.Store(op.pa, op.size, op.value, what or f"set {level}")
 
     def clear_entry(self: Kernel, level: str, pa: int, what: str = "") -> s.KernelGen:
+        """pte_clear()/pmd_clear(): the entry is emptied and nothing is returned."""
+        if level in ("pte", "pmd"):
+            yield from self.entry_primitive(f"{level}_clear", pa, 0, what or f"clear {level}")
+            return
         for op in self.arch.clear_entry_ops(level, pa):
             yield s.Store(op.pa, op.size, op.value, what or f"clear {level}")
+
+    def get_and_clear_entry(self: Kernel, level: str, pa: int, old: int, what: str) -> s.KernelGen:
+        """p{te,md}p_get_and_clear(): empty the entry and return what it held.
+
+        Where the arch's primitive reads the entry (x86-PAE's xchg), the value
+        comes from that read, so a hardware A/D update racing the clear is not
+        lost. Elsewhere it is the generic read-then-clear, and `old` (the
+        caller's read under the lock) is that read.
+        """
+        got = yield from self.entry_primitive(f"{level}p_get_and_clear", pa, 0, what)
+        return old if got is None else got
+
+    def entry_primitive(self: Kernel, primitive: str, pa: int, val: int, what: str) -> s.KernelGen:
+        """Run the arch's memory operations for one entry primitive, in Linux's order.
+
+        Returns the entry's old value assembled from the operations that read
+        it (exchanges and loads), or None if none did.
+        """
+        a = self.arch
+        size = self.entry_size(PRIMITIVES[primitive])
+        old = 0
+        read = False
+        for op in a.entry_ops(primitive, pa, val):
+            if op.kind == "store":
+                yield s.Store(op.pa, op.size, op.value, what)
+                continue
+            if op.kind == "xchg":
+                got = yield s.Xchg(op.pa, op.size, op.value, what)
+            else:
+                got = yield s.Load(op.pa, op.size, what)
+            offset = op.pa - pa
+            shift = 8 * (offset if a.byteorder == "little" else size - offset - op.size)
+            old |= got << shift
+            read = True
+        return old if read else None
 
     def entry_addr(self: Kernel, level: str, table_pa: int, addr: int) -> int:
         return self.arch.entry_pa(table_pa, self.arch.level(level), addr)

@@ -1,4 +1,4 @@
-"""MADV_DONTNEED with empty PTE table reclaim (mm/pt_reclaim.c, v6.13).
+"""MADV_DONTNEED with empty PTE table reclaim (mm/pt_reclaim.c, v6.14).
 
 Qi Zheng's follow-up to seed 001 ("This also a preparation for reclaiming
 the empty user PTE page table pages"): after zapping a range under
@@ -7,8 +7,14 @@ read side of mmap_lock is held, so `pte_offset_map_rw_nolock()` users such
 as arm's `adjust_pte()` can be holding the table: they must recheck
 `pmd_same()` under the ptl. The table is freed through the arch's
 mmu_gather path after the TLB flush (RCU-deferred where the arch frees
-tables by RCU). ptemu reclaims on every arch: where the arch's mmu_gather
-would free at once, the reclaimed table is still freed after a grace period.
+tables by RCU).
+
+Versions: Linux has the reclaim from 6.14 and selects CONFIG_PT_RECLAIM
+only on x86-64. ptemu models it on every arch as x86-64 has it, for
+`[kernel] version` 6.14 and later; before 6.14 MADV_DONTNEED only zaps.
+Where the arch's mmu_gather would free at once, the reclaimed table is
+still freed after a grace period (x86-64's reclaim selects
+MMU_GATHER_RCU_TABLE_FREE).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
+from emu.kernel.version import PT_RECLAIM
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
@@ -26,12 +33,16 @@ MADV_DONTNEED = 4
 
 class PtReclaimMixin:
     def madvise_dontneed(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
+        """madvise(MADV_DONTNEED) on one VMA (6.14 zap_page_range_single with ZAP_FLAG_RECLAIM)."""
         yield s.DownRead(mm.mmap_lock)
         vma = mm.find_vma(start)
         if vma is None or end > vma.end:
             yield s.UpRead(mm.mmap_lock)
             return -22
         yield from self.zap_page_range(mm, vma, start, end)
+        if self.version < PT_RECLAIM:
+            yield s.UpRead(mm.mmap_lock)
+            return 0
         pmd_size = self.arch.pmd_size
         addr = -(-start // pmd_size) * pmd_size
         while addr + pmd_size <= end:

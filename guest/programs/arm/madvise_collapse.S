@@ -1,5 +1,7 @@
 @ madvise_collapse(addr, len): MADV_COLLAPSE the range. exit(0) when it succeeded
-@ or lost a race (-EAGAIN, which MADV_COLLAPSE may return); exit(1) otherwise.
+@ or lost a race (-EAGAIN, which MADV_COLLAPSE may return); otherwise exit with
+@ Linux's error (e.g. -EINVAL where the arch has no THP).
+@ exit-status: result
     mov r7, #SYS_madvise
     mov r2, #25
     svc #0
@@ -13,5 +15,4 @@ done:
     svc #0
 failed:
     mov r7, #SYS_exit
-    mov r0, #1
     svc #0

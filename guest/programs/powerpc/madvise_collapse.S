@@ -1,5 +1,7 @@
 # madvise_collapse(addr, len): MADV_COLLAPSE the range. exit(0) when it succeeded
-# or lost a race (-EAGAIN, which MADV_COLLAPSE may return); exit(1) otherwise.
+# or lost a race (-EAGAIN, which MADV_COLLAPSE may return); otherwise exit with
+# Linux's error (e.g. -EINVAL where the arch has no THP).
+# exit-status: result
     li %r5, 25
     li %r0, SYS_madvise
     sc
@@ -13,5 +15,4 @@ done:
     sc
 failed:
     li %r0, SYS_exit
-    li %r3, 1
     sc

@@ -1,5 +1,6 @@
 ! hypercall(nr, a, b, c, d): make one hypercall with up to four arguments and
 ! exit with its result as the exit code (a negative errno shows as 2^64 - errno).
+! exit-status: result (a call failing under a race is not a failed run)
     mov %o0, %g1
     mov %o1, %o0
     mov %o2, %o1

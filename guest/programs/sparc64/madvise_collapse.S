@@ -1,5 +1,7 @@
 ! madvise_collapse(addr, len): MADV_COLLAPSE the range. exit(0) when it succeeded
-! or lost a race (-EAGAIN, which MADV_COLLAPSE may return); exit(1) otherwise.
+! or lost a race (-EAGAIN, which MADV_COLLAPSE may return); otherwise exit with
+! Linux's error (e.g. -EINVAL where the arch has no THP).
+! exit-status: result
     mov SYS_madvise, %g1
     mov 25, %o2                 ! MADV_COLLAPSE
     ta 0x6d
@@ -14,5 +16,4 @@ done:
     ta 0x6d
 failed:
     mov SYS_exit, %g1
-    mov 1, %o0
     ta 0x6d

@@ -1,5 +1,7 @@
 # madvise_collapse(addr, len): MADV_COLLAPSE the range. exit(0) when it succeeded
-# or lost a race (-EAGAIN, which MADV_COLLAPSE may return); exit(1) otherwise.
+# or lost a race (-EAGAIN, which MADV_COLLAPSE may return); otherwise exit with
+# Linux's error (e.g. -EINVAL where the arch has no THP).
+# exit-status: result
     mov eax, SYS_madvise
     mov edx, 25
     int 0x80
@@ -12,6 +14,6 @@ done:
     xor ebx, ebx
     int 0x80
 failed:
+    mov ebx, eax
     mov eax, SYS_exit
-    mov ebx, 1
     int 0x80
