@@ -46,7 +46,9 @@ TARGETS: tuple[Target, ...] = (
     Target("arm", "arm"),
     Target("powerpc", "powerpc"),
     Target("powerpc-hash", "powerpc", (("mmu", "hash"),)),
-    Target("s390", "s390"),
+    # the layout is named, not left to [kernel] version (whose default, the
+    # newest, is full-page): the s390 target is Linux <= 6.7's two 2 KiB halves
+    Target("s390", "s390", (("pgtable", "halves"),)),
     Target("s390-full-page", "s390", (("pgtable", "full-page"),)),
     Target("sparc64", "sparc64"),
 )

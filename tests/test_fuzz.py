@@ -122,6 +122,9 @@ def test_targets_cover_every_arch_and_option():
                       "sparc64"]
     assert [t.label for t in targets_for("s390")] == ["s390", "s390-full-page"]
     assert [t.label for t in targets_for("powerpc-hash")] == ["powerpc-hash"]
+    from arch import get_arch
+    assert [get_arch(t.arch, **dict(t.options)).pgtable_policy for t in targets_for("s390")] \
+        == ["halves", "full-page"]
     with pytest.raises(ValueError, match="unknown fuzz arch"):
         targets_for("vax")
 
