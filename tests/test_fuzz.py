@@ -267,3 +267,22 @@ def _touches_stay_legal(text: str, target) -> None:
 def test_generated_touches_stay_where_linux_would_not_signal(target):
     for i in range(40):
         _touches_stay_legal(generate(target, workload_seed(3, i)), target)
+
+
+def test_where_each_variant_can_show():
+    """Each variant applies where the routine it changes runs (from the arch's own
+    facts), so fuzz says 'does not apply' instead of reporting it clean."""
+    from emu.fuzz import not_applicable
+    where = {v: sorted(t.label for t in TARGETS
+                       if not not_applicable(FuzzConfig(variants=(v,)), t))
+             for v in ("no_lockless_sync", "plain_two_load_read", "frag_shared_rcu_head",
+                       "s390_free_page_early", "free_before_flush", "pte_free_immediate",
+                       "collapse_no_clear", "no_pmd_same_recheck")}
+    everywhere = sorted(t.label for t in TARGETS)
+    assert where == {
+        "no_lockless_sync": ["x86-pae"], "plain_two_load_read": ["x86-pae"],
+        "frag_shared_rcu_head": ["powerpc", "powerpc-hash"], "s390_free_page_early": ["s390"],
+        "free_before_flush": ["arm"],
+        "pte_free_immediate": [t for t in everywhere if t != "arm"],
+        "collapse_no_clear": [t for t in everywhere if t != "arm"],
+        "no_pmd_same_recheck": everywhere}
