@@ -25,7 +25,7 @@ handle_pte_fault() marks the Linux pte young/dirty, which rewrites both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import ClassVar
 
 import capstone
@@ -44,10 +44,11 @@ from arch.base import (
     Level,
     MemOp,
     Prot,
-    PteRead,
     Translation,
     Walk,
+    WalkStep,
 )
+from arch.radix import Descend, Geometry, RadixLevel, Step, WalkState, radix_walk
 
 WORD = 0xFFFF_FFFF
 
@@ -135,6 +136,10 @@ DACR_USER = (domain_val(DOMAIN_USER, DOMAIN_CLIENT) | domain_val(DOMAIN_KERNEL, 
 # user_pmd_table: _PAGE_USER_TABLE, plus PMD_PXNTABLE where ID_MMFR0 says the
 # short descriptors have PXN, as on Unicorn's default Cortex-A15).
 PAGE_USER_TABLE = PMD_TYPE_TABLE | PMD_BIT4 | (DOMAIN_USER << PMD_DOMAIN_SHIFT) | PMD_PXNTABLE
+
+# What the MMU walks (TTBCR.N = 0): 4096 4-byte L1 entries of 1 MiB, then
+# 256 4-byte L2 entries of 4 KiB.
+GEOMETRY = Geometry((RadixLevel("pmd", 20, 12, 4), RadixLevel("pte", 12, 8, 4)))
 
 # Linux pt0/pt1 take the first half of the page; the hardware copies follow
 # (PTE_HWTABLE_OFF), and the second hardware table is 256 entries further.
@@ -341,46 +346,46 @@ class Arm(Arch):
         The order of checks is the architecture's (B3.12.1): L1 type, domain
         (before the L2 read), then access permissions and execute-never.
         """
-        va &= WORD
-        l1_pa = root + (va >> 20) * 4
-        l1 = yield PteRead(l1_pa, 4, "pmd")
-        t = l1 & PMD_TYPE_MASK
+        st = WalkState(va & WORD, access, user, [])
+        return (yield from radix_walk(GEOMETRY, root, st, self._decode))
+
+    def _decode(self, st: WalkState, e: int, epa: int) -> Generator[WalkStep, int, Step]:
+        if st.level.name == "pte":
+            t2 = e & PTE_TYPE_MASK
+            if t2 == 0:
+                return st.fault("not-present")
+            if t2 == PTE_TYPE_LARGE:
+                size, base, xn = 1 << 16, e & LARGE_BASE, bool(e & LARGE_XN)
+            else:
+                size, base, xn = 1 << 12, e & SMALL_BASE, bool(e & PTE_EXT_XN)
+            ap = ((e >> 4) & 3) | ((e >> 7) & 4)
+            return self._leaf(st, st.acc["dom"], ap, xn, st.acc["pxn"], size, base, epa)
+        t = e & PMD_TYPE_MASK
         if t == PMD_TYPE_FAULT or (t == 3 and not self.has_pxn):
-            return Fault(va, access, "pmd", "not-present")
-        supersection = t != PMD_TYPE_TABLE and bool(l1 & PMD_SECT_SUPER)
-        domain = 0 if supersection else (l1 & PMD_DOMAIN_MASK) >> PMD_DOMAIN_SHIFT
+            return st.fault("not-present")
+        supersection = t != PMD_TYPE_TABLE and bool(e & PMD_SECT_SUPER)
+        domain = 0 if supersection else (e & PMD_DOMAIN_MASK) >> PMD_DOMAIN_SHIFT
         dom = (self.dacr >> (2 * domain)) & 3
         if dom in (DOMAIN_NOACCESS, 2):  # 0b10 is reserved: a domain fault too
-            return Fault(va, access, "pmd", "protection")
-        if t != PMD_TYPE_TABLE:
-            if supersection:
-                # PA[39:32] come from bits 20-23 and 5-8; ptemu's RAM is below 4 GiB.
-                high = ((l1 >> 20) & 0xF) | (((l1 >> 5) & 0xF) << 4)
-                size, base = 1 << 24, (l1 & SUPERSECTION_BASE) | (high << 32)
-            else:
-                size, base = 1 << 20, l1 & SECTION_BASE
-            ap = ((l1 >> 10) & 3) | ((l1 >> 13) & 4)
-            xn = bool(l1 & PMD_SECT_XN)
-            pxn = bool(t == 3 and l1 & PMD_SECT_PXN)
-            return self._leaf(va, access, user, dom, ap, xn, pxn, size, base, "pmd", (root,), l1_pa)
-        l2_table = l1 & TABLE_BASE
-        l2_pa = l2_table + ((va >> 12) & 0xFF) * 4
-        l2 = yield PteRead(l2_pa, 4, "pte")
-        t2 = l2 & PTE_TYPE_MASK
-        if t2 == 0:
-            return Fault(va, access, "pte", "not-present")
-        if t2 == PTE_TYPE_LARGE:
-            size, base, xn = 1 << 16, l2 & LARGE_BASE, bool(l2 & LARGE_XN)
+            return st.fault("protection")
+        if t == PMD_TYPE_TABLE:
+            st.acc["dom"] = dom
+            st.acc["pxn"] = self.has_pxn and bool(e & PMD_PXNTABLE)
+            return Descend(e & TABLE_BASE)
+        if supersection:
+            # PA[39:32] come from bits 20-23 and 5-8.
+            high = ((e >> 20) & 0xF) | (((e >> 5) & 0xF) << 4)
+            size, base = 1 << 24, (e & SUPERSECTION_BASE) | (high << 32)
         else:
-            size, base, xn = 1 << 12, l2 & SMALL_BASE, bool(l2 & PTE_EXT_XN)
-        ap = ((l2 >> 4) & 3) | ((l2 >> 7) & 4)
-        pxn = self.has_pxn and bool(l1 & PMD_PXNTABLE)
-        return self._leaf(va, access, user, dom, ap, xn, pxn, size, base, "pte", (root, l2_table),
-                          l2_pa)
+            size, base = 1 << 20, e & SECTION_BASE
+        ap = ((e >> 10) & 3) | ((e >> 13) & 4)
+        pxn = bool(t == 3 and e & PMD_SECT_PXN)
+        return self._leaf(st, dom, ap, bool(e & PMD_SECT_XN), pxn, size, base, epa)
+        yield  # a generator (the MMU sets no bits: Linux emulates young/dirty)
 
-    def _leaf(self, va: int, access: Access, user: bool, dom: int, ap: int, xn: bool, pxn: bool,
-              size: int, base: int, level: str, tables: tuple[int, ...],
+    def _leaf(self, st: WalkState, dom: int, ap: int, xn: bool, pxn: bool, size: int, base: int,
               leaf_pa: int) -> Translation | Fault:
+        user, va = st.user, st.va
         if dom == DOMAIN_MANAGER:
             perms = PERM_R | PERM_W | PERM_X  # no permission checks, XN ignored
         else:
@@ -388,14 +393,14 @@ class Arm(Arch):
             # Execution needs read permission, and no XN (nor PXN, privileged).
             if perms and not xn and not (pxn and not user):
                 perms |= PERM_X
-        if not perms & (PERM_R, PERM_W, PERM_X)[access]:
-            return Fault(va, access, level, "protection")
+        if not perms & (PERM_R, PERM_W, PERM_X)[st.access]:
+            return st.fault("protection")
         # ptemu's TLB model holds page-sized entries (and pmd-sized ones, which
         # are 2 MiB here): cache a 64 KiB page or a section 4 KiB at a time, a
         # subset of what the real TLB would hold.
         off = (va & ~(self.page_size - 1)) & (size - 1)
-        return Translation(va & ~(self.page_size - 1), base + off, self.page_size, perms, tables,
-                           leaf_pa)
+        return Translation(va & ~(self.page_size - 1), base + off, self.page_size, perms,
+                           tuple(st.tables), leaf_pa)
 
     # ---- Unicorn glue ---------------------------------------------------------------
     def reg(self, name: str) -> int:

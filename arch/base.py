@@ -357,9 +357,31 @@ class Arch(ABC):
         return self.level(level).table_bytes
 
     # ---- the hardware (or software-refill) walker --------------------------
+    def hw_root(self, root: int) -> int:
+        """What a vCPU's root register holds for the mm whose top table is `root`.
+
+        CR3 on x86-PAE (the PDPT), the ASCE Linux builds on s390 (origin,
+        designation type, table length, private space), TTBR0 on arm, the
+        PGD on powerpc and sparc64. Default: the table itself.
+        """
+        return root
+
+    def load_root(self, hw_root: int, read: Callable[[int, int], int]) -> Any:
+        """The MMU state a vCPU holds once `hw_root` is loaded into its root register.
+
+        Where the CPU latches table entries at that moment (x86-PAE's four
+        PDPTE registers) they are read here with `read(pa, size)`; later
+        walks use the latched copies. Default: just the register value.
+        `walk` accepts both this and the bare register value.
+        """
+        return hw_root
+
     @abstractmethod
-    def walk(self, root: int, va: int, access: Access, user: bool = True) -> Walk:
-        """Translate `va` as the MMU does: yields entry reads, returns the result."""
+    def walk(self, root: Any, va: int, access: Access, user: bool = True) -> Walk:
+        """Translate `va` as the MMU does: yields entry reads, returns the result.
+
+        `root` as for `translate_functional`, or what `load_root` returned.
+        """
 
     def translate_functional(self, mem: bytes | bytearray | memoryview | MemoryImage,
                              root: int, va: int, access: Access,
@@ -369,6 +391,27 @@ class Arch(ABC):
         Runs the same walk the MMU runs, reading entries from `mem` and
         discarding A/D updates. Never raises for a bad table pointer: an
         entry pointing outside `mem` is a `Fault` with reason "outside-ram".
+
+        `root` is the root register as the hardware holds it (`hw_root`):
+
+        - x86-pae: CR3. The four PDPTEs are read from `mem` as a MOV CR3
+          would latch them. Options: `maxphyaddr` (default 36: entry bits
+          from it up to 62 are reserved and fault "bad-entry"), `nxe`
+          (default on; off: XD is a reserved bit and no page is no-execute).
+        - s390: an ASCE: designation type (region-first, -second, -third,
+          segment), table length, real-space and private-space bits.
+          Options: `edat` (1 MiB / 2 GiB frames, region protection),
+          `iep` (instruction-execution protection), `storage_size` (bytes
+          of storage: a frame beyond it is an addressing exception,
+          "outside-ram"; default None: no frame check. A table beyond
+          `mem` is "outside-ram" either way).
+        - arm: TTBR0 (TTBCR.N = 0). Option `dacr`: the Domain Access
+          Control Register the walk checks domains against.
+        - powerpc: the PGD (radix: the process-table entry's RPDB; hash:
+          Linux's table that hash_page walks). sparc64: the PGD.
+
+        `user` is the privilege of the access: user (CPL3, USR, problem
+        state) or supervisor.
         """
         image = mem if isinstance(mem, MemoryImage) else MemoryImage(mem)
         gen = self.walk(root, va, access, user)

@@ -36,13 +36,16 @@ the software refill, `hash_page()` -> `__find_linux_pte()` ->
 Simplified on purpose: no process/partition table (the root is the PGD), no
 pkeys/AMR checks, no HPTE busy bit (H_PAGE_BUSY is never set, so the kernel
 never spins on it), privileged (kernel) accesses are not restricted by the
-PRIV bit, hugetlb leaves at pud/pgd are not modelled in hash mode.
+PRIV bit under radix. In hash mode every address is in the user region,
+where `__hash_page` checks kernel accesses as user ones (a PRIVILEGED pte
+refuses both), and a leaf at the pmd (16 MiB hugetlb or THP) or pud is
+hashed as `__hash_page_huge` / `__hash_page_thp` would.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import ClassVar
 
 import capstone
@@ -65,7 +68,9 @@ from arch.base import (
     PteSetBits,
     Translation,
     Walk,
+    WalkStep,
 )
+from arch.radix import Descend, Geometry, RadixLevel, Step, WalkState, radix_walk
 
 # ---- entry bits (book3s/64/pgtable.h; ISA v3.0B 6.7.10.1 figures 28-30) --------
 V = 1 << 63  # _PAGE_PRESENT: radix Valid
@@ -177,6 +182,10 @@ class PowerPC(Arch):
         self.software_walker = mmu == "hash"
         self.collapse_flush_serializes = mmu == "hash"
         self._child = {p.name: c for p, c in zip(self.levels, self.levels[1:], strict=False)}
+        # The radix walk's geometry: the root's index width is the process-table
+        # entry's RPDS; below it each entry's NLS says (Descend(table, nls)).
+        self._geometry = Geometry(tuple(RadixLevel(lv.name, lv.shift, lv.entries.bit_length() - 1, 8)
+                                        for lv in GEOMETRY["radix"]))
 
     # ---- root -------------------------------------------------------------
     def alloc_root(self, alloc_table: Callable[[str, int], int],
@@ -293,50 +302,39 @@ class PowerPC(Arch):
             return (yield from self._hash_page(root, va, access, user))
         return (yield from self._radix_walk(root, va, access, user))
 
-    def _level_name(self, depth: int) -> str:
-        return self.levels[depth].name if depth < len(self.levels) else f"L{depth}"
-
     def _radix_walk(self, root: int, va: int, access: Access, user: bool) -> Walk:
         """ISA v3.0B 6.7.10.2: from the root, each PDE's NLS sizes the next table."""
+        st = WalkState(va, access, user, [])
         if va >> RADIX_TREE_BITS:
             # outside the tree (or not quadrant 0): a segment interrupt in hardware
-            return Fault(va, access, "pgd", "not-present")
-        nls = self.levels[0].entries.bit_length() - 1  # the process-table entry's RPDS
-        shift = RADIX_TREE_BITS - nls
-        table = root
-        tables = [root]
-        depth = 0
-        while True:
-            name = self._level_name(depth)
-            epa = table + ((va >> shift) & ((1 << nls) - 1)) * 8
-            e = yield PteRead(epa, 8, name)
-            if not e & V:
-                return Fault(va, access, name, "not-present")
-            if e & LEAF:
-                break
+            return st.fault("not-present", "pgd")
+        return (yield from radix_walk(self._geometry, root, st, self._radix_decode))
+
+    def _radix_decode(self, st: WalkState, e: int, epa: int) -> Generator[WalkStep, int, Step]:
+        lv = st.level
+        if not e & V:
+            return st.fault("not-present")
+        if not e & LEAF:
             nls = e & NLS_MASK
-            if nls < MIN_NLS or shift - nls < 12:
-                return Fault(va, access, name, "bad-entry")
-            table = e & NLB_MASK
-            shift -= nls
-            tables.append(table)
-            depth += 1
-        if shift not in RADIX_LEAF_SHIFTS:
-            return Fault(va, access, name, "bad-entry")
+            if nls < MIN_NLS or lv.shift - nls < 12:
+                return st.fault("bad-entry")
+            return Descend(e & NLB_MASK, nls)
+        if lv.shift not in RADIX_LEAF_SHIFTS:
+            return st.fault("bad-entry")
         # Storage protection (6.7.11): the EAA bits and the privilege bit.
-        if user and e & PRIV:
-            return Fault(va, access, name, "protection")
-        if not e & _EAA_ALLOWS[access]:
-            return Fault(va, access, name, "protection")
-        want = R | (C if access == Access.WRITE else 0)
+        if st.user and e & PRIV:
+            return st.fault("protection")
+        if not e & _EAA_ALLOWS[st.access]:
+            return st.fault("protection")
+        want = R | (C if st.access == Access.WRITE else 0)
         if e & want != want:
-            msg = PteSetBits(epa, 8, want, name, e)
+            msg = PteSetBits(epa, 8, want, lv.name, e)
             e = yield msg
             if not msg.took(e):
                 # the pte changed under the walk: the hardware walks again (here:
                 # the fault path, which finds the current state)
-                return Fault(va, access, name, "changed")
-        return self._translation(va, e, 1 << shift, tuple(tables), epa)
+                return st.fault("changed")
+        return self._translation(st.va, e, 1 << lv.shift, tuple(st.tables), epa)
 
     def _translation(self, va: int, e: int, size: int, tables: tuple[int, ...],
                      leaf_pa: int) -> Translation:
@@ -367,20 +365,25 @@ class PowerPC(Arch):
             if lv.name == "pmd" and e & (V | INVALID) == INVALID:
                 # pmd_is_serializing(): a THP split or collapse is in progress
                 return Fault(va, access, lv.name, "not-present")
-            if lv.name == "pmd" and self.pmd_trans_huge(e):
+            if e & LEAF:
+                # pmd_trans_huge() (a THP: __hash_page_thp) or pmd_is_leaf() /
+                # pud_is_leaf() (hugetlb, hpage_shift = PMD/PUD_SHIFT:
+                # __hash_page_huge): either way the leaf maps the level's size
+                # and check_pte_access() judges it as it judges a pte.
                 size = 1 << lv.shift
                 break
-            if e & LEAF:
-                return Fault(va, access, lv.name, "bad-entry")  # hugetlb: not modelled
             table = e & ~MASKED_BITS
             tables.append(table)
-        # check_pte_access(): every bit asked for must be in the PTE, and the
-        # privilege bit must match for a problem-state access
+        # check_pte_access(): every bit asked for must be in the PTE, and
+        # _PAGE_PRIVILEGED must match. __hash_page() asks for it only for a
+        # kernel access to a kernel address; every address here is in
+        # USER_REGION_ID (below 2^52), so kernel and user accesses alike are
+        # checked as user accesses, and a PRIVILEGED pte refuses both.
         need = V | LEAF | READ | (WRITE if access == Access.WRITE else 0) \
             | (EXEC if access == Access.FETCH else 0)
         if need & ~e:
             return Fault(va, access, lv.name, "protection" if e & V else "not-present")
-        if user and e & PRIV:
+        if e & PRIV:
             return Fault(va, access, lv.name, "protection")
         # The cmpxchg loop sets ACCESSED (and DIRTY on a store); the HPTE insert
         # then leaves H_PAGE_HASHPTE behind (BUSY is not modelled).

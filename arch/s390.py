@@ -9,7 +9,10 @@ Linux's view, a 3-level user address space (asce_limit 4 TiB, what a new mm
 gets): pud = the region-third table (2048 x 8 B = 16 KiB, shift 31), pmd =
 the segment table (2048 x 8 B, shift 20), pte = the page table (256 x 8 B =
 2 KiB mapping 1 MiB). The ASCE (CR1) designates the region-third table
-with table length 3. Region and segment tables are four contiguous frames.
+with table length 3 (`asce`, what `hw_root` gives a vCPU); the walk
+itself takes any ASCE: region-first, -second, -third or segment
+designation, any table length, private and real space. Region and
+segment tables are four contiguous frames.
 
 Empty entries are not zero: an empty PTE is INVALID (0x400), an empty
 segment entry 0x20, an empty region-third entry TT=R3|I (0x24). There are
@@ -29,7 +32,7 @@ emu/kernel/pgalloc_s390.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
 import capstone
@@ -48,10 +51,11 @@ from arch.base import (
     Fault,
     Level,
     Prot,
-    PteRead,
     Translation,
     Walk,
+    WalkStep,
 )
+from arch.radix import Descend, Geometry, RadixLevel, Step, WalkState, radix_walk
 
 MASK64 = (1 << 64) - 1
 
@@ -109,10 +113,20 @@ ASCE_ORIGIN = ~0xFFF & MASK64
 ASCE_PRIVATE = 0x100
 ASCE_ALT_EVENT = 0x80
 ASCE_SPACE_SWITCH = 0x40
+ASCE_REAL_SPACE = 0x20  # R: the address is real, no DAT
+ASCE_TYPE_MASK = 0x0C  # DT: 11 region-first, 10 -second, 01 -third, 00 segment
 ASCE_TYPE_R3 = 0x04
 ASCE_TABLE_LENGTH = 0x03
 # _ASCE_USER_BITS: every Linux user ASCE is a private space
 ASCE_USER_BITS = ASCE_SPACE_SWITCH | ASCE_PRIVATE | ASCE_ALT_EVENT
+
+# The DAT levels, root first, with Linux's names for a 5-level mm (pgd =
+# region-first ... pmd = segment table, pte = page table) and the table
+# type each region level's entries must carry.
+GEOMETRY = Geometry((RadixLevel("pgd", 53, 11, 8), RadixLevel("p4d", 42, 11, 8),
+                     RadixLevel("pud", 31, 11, 8), RadixLevel("pmd", 20, 11, 8),
+                     RadixLevel("pte", 12, 8, 8)))
+REGION_TT = {"pgd": 0x0C, "p4d": 0x08, "pud": REG_TYPE_R3}
 
 # PSW mask: DAT on (T), extended + basic addressing (64-bit; without EA|BA
 # Unicorn truncates addresses to 24 bits).
@@ -174,10 +188,16 @@ class S390(Arch):
     extra_tlb_sizes: ClassVar[tuple[int, ...]] = (1 << 31,)  # EDAT-2 region frames
 
     def __init__(self, pgtable: str | None = None, edat: bool = True, iep: bool = True,
-                 **unknown: Any) -> None:
+                 storage_size: int | None = None, **unknown: Any) -> None:
         if unknown:
             raise UnknownArch(f"s390 has no arch option {', '.join(sorted(unknown))!r} "
-                              "(it has pgtable, edat, iep)")
+                              "(it has pgtable, edat, iep, storage_size)")
+        if storage_size is not None and (not isinstance(storage_size, int) or storage_size <= 0):
+            raise UnknownArch(f"s390 arch option storage_size must be a positive byte count, "
+                              f"got {storage_size!r}")
+        # Where storage ends: a DAT table or frame beyond it is an
+        # addressing exception (None: not checked, as before).
+        self.storage_size = storage_size
         if pgtable is not None and pgtable not in POLICIES:
             raise UnknownArch(f"s390 arch option pgtable must be one of {', '.join(POLICIES)}, "
                               f"got {pgtable!r}")
@@ -332,73 +352,96 @@ class S390(Arch):
                 f"{'|'.join(names)}").rstrip()
 
     # ---- the DAT walk -----------------------------------------------------------
+    def hw_root(self, root: int) -> int:
+        return self.asce(root)
+
     def walk(self, root: int, va: int, access: Access, user: bool = True) -> Walk:
-        """DAT for a Linux user ASCE (region-third, TL=3, private space).
+        """DAT under the ASCE `root` (PoP 3.3.4; QEMU mmu_translate_asce's order).
 
-        The checks are the PoP's, in its order: table lengths and invalid
-        bits give translation exceptions ("not-present"), a wrong table
-        type or a set must-be-zero bit a translation-specification
-        exception ("bad-entry"); protection is judged only once a frame
-        was found, from the P bits of every level (region P only with
-        EDAT-1) and the leaf's IEP bit.
+        The ASCE's designation type picks the first table, its table
+        length bounds the first index; every region entry's TF/TL bound
+        the next index. Invalid bits and length violations are
+        translation exceptions ("not-present"); a wrong table type, a set
+        must-be-zero bit, a common segment (or EDAT-2 common region) under
+        a private-space ASCE, or an index above the ASCE's type are
+        specification / ASCE-type exceptions ("bad-entry"); a table or
+        frame beyond `storage_size` is an addressing exception
+        ("outside-ram"). Protection is judged once a frame was found,
+        from the P bits of the path (region P only with EDAT-1) and the
+        leaf's IEP. DAT has no user/supervisor distinction: `user` is
+        ignored. A real-space ASCE translates every address to itself.
         """
-        pud_l, pmd_l, pte_l = self.levels
+        asce = root & MASK64
         va &= MASK64
-        # Region-first/second indexes must be zero under a region-third ASCE
-        # (ASCE-type exception); the ASCE's TL=3 admits every region-third index.
-        if va >> self.va_bits:
-            return Fault(va, access, "pud", "bad-entry")
-        writable = True
-        rtte = yield PteRead(root + pud_l.index(va) * 8, 8, "pud")
-        if rtte & REG_INVALID:
-            return Fault(va, access, "pud", "not-present")
-        if rtte & REG_TYPE != REG_TYPE_R3:
-            return Fault(va, access, "pud", "bad-entry")
-        if self.edat and rtte & REG_COMMON:
-            return Fault(va, access, "pud", "bad-entry")  # common region in a private space
-        if self.edat and rtte & REG_PROTECT:
-            writable = False
-        if self.edat and rtte & REG_LARGE:
-            size = 1 << 31
-            return self._leaf(va, access, writable, rtte & REG_NOEXEC, rtte & REG_LARGE_ORIGIN,
-                              size, (root,), root + pud_l.index(va) * 8, "pud")
-        # The segment index's top two bits must lie in [TF, TL] of the entry.
-        quarter = (va >> (pmd_l.shift + 9)) & 3
-        if quarter < (rtte & REG_OFFSET) >> 6 or quarter > rtte & REG_LENGTH:
-            return Fault(va, access, "pmd", "not-present")
-        seg_table = rtte & REG_ORIGIN
-        ste_pa = seg_table + pmd_l.index(va) * 8
-        ste = yield PteRead(ste_pa, 8, "pmd")
-        if ste & SEG_INVALID:
-            return Fault(va, access, "pmd", "not-present")
-        if ste & SEG_TYPE or ste & SEG_COMMON:
-            return Fault(va, access, "pmd", "bad-entry")
-        if ste & SEG_PROTECT:
-            writable = False
-        if self.edat and ste & SEG_LARGE:
-            return self._leaf(va, access, writable, ste & SEG_NOEXEC, ste & SEG_LARGE_ORIGIN,
-                              1 << 20, (root, seg_table), ste_pa, "pmd")
-        page_table = ste & SEG_ORIGIN
-        pte_pa = page_table + pte_l.index(va) * 8
-        pte = yield PteRead(pte_pa, 8, "pte")
-        if pte & PAGE_INVALID:
-            return Fault(va, access, "pte", "not-present")
-        if pte & PAGE_BIT52:
-            return Fault(va, access, "pte", "bad-entry")
-        if pte & PAGE_PROTECT:
-            writable = False
-        return self._leaf(va, access, writable, pte & PAGE_NOEXEC, pte & PAGE_MASK, 4096,
-                          (root, seg_table, page_table), pte_pa, "pte")
+        st = WalkState(va, access, user, [])
+        st.acc["private"] = bool(asce & ASCE_PRIVATE)
+        if asce & ASCE_REAL_SPACE:
+            return self._frame(st, va & PAGE_MASK, 4096, True, False, 0)
+        first = 3 - ((asce & ASCE_TYPE_MASK) >> 2)
+        top = GEOMETRY.levels[first]
+        if va >> (top.shift + top.bits):
+            return st.fault("bad-entry", top.name)  # ASCE-type exception
+        if top.index(va) >> (top.bits - 2) > asce & ASCE_TABLE_LENGTH:
+            return st.fault("not-present", top.name)  # first table too short
+        return (yield from radix_walk(GEOMETRY, asce & ASCE_ORIGIN, st, self._decode, first,
+                                      storage=self.storage_size))
 
-    def _leaf(self, va: int, access: Access, writable: bool, noexec: int, pa_base: int,
-              size: int, tables: tuple[int, ...], leaf_pa: int, level: str) -> Translation | Fault:
+    def _decode(self, st: WalkState, e: int, epa: int) -> Generator[WalkStep, int, Step]:
+        name = st.level.name
+        acc = st.acc
+        if name == "pte":
+            if e & PAGE_INVALID:
+                return st.fault("not-present")
+            # Bit 52 must be zero; so must bit 55 (IEP) without the facility:
+            # Linux clears _PAGE_NOEXEC wherever !MACHINE_HAS_NX (mk_pte_phys,
+            # ptep_modify_prot_commit). Unicorn ignores it then (a documented
+            # deviation in tools/oracle_s390.py).
+            if e & PAGE_BIT52 or (e & PAGE_NOEXEC and not self.iep):
+                return st.fault("bad-entry")
+            protect = acc.get("protect", False) or bool(e & PAGE_PROTECT)
+            return self._frame(st, e & PAGE_MASK, 4096, not protect, bool(e & PAGE_NOEXEC), epa)
+        if name == "pmd":  # segment-table entry
+            if e & SEG_INVALID:
+                return st.fault("not-present")
+            if e & SEG_TYPE or (e & SEG_COMMON and acc["private"]):
+                return st.fault("bad-entry")
+            protect = acc.get("protect", False) or bool(e & SEG_PROTECT)
+            if self.edat and e & SEG_LARGE:
+                return self._frame(st, e & SEG_LARGE_ORIGIN, 1 << 20, not protect,
+                                   bool(e & SEG_NOEXEC), epa)
+            acc["protect"] = protect
+            return Descend(e & SEG_ORIGIN)
+        # a region-first, -second or -third entry
+        if e & REG_INVALID:
+            return st.fault("not-present")
+        if e & REG_TYPE != REGION_TT[name]:
+            return st.fault("bad-entry")
+        if name == "pud" and self.edat and e & REG_COMMON and acc["private"]:
+            return st.fault("bad-entry")  # EDAT-2 common region in a private space
+        protect = acc.get("protect", False) or bool(self.edat and e & REG_PROTECT)
+        if name == "pud" and self.edat and e & REG_LARGE:
+            return self._frame(st, e & REG_LARGE_ORIGIN, 1 << 31, not protect,
+                               bool(e & REG_NOEXEC), epa)
+        # The next index's top two bits must lie in [TF, TL] of the entry.
+        nxt = GEOMETRY.levels[st.depth + 1]
+        quarter = nxt.index(st.va) >> (nxt.bits - 2)
+        if quarter < (e & REG_OFFSET) >> 6 or quarter > e & REG_LENGTH:
+            return st.fault("not-present", nxt.name)
+        acc["protect"] = protect
+        return Descend(e & REG_ORIGIN)
+        yield  # a generator (DAT sets no bits in the tables)
+
+    def _frame(self, st: WalkState, pa_base: int, size: int, writable: bool, noexec: bool,
+               leaf_pa: int) -> Translation | Fault:
         executable = not (self.iep and noexec)
-        if access == Access.WRITE and not writable:
-            return Fault(va, access, level, "protection")
-        if access == Access.FETCH and not executable:
-            return Fault(va, access, level, "protection")
+        if st.access == Access.WRITE and not writable:
+            return st.fault("protection")
+        if st.access == Access.FETCH and not executable:
+            return st.fault("protection")
+        if self.storage_size is not None and (pa_base | (st.va & (size - 1))) >= self.storage_size:
+            return st.fault("outside-ram")  # addressing exception: no such frame
         perms = PERM_R | (PERM_W if writable else 0) | (PERM_X if executable else 0)
-        return Translation(va & ~(size - 1), pa_base, size, perms, tables, leaf_pa)
+        return st.translation(pa_base, size, perms, leaf_pa)
 
     # ---- Unicorn glue -----------------------------------------------------------------
     def reg(self, name: str) -> int:

@@ -9,19 +9,27 @@ for 32-bit guests.
 Linux's view: pgd = the 4-entry PDPT (shift 30), p4d/pud folded, pmd = the
 page directory (512 x 8 B, shift 21), pte = 512 x 8 B (shift 12).
 `pgd_alloc` preallocates all four PMD pages, so a PDPTE never changes after
-the mm is created, which is what lets the CPU latch them at CR3 load.
+the mm is created, which is what lets the CPU latch them at CR3 load: a
+vCPU's walks use the four PDPTE registers `load_root` latched (SDM 4.4.1),
+not memory; `flush_tlb_mm` (a CR3 reload) latches them again.
+
+The walk checks every reserved bit the SDM has (4.4.2): MAXPHYADDR
+(option `maxphyaddr`, default 36) bounds every address field, and XD is
+reserved while EFER.NXE is off (option `nxe`, default on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import capstone
 import keystone
 import unicorn
 from unicorn import x86_const as ux
 
+from arch import UnknownArch
 from arch.base import (
     PERM_R,
     PERM_W,
@@ -29,15 +37,14 @@ from arch.base import (
     Access,
     Arch,
     CallConv,
-    Fault,
     Level,
     MemOp,
     Prot,
-    PteRead,
     PteSetBits,
-    Translation,
     Walk,
+    WalkStep,
 )
+from arch.radix import Descend, Geometry, RadixLevel, Step, WalkState, radix_walk
 
 # Entry bits (SDM table 4-8..4-11; Linux _PAGE_BIT_*).
 P = 1 << 0
@@ -53,6 +60,16 @@ SPECIAL = 1 << 9
 NX = 1 << 63
 PFN_MASK = 0x000F_FFFF_FFFF_F000  # bits 12..51
 HUGE_MASK = 0x000F_FFFF_FFE0_0000  # bits 21..51 of a 2 MiB PDE
+# Hardware-walk masks (SDM 4.4.2 tables 4-8..4-11), see X86Pae.__init__ for
+# the ones that depend on MAXPHYADDR and EFER.NXE.
+CR3_PDPT = 0xFFFF_FFE0  # CR3[31:5]: the 32-byte-aligned PDPT
+PDPTE_RSVD_LOW = 0x1E6  # PDPTE bits 8:5 and 2:1
+HUGE_RSVD = 0x1F_E000  # 2 MiB PDE bits 20:13 (bit 12 is PAT)
+HUGE_RSVD_LOW = 0x1F_F000  # what a 2 MiB frame address leaves out: PAT and 20:13
+MAXPHYADDR_DEFAULT = 36  # a PAE-era part (Unicorn's TCG CPU has 40)
+
+GEOMETRY = Geometry((RadixLevel("pgd", 30, 2, 8), RadixLevel("pmd", 21, 9, 8),
+                     RadixLevel("pte", 12, 9, 8)))
 _FLAG_NAMES = ((P, "P"), (RW, "RW"), (US, "US"), (PWT, "PWT"), (PCD, "PCD"), (A, "A"),
                (D, "D"), (PSE, "PS"), (G, "G"), (SPECIAL, "SPECIAL"), (NX, "NX"))
 
@@ -60,6 +77,16 @@ XCHG64 = (6, 2)  # the first Linux writing whole PAE entries with pxx_xchg64
 
 # Linux's _KERNPG_TABLE | _PAGE_USER: what pmd_populate writes.
 PAGE_TABLE = P | RW | US | A | D
+
+
+
+@dataclass(frozen=True)
+class PaeRoot:
+    """A vCPU's root registers in PAE mode: CR3 and the four PDPTEs it latched."""
+
+    cr3: int
+    pdptes: tuple[int, int, int, int]
+
 
 _REGS = {
     "eax": ux.UC_X86_REG_EAX, "ebx": ux.UC_X86_REG_EBX, "ecx": ux.UC_X86_REG_ECX,
@@ -95,6 +122,23 @@ class X86Pae(Arch):
     # ptemu is the hypervisor: remote flushes are paravirt, as with Xen, which
     # is why x86 selects MMU_GATHER_RCU_TABLE_FREE under PARAVIRT.
     tlb_flush_kind: ClassVar[str] = "paravirt"
+
+    def __init__(self, maxphyaddr: int = MAXPHYADDR_DEFAULT, nxe: bool = True,
+                 **unknown: Any) -> None:
+        if unknown:
+            raise UnknownArch(f"x86-pae has no arch option {', '.join(sorted(unknown))!r} "
+                              "(it has maxphyaddr, nxe)")
+        if not isinstance(maxphyaddr, int) or not 32 <= maxphyaddr <= 52:
+            raise UnknownArch(f"x86-pae arch option maxphyaddr must be 32..52, got {maxphyaddr!r}")
+        # MAXPHYADDR (CPUID 80000008H:EAX[7:0]) bounds every physical address
+        # in an entry; the bits from it to 62 are reserved, and XD (63) too
+        # while EFER.NXE = 0 (SDM 4.4.2).
+        self.maxphyaddr = maxphyaddr
+        self.nxe = bool(nxe)
+        above = ((1 << 64) - 1) & ~((1 << maxphyaddr) - 1)
+        self._pa_mask = ((1 << maxphyaddr) - 1) & ~0xFFF
+        self._pdpte_rsvd = above | PDPTE_RSVD_LOW  # XD is reserved in a PDPTE
+        self._rsvd = (above & ~NX) | (0 if self.nxe else NX)
 
     # ---- root -------------------------------------------------------------
     def alloc_root(self, alloc_table: Callable[[str, int], int],
@@ -210,60 +254,85 @@ class X86Pae(Arch):
         return f"{target} {'|'.join(names)}"
 
     # ---- hardware walker ---------------------------------------------------------
-    def walk(self, root: int, va: int, access: Access, user: bool = True) -> Walk:
-        pgd, pmd_l, pte_l = self.levels
-        # The PDPTE: real PAE latches the four at CR3 load; ptemu's Linux
-        # never changes them after pgd_alloc, so reading the entry here is
-        # equivalent and keeps one walker for tools.
-        pdpte = yield PteRead(root + pgd.index(va) * 8, 8, "pgd")
-        if not pdpte & P:
-            return Fault(va, access, "pgd", "not-present")
-        pmd_table = pdpte & PFN_MASK
-        pde_pa = pmd_table + pmd_l.index(va) * 8
-        pde = yield PteRead(pde_pa, 8, "pmd")
-        if not pde & P:
-            return Fault(va, access, "pmd", "not-present")
-        if pde & PSE:
-            return (yield from self._leaf(va, access, user, pde, pde_pa, "pmd", 1 << 21,
-                                          pde & HUGE_MASK, (root, pmd_table), pde))
-        if not pde & A:
-            msg = PteSetBits(pde_pa, 8, A, "pmd", pde)
-            pde = yield msg
-            if not msg.took(pde):
-                return Fault(va, access, "pmd", "changed")  # the walk starts again
-        pte_table = pde & PFN_MASK
-        pte_pa = pte_table + pte_l.index(va) * 8
-        pte = yield PteRead(pte_pa, 8, "pte")
-        if not pte & P:
-            return Fault(va, access, "pte", "not-present")
-        return (yield from self._leaf(va, access, user, pte, pte_pa, "pte", 4096,
-                                      pte & PFN_MASK, (root, pmd_table, pte_table), pde))
+    def hw_root(self, root: int) -> int:
+        return root  # CR3 = the PDPT's physical address (bits 31:5)
 
-    def _leaf(self, va: int, access: Access, user: bool, leaf: int, leaf_pa: int, level: str,
-              size: int, pa_base: int, tables: tuple[int, ...], pde: int) -> Walk:
-        # Rights are the AND of all levels (U/S, R/W) and the OR of NX.
-        writable = bool(leaf & RW) and bool(pde & RW)
-        usr = bool(leaf & US) and bool(pde & US)
-        nx = bool(leaf & NX) or bool(pde & NX)
-        if user and not usr:
-            return Fault(va, access, level, "protection")
-        if access == Access.WRITE and not writable:
-            return Fault(va, access, level, "protection")
+    def load_root(self, hw_root: int, read: Callable[[int, int], int]) -> PaeRoot:
+        """MOV to CR3 in PAE mode: the CPU latches the four PDPTEs (SDM 4.4.1).
+
+        A present PDPTE with a reserved bit set makes the MOV fault (#GP)
+        and nothing is latched; Linux never builds one, so that is a model
+        bug and raises.
+        """
+        pdpt = hw_root & CR3_PDPT
+        pdptes = tuple(read(pdpt + 8 * i, 8) for i in range(4))
+        for i, e in enumerate(pdptes):
+            if e & P and e & self._pdpte_rsvd:
+                raise ValueError(f"MOV CR3 {hw_root:#x}: PDPTE{i} {e:#x} has reserved bits (#GP)")
+        return PaeRoot(hw_root, pdptes)  # type: ignore[arg-type]
+
+    def walk(self, root: int | PaeRoot, va: int, access: Access, user: bool = True) -> Walk:
+        """PAE paging (SDM 4.4): PDPTE, PDE, then PTE unless the PDE maps 2 MiB.
+
+        `root` is CR3 (the PDPTEs are then read from memory, as a fresh
+        MOV CR3 would latch them) or the `PaeRoot` a vCPU latched with
+        `load_root` (the PDPTEs are its registers, not memory).
+        """
+        st = WalkState(va & 0xFFFF_FFFF, access, user, [])
+        if isinstance(root, PaeRoot):
+            return (yield from radix_walk(GEOMETRY, root.cr3 & CR3_PDPT, st, self._decode,
+                                          latched=root.pdptes[(st.va >> 30) & 3]))
+        return (yield from radix_walk(GEOMETRY, root & CR3_PDPT, st, self._decode))
+
+    def _decode(self, st: WalkState, e: int, epa: int) -> Generator[WalkStep, int, Step]:
+        name = st.level.name
+        if not e & P:
+            return st.fault("not-present")
+        if name == "pgd":
+            if e & self._pdpte_rsvd:
+                return st.fault("bad-entry")
+            return Descend(e & self._pa_mask)
+        if e & self._rsvd:
+            return st.fault("bad-entry")
+        # Rights are the AND of U/S and R/W over PDE and PTE, and the OR of XD.
+        acc = st.acc
+        acc["rw"] = acc.get("rw", True) and bool(e & RW)
+        acc["us"] = acc.get("us", True) and bool(e & US)
+        acc["nx"] = acc.get("nx", False) or bool(e & NX)
+        if name == "pmd":
+            if e & PSE:
+                if e & HUGE_RSVD:
+                    return st.fault("bad-entry")
+                return (yield from self._leaf(st, e, epa, 1 << 21, e & self._pa_mask & ~HUGE_RSVD_LOW))
+            if not e & A:
+                msg = PteSetBits(epa, 8, A, name, e)
+                if not msg.took((yield msg)):
+                    return st.fault("changed")  # the walk starts again
+            return Descend(e & self._pa_mask)
+        return (yield from self._leaf(st, e, epa, 4096, e & self._pa_mask))
+
+    def _leaf(self, st: WalkState, leaf: int, leaf_pa: int, size: int, pa_base: int) -> Walk:
+        acc, access = st.acc, st.access
+        nx = acc["nx"] and self.nxe
+        if st.user and not acc["us"]:
+            return st.fault("protection")
+        # CR0.WP = 1 (Linux): supervisor writes honour R/W as user writes do.
+        if access == Access.WRITE and not acc["rw"]:
+            return st.fault("protection")
         if access == Access.FETCH and nx:
-            return Fault(va, access, level, "protection")
+            return st.fault("protection")
         want = A | (D if access == Access.WRITE else 0)
         if leaf & want != want:
-            msg = PteSetBits(leaf_pa, 8, want, level, leaf)
+            msg = PteSetBits(leaf_pa, 8, want, st.level.name, leaf)
             leaf = yield msg
             if not msg.took(leaf):
-                return Fault(va, access, level, "changed")  # the walk starts again
+                return st.fault("changed")  # the walk starts again
         perms = PERM_R | (0 if nx else PERM_X)
         # Grant write only once D is set, so the first store re-walks and
         # sets it, as the hardware does.
-        if writable and leaf & D:
+        if acc["rw"] and leaf & D:
             perms |= PERM_W
-        va_base = va & ~(size - 1)
-        return Translation(va_base, pa_base, size, perms, tables, leaf_pa)
+        return st.translation(pa_base, size, perms, leaf_pa)
 
     # ---- Unicorn glue ---------------------------------------------------------------
     def reg(self, name: str) -> int:

@@ -16,12 +16,27 @@ from rich.table import Table
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 
-def _width() -> int | None:
-    # rich falls back to 80 columns when not on a terminal; tables need more
-    return None if sys.stdout.isatty() else 160
+class _Console(Console):
+    """rich on a terminal; plain lines when piped (no borders, no hard wrap, no colour)."""
+
+    def print(self, *objects, **kw) -> None:  # noqa: ANN002, ANN003 - as rich's
+        if not self.is_terminal:
+            for obj in objects:
+                if isinstance(obj, Table):
+                    obj.box = None
+                    obj.title_justify = "left"
+            kw.setdefault("soft_wrap", True)
+        super().print(*objects, **kw)
+
+    def rule(self, title: str = "", **kw) -> None:  # noqa: ANN003
+        if self.is_terminal:
+            super().rule(title, **kw)
+        else:
+            self.print(f"-- {title} --" if title else "--", markup=False, highlight=False)
 
 
-console = Console(highlight=False, width=_width())
+# piped: wide enough that no table cell wraps; soft_wrap keeps every line whole
+console = _Console(highlight=False, width=None if sys.stdout.isatty() else 10_000)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEMOS: dict[str, str] = {
@@ -38,11 +53,14 @@ class UsageError(Exception):
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     from arch import UnknownArch
+    from emu.cli_output import OutputPathError
+    from emu.coverage_report import CoverageUnavailable
     from emu.kernel.variants import VariantError
     from emu.scenario import ScenarioError
     from emu.sched.schedule import ScheduleError
     from guest.asm import AsmError
-    return (UsageError, ScenarioError, UnknownArch, VariantError, ScheduleError, AsmError)
+    return (UsageError, ScenarioError, UnknownArch, VariantError, ScheduleError, AsmError,
+            OutputPathError, CoverageUnavailable)
 
 
 # ---- shared helpers -----------------------------------------------------------
@@ -57,8 +75,11 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     from emu.check import default_checkers
     from emu.kernel.core import KernelBug
     from emu.machine import Machine
+    from emu.overrides import cli_overrides
     from emu.physmem import PhysMemError
     sc = scenario.load(args.scenario)
+    sc.overrides.extend(o for o in cli_overrides(getattr(args, "override", None))
+                        if o not in sc.overrides)
     try:
         return Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
     except KernelBug as exc:
@@ -73,6 +94,22 @@ def make_strategy(args: argparse.Namespace):  # noqa: ANN201
     if args.strategy == "rr":
         return RoundRobin(args.quantum)
     return RandomStrategy(args.seed)
+
+
+def run_json(m, r) -> dict:  # noqa: ANN001
+    """`run --json`: the outcome of one run as data (format ptemu-run/1)."""
+    from emu.overrides import override_records
+    return {"format": "ptemu-run/1", "scenario": m.scenario.source, "arch": m.arch.name,
+            "variants": list(m.scenario.variants),
+            "overrides": override_records(m.scenario.overrides, m.scenario.base_dir),
+            "steps": r.steps,
+            "exit_codes": {f"cpu{c}": code for c, code in r.exit_codes.items()},
+            "crashes": {f"cpu{c}": text for c, text in r.crashes.items()},
+            "violation": str(r.violation) if r.violation else None,
+            "deadlock": r.deadlock or None, "step_limit": bool(r.step_limit),
+            "nr_ptes": m.mm.nr_ptes, "rss": dict(m.mm.rss),
+            "trace_hash": r.trace_digest, "memory_hash": r.memory_digest,
+            "schedule": r.schedule}
 
 
 def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
@@ -93,9 +130,9 @@ def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
     t.add_row("rss", ", ".join(f"{k}={v}" for k, v in m.mm.rss.items()))
     t.add_row("trace hash", r.trace_digest)
     t.add_row("memory hash", r.memory_digest)
-    sched = r.schedule if len(r.schedule) <= 200 else r.schedule[:200] + f"... ({len(r.schedule)} chars)"
-    t.add_row("schedule", sched)
     console.print(t)
+    # the whole string, on one line however long: it is what replays the run
+    console.print(f"schedule: {r.schedule}", markup=False, highlight=False, soft_wrap=True)
     if r.violation:
         console.print(f"[bold red]violation[/] {r.violation}")
     if r.deadlock:
@@ -108,19 +145,53 @@ def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
     return EXIT_OK if r.ok and not bad_exit else EXIT_FOUND
 
 
+def check_max_steps(args: argparse.Namespace) -> None:
+    if getattr(args, "max_steps", 1) is not None and args.max_steps < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {args.max_steps}")
+
+
 # ---- commands -------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from emu.cli_output import check_file, write_text
+    check_max_steps(args)
+    check_file(getattr(args, "json", None), "--json")
     m = load_machine(args)
     r = m.run(make_strategy(args), max_steps=args.max_steps)
-    return print_result(m, r, args.trace)
+    code = print_result(m, r, args.trace)
+    if getattr(args, "json", None):
+        write_text(args.json, json.dumps(run_json(m, r), indent=2, sort_keys=True, default=str) + "\n")
+    return code
+
+
+# which options each demo uses (the parser's dest names); others are refused
+DEMO_OPTIONS: dict[str, dict[str, object]] = {
+    "touch": {"arch": None, "seed": 0, "strategy": "random", "quantum": 1,
+              "max_steps": 2_000_000, "trace": 20},
+    "torn-pae": {"svg_dir": "."},
+}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from emu.cli_output import check_dir
     if args.name not in DEMOS:
         raise UsageError(f"unknown demo {args.name!r}; demos: {', '.join(DEMOS)}")
+    uses = DEMO_OPTIONS[args.name]
+    every = {k for opts in DEMO_OPTIONS.values() for k in opts}
+    for dest in sorted(every - set(uses)):
+        if getattr(args, dest, None) is not None:
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"demo {args.name} does not use {flag} "
+                             f"(it takes: {', '.join('--' + k.replace('_', '-') for k in uses)})")
+    for dest, default in uses.items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, default)
+    check_max_steps(args)
     if args.name == "torn-pae":
+        check_dir(args.svg_dir, "--svg-dir")
         from emu.cli_demo import run_torn_pae
         console.print(f"[bold]demo[/] {DEMOS[args.name]}")
         return run_torn_pae(args)
@@ -132,6 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_pgtable_dump(args: argparse.Namespace) -> int:
     from emu.pgdump import dump_rows
     from emu.scenario import eval_int
+    check_max_steps(args)
     m = load_machine(args, trace=False)
     if not args.no_run:
         r = m.run(make_strategy(args), max_steps=args.max_steps)
@@ -162,7 +234,7 @@ def cmd_pgtable_dump(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from arch import arch_names, available_arch_names
-    from emu import hypercall, services  # noqa: F401 - services register hypercalls
+    from emu import abi
     from emu.kernel.variants import VARIANTS, build_kernel_class
     from emu.scenario import builtin_names
     build_kernel_class([])  # registers the built-in variants
@@ -178,39 +250,60 @@ def cmd_list(args: argparse.Namespace) -> int:
         for v in sorted(VARIANTS.values(), key=lambda v: v.name):
             console.print(f"[bold]{v.name}[/]: {v.doc}")
     elif what == "hypercalls":
-        for hc in sorted(hypercall.HYPERCALLS.values(), key=lambda h: h.nr):
+        for hc in sorted(abi.CALLS.values(), key=lambda h: h.nr):
             console.print(f"{hc.nr:>3} {hc.name}({hc.nargs} args): {hc.doc}")
+    elif what == "versions":
+        from emu.kernel.version import CHANGES, MODELLED, NEWEST, fmt
+        for v in MODELLED:
+            note = CHANGES.get(v, "")
+            default = "  (default)" if v == NEWEST else ""
+            console.print(f"{fmt(v):<5} {note}{default}".rstrip())
     return EXIT_OK
 
 
 # ---- parser ------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, scenario: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, scenario: bool = True, defaults: bool = True) -> None:
+    """The one-run options; `defaults=False` leaves them None so a caller sees which were given."""
+    def d(value: object) -> object:
+        return value if defaults else None
     if scenario:
         p.add_argument("scenario", help="scenario TOML file, or the name of a built-in one")
     p.add_argument("--arch", help="override the scenario's [machine] arch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
-    p.add_argument("--strategy", choices=("random", "rr"), default="random",
+    p.add_argument("--seed", type=int, default=d(0), help="seed of the random strategy (default 0)")
+    p.add_argument("--strategy", choices=("random", "rr"), default=d("random"),
                    help="who runs next: seeded random (default) or round-robin")
-    p.add_argument("--quantum", type=int, default=1, help="round-robin slice in steps")
-    p.add_argument("--max-steps", type=int, default=2_000_000, help="give up after this many steps")
+    p.add_argument("--quantum", type=int, default=d(1), help="round-robin slice in steps")
+    p.add_argument("--max-steps", type=int, default=d(2_000_000),
+                   help="give up after this many steps (at least 1)")
 
 
 # Extra subcommands: name -> function adding its parser to the subparsers.
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
 import emu.cli_explore  # noqa: E402, F401 - registers `explore` and `replay`
+import emu.cli_failures  # noqa: E402, F401 - registers `failures`
 import emu.cli_fuzz  # noqa: E402, F401 - registers `fuzz`
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ptemu")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from emu.overrides import add_override_option
     p = argparse.ArgumentParser(
         prog="ptemu",
         description="Find, replay and explain races between page-table walkers and "
                     "page-table freeing in the Linux mm, on x86-PAE, arm, powerpc, s390 "
                     "and sparc64.",
         epilog="Exit status: 0 clean, 1 violation/deadlock/crash found, 2 bad input.")
+    p.add_argument("--version", action="version", version=f"ptemu {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="run a scenario once under one schedule",
@@ -219,15 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trace hash and the schedule string.")
     _common(r)
     r.add_argument("--trace", type=int, default=0, metavar="N", help="print the last N trace lines")
+    r.add_argument("--json", metavar="FILE", help="write the outcome as JSON (- for stdout)")
+    add_override_option(r)
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run a built-in demonstration",
                        description="Run a built-in demonstration. Demos: " +
                                    "; ".join(DEMOS.values()))
     d.add_argument("name", help="demo name: " + ", ".join(DEMOS))
-    _common(d, scenario=False)
-    d.add_argument("--trace", type=int, default=20, metavar="N", help="print the last N trace lines")
-    d.add_argument("--svg-dir", default=".", help="where torn-pae writes its SVG timelines")
+    _common(d, scenario=False, defaults=False)
+    d.add_argument("--trace", type=int, metavar="N", help="touch: print the last N trace lines")
+    d.add_argument("--svg-dir", help="torn-pae: where it writes its SVG timelines (default .)")
     d.set_defaults(func=cmd_demo)
 
     pg = sub.add_parser("pgtable", help="inspect page tables",
@@ -246,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     dump.add_argument("--no-run", action="store_true", help="dump the tables as set up, before running")
     dump.set_defaults(func=cmd_pgtable_dump)
 
-    ls = sub.add_parser("list", help="list arches, scenarios, variants or hypercalls")
-    ls.add_argument("what", choices=("arches", "scenarios", "variants", "hypercalls"))
+    ls = sub.add_parser("list", help="list arches, scenarios, variants, hypercalls or the "
+                        "modelled Linux versions")
+    ls.add_argument("what", choices=("arches", "scenarios", "variants", "hypercalls", "versions"))
     ls.set_defaults(func=cmd_list)
 
     for add_parser in COMMANDS.values():
@@ -261,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    if getattr(args, "json", None) == "-":
+        console.file = sys.stderr  # stdout carries the JSON; the human report goes aside
     try:
         return args.func(args)
     except _input_errors() as exc:
@@ -272,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("ptemu: interrupted")
         return 130
+    finally:
+        console.file = None  # back to whatever sys.stdout is
 
 
 if __name__ == "__main__":

@@ -18,16 +18,44 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import unicorn
 from unicorn import UcError
 
-from arch.base import Access, Fault, Translation, Walk, perm_allows
+from arch.base import Access, Fault, PteRead, PteSetBits, PteWrite, Translation, Walk, perm_allows
 from emu.kernel.task import KernelTask
 
 if TYPE_CHECKING:
-    from emu.machine import Machine
+    from arch.base import Arch
+    from emu.kernel import Kernel
+    from emu.physmem import PhysMem
+
+
+class CpuHost(Protocol):
+    """What a vCPU asks of the machine that owns it.
+
+    emu.machine.Machine is the implementation; the vCPU names only this, so
+    this module never imports the machine that imports it.
+    """
+
+    arch: Arch
+    mem: PhysMem
+    kernel: Kernel
+    root: int
+    step: int
+
+    def frame_gens(self, tr: Translation) -> tuple[tuple[int, int], ...]: ...
+    def on_tlb_use(self, cpu: VCpu, entry: TlbEntry, va: int, acc: Access) -> None: ...
+    def walker_access(self, cpu: VCpu, msg: PteRead | PteSetBits | PteWrite) -> int: ...
+    def run_walk_now(self, cpu: VCpu, va: int, acc: Access) -> Translation | Fault: ...
+    def guest_quiescent(self, cpu: VCpu) -> None: ...
+    def hypercall(self, cpu: VCpu) -> None: ...
+    def kernel_returned(self, cpu: VCpu, kind: str, result: Any) -> None: ...
+    def cpu_stopped(self, cpu: VCpu) -> None: ...
+    def trace_guest(self, cpu: VCpu, pc: int) -> None: ...
+    def trace_kernel(self, cpu: int, routine: str, op: Any) -> None: ...
+    def trace_note(self, cpu: VCpu, text: str) -> None: ...
 
 TCG_BUFFER = 32 << 20  # per instance; Unicorn's default is 1 GiB of address space
 
@@ -56,7 +84,7 @@ class GuestCrash(Exception):
 
 
 class VCpu:
-    def __init__(self, machine: Machine, index: int) -> None:
+    def __init__(self, machine: CpuHost, index: int) -> None:
         self.m = machine
         self.index = index
         arch = machine.arch
@@ -88,6 +116,15 @@ class VCpu:
         self._hook_error: BaseException | None = None
         self.sync_walks = False  # walk inside the hook (no interleaving): fast mode
         self.quantum = 1
+        self.hw_root = 0
+        self.mmu_root: Any = None  # the root register and what the MMU latched with it
+
+    def load_root(self, hw_root: int) -> None:
+        """Load the root register (CR3, the ASCE, TTBR0): the MMU latches what
+        it latches at that moment (x86-PAE's PDPTEs) and walks use that."""
+        self.hw_root = hw_root
+        self.mmu_root = self.arch.load_root(
+            hw_root, lambda pa, size: self.m.mem.read_int(pa, size, self.arch.byteorder))
 
     # ---- TLB model -------------------------------------------------------------
     def tlb_lookup(self, va: int) -> TlbEntry | None:
@@ -101,6 +138,10 @@ class VCpu:
         self.tlb[tr.va_base] = TlbEntry(tr, self.m.step, self.m.frame_gens(tr))
 
     def flush_range(self, start: int, end: int) -> bool:
+        if start <= 0 and end >= 1 << self.arch.va_bits and self.mmu_root is not None:
+            # flush_tlb_mm(): x86 reloads CR3 for it (native_flush_tlb_local),
+            # which relatches the PAE PDPTEs; elsewhere reloading is a no-op.
+            self.load_root(self.hw_root)
         gone = [va for va, e in self.tlb.items() if va < end and start < va + e.tr.size]
         for va in gone:
             del self.tlb[va]
@@ -211,7 +252,7 @@ class VCpu:
 
     # ---- walks -------------------------------------------------------------------------
     def start_walk(self, va: int, acc: Access) -> None:
-        self.walk = self.arch.walk(self.m.root, va, acc, True)
+        self.walk = self.arch.walk(self.mmu_root, va, acc, True)
         self.walk_req = (va, acc)
         self.walk_msg = next(self.walk)
         self.mode = Mode.WALK

@@ -33,6 +33,7 @@ from typing import Any
 from emu import scenario as scenario_mod
 from emu.check import default_checkers
 from emu.cpu import Mode
+from emu.explore_config import ExploreConfig
 from emu.explore_machine import ExploreMachine
 from emu.machine import RunResult
 from emu.report import Report, build_report
@@ -44,6 +45,11 @@ from emu.sched.schedule import RCU_TASK, context_switches, decode
 from emu.sched.strategies import RandomStrategy, Replay
 from emu.trace import describe_op
 
+
+def merge_evidence(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    from emu.evidence import merge
+    return merge(a, b)
+
 STRATEGIES = ("random", "pct", "exhaustive")
 CHUNK = 8  # schedules per job handed to a worker process
 
@@ -52,26 +58,6 @@ def sub_seed(root: int, index: int) -> int:
     """The seed of schedule `index`: a hash, so neighbours are unrelated."""
     digest = hashlib.sha256(f"ptemu:{root}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
-
-
-@dataclass(frozen=True)
-class ExploreConfig:
-    scenario: str
-    arch: str | None = None
-    variants: tuple[str, ...] = ()
-    strategy: str = "pct"
-    schedules: int = 1000
-    seed: int = 0
-    depth: int | None = None  # PCT bug depth; exhaustive: preemption bound (None: none)
-    jobs: int = 1
-    max_steps: int = 200_000
-    por: str = "frames"  # exhaustive: partial-order reduction mode
-    minimize: bool = True
-    minimize_budget: int = 400  # runs the minimiser may spend
-    pct_k: int | None = None  # PCT run-length estimate (None: measured)
-
-    def pct_depth(self) -> int:
-        return self.depth if self.depth is not None else 2
 
 
 @dataclass(frozen=True)
@@ -105,6 +91,9 @@ def load_scenario(cfg: ExploreConfig) -> scenario_mod.Scenario:
     for v in cfg.variants:
         if v not in sc.variants:
             sc.variants.append(v)
+    for o in cfg.overrides:
+        if o not in sc.overrides:
+            sc.overrides.append(o)
     return sc
 
 
@@ -112,6 +101,12 @@ def build_machine(cfg: ExploreConfig, trace: bool = False) -> ExploreMachine:
     m = ExploreMachine(load_scenario(cfg), arch=cfg.arch, trace=trace,
                        checkers=default_checkers())
     m.digests = False
+    if cfg.evidence:
+        from emu.evidence import Evidence
+        ev = Evidence()
+        ev.instrument(m.kernel)  # before the snapshot, so every reset keeps it
+        m.add_checker(ev)
+        m.evidence = ev
     m.snapshot()
     return m
 
@@ -127,6 +122,7 @@ class Stats:
     pruned: int | None = None  # exhaustive: executions cut by sleep sets
     exhausted: bool | None = None  # exhaustive: the whole tree was explored
     k: int | None = None  # PCT run-length estimate used
+    evidence: dict[str, Any] | None = None  # emu.evidence summary, when asked for
 
     @property
     def schedules_per_s(self) -> float:
@@ -176,6 +172,7 @@ def run_range(m: ExploreMachine, cfg: ExploreConfig, k: int, start: int, stop: i
               progress: Callable[[int], None] | None = None) -> tuple[Failure | None, Stats]:
     """Run schedules start..stop-1 on `m`; stop at the first failure."""
     st = Stats()
+    _evidence(m)  # count these schedules only (not PCT's calibration run)
     for i in range(start, stop):
         m.reset()
         r = m.run(strategy_for(cfg, i, k), max_steps=cfg.max_steps)
@@ -187,8 +184,20 @@ def run_range(m: ExploreMachine, cfg: ExploreConfig, k: int, start: int, stop: i
             progress(1 if f else 0)
         if f is not None:
             st.failures += 1
+            st.evidence = _evidence(m)
             return Failure(i, f[0], f[1], r.schedule, r.steps), st
+    st.evidence = _evidence(m)
     return None, st
+
+
+def _evidence(m: ExploreMachine) -> dict[str, Any] | None:
+    """The machine's evidence so far, and a fresh count for what it runs next."""
+    ev = getattr(m, "evidence", None)
+    if ev is None:
+        return None
+    out = ev.summary()
+    ev.reset_counts()
+    return out
 
 
 # ---- worker processes ------------------------------------------------------------------
@@ -231,6 +240,7 @@ def _parallel(cfg: ExploreConfig, k: int, progress: Progress | None) -> tuple[Fa
                 total.steps += st.steps
                 total.step_limited += st.step_limited
                 total.failures += st.failures
+                total.evidence = merge_evidence(total.evidence, st.evidence)
                 done += st.schedules
                 if fail is not None and (best is None or fail.index < best.index):
                     best = fail
@@ -280,6 +290,7 @@ def _exhaustive(cfg: ExploreConfig, m: ExploreMachine,
         m.checkers.remove(rec)
         rec.detach()
     st.schedules = index
+    st.evidence = _evidence(m)
     st.interleavings = search.complete
     st.pruned = search.blocked
     st.exhausted = search.finished

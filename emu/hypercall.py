@@ -1,26 +1,53 @@
-"""The hypercall ABI: how guest code asks the kernel model for a service.
+"""The hypercall dispatcher: how a guest's trap becomes a kernel-model service.
 
 One trap instruction per arch (see `Arch.callconv`: x86 `int 0x80`, arm
 `svc #0`, powerpc `sc`, s390 `svc 0`, sparc64 `ta 0x6d`), the call number
 in one register, up to five arguments in others, the result in one
-register. Every argument is validated here or by the service: a bad one is
-a negative errno returned to the guest and a trace line, never a Python
-exception.
+register. Which calls exist is emu.abi's table; this module binds handlers
+to them and dispatches. Every argument is validated here or by the service:
+a bad one is a negative errno returned to the guest and a trace line, never
+a Python exception.
 
-Services are registered with `@hypercall(nr, name, nargs)`. A handler
-returns an int (done at once) or a kernel-routine generator, which the
-vCPU then runs one step at a time.
+Built-in services bind to their table entry with `@service(name)`; a test
+or an extension declares a call of its own with `@hypercall(nr, name,
+nargs)`. A handler returns an int (done at once) or a kernel-routine
+generator, which the vCPU then runs one step at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from emu import abi
 
 if TYPE_CHECKING:
-    from emu.cpu import VCpu
-    from emu.machine import Machine
+    from arch.base import Arch
+    from emu.kernel import Kernel
+    from emu.kernel.mm import MM
+    from emu.physmem import PhysMem
+
+
+class Caller(Protocol):
+    """The vCPU making a call (emu.cpu.VCpu)."""
+
+    index: int
+
+
+class ServiceHost(Protocol):
+    """What a service asks of the machine (emu.machine.Machine implements it;
+    services name only this, so they never import the machine that imports them)."""
+
+    arch: Arch
+    kernel: Kernel
+    mem: PhysMem
+    mm: MM
+    root: int
+
+    def trace_note(self, cpu: Caller, text: str) -> None: ...
+    def request_exit(self, cpu: Caller, code: int) -> None: ...
+
 
 EPERM = 1
 ENOENT = 2
@@ -51,23 +78,42 @@ class Hypercall:
     doc: str
 
 
-HYPERCALLS: dict[int, Hypercall] = {}
+HYPERCALLS: dict[int, Hypercall] = {}  # the calls that have a handler, by number
+
+
+def _bind(call: abi.Call, fn: Callable[..., Any]) -> None:
+    if call.nr in HYPERCALLS:
+        raise ValueError(f"hypercall {call.nr} registered twice")
+    HYPERCALLS[call.nr] = Hypercall(call.nr, call.name, call.nargs, fn, call.doc)
+
+
+def service(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Bind the handler of the call emu.abi names `name`."""
+    call = next((c for c in abi.CALLS.values() if c.name == name), None)
+    if call is None:
+        raise ValueError(f"no hypercall {name!r} in emu.abi")
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _bind(call, fn)
+        return fn
+    return register
 
 
 def hypercall(nr: int, name: str, nargs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a call of one's own (not in emu.abi's table) and bind its handler."""
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if nr in HYPERCALLS:
-            raise ValueError(f"hypercall {nr} registered twice")
-        HYPERCALLS[nr] = Hypercall(nr, name, nargs, fn, (fn.__doc__ or "").strip().splitlines()[0])
+        call = abi.Call(nr, name, nargs, (fn.__doc__ or name).strip().splitlines()[0])
+        abi.add_call(call)
+        _bind(call, fn)
         return fn
     return register
 
 
 def by_name() -> dict[str, int]:
-    return {hc.name: hc.nr for hc in HYPERCALLS.values()}
+    return abi.by_name()
 
 
-def dispatch(m: Machine, cpu: VCpu, nr: int, args: tuple[int, ...]) -> Any:
+def dispatch(m: ServiceHost, cpu: Caller, nr: int, args: tuple[int, ...]) -> Any:
     """Returns an int result or a kernel generator; never raises for guest input."""
     hc = HYPERCALLS.get(nr)
     if hc is None:
@@ -85,27 +131,27 @@ def dispatch(m: Machine, cpu: VCpu, nr: int, args: tuple[int, ...]) -> Any:
 # ---- the basic services ------------------------------------------------------
 
 
-@hypercall(0, "exit", 1)
-def sys_exit(m: Machine, cpu: VCpu, code: int) -> int:
+@service("exit")
+def sys_exit(m: ServiceHost, cpu: Caller, code: int) -> int:
     """exit(code): this vCPU's program is finished."""
     m.request_exit(cpu, code)
     return 0
 
 
-@hypercall(1, "log", 1)
-def sys_log(m: Machine, cpu: VCpu, value: int) -> int:
+@service("log")
+def sys_log(m: ServiceHost, cpu: Caller, value: int) -> int:
     """log(value): put a value in the trace."""
     m.trace_note(cpu, f"guest log {value:#x}")
     return 0
 
 
-@hypercall(2, "getcpu", 0)
-def sys_getcpu(m: Machine, cpu: VCpu) -> int:
+@service("getcpu")
+def sys_getcpu(m: ServiceHost, cpu: Caller) -> int:
     """getcpu(): the vCPU's index."""
     return cpu.index
 
 
-def check_user_range(m: Machine, addr: int, length: int, align: int | None = None) -> None:
+def check_user_range(m: ServiceHost, addr: int, length: int, align: int | None = None) -> None:
     """Validate a guest (addr, len) pair; raises HypercallError."""
     limit = 1 << m.arch.va_bits
     if length <= 0 or addr < 0 or addr + length > limit:

@@ -18,7 +18,7 @@ import capstone
 
 from arch import UnknownArch, get_arch
 from arch.base import Access, Fault, Prot, PteRead, PteSetBits, PteWrite, Translation
-from emu import hypercall, services  # noqa: F401 - services register hypercalls
+from emu import abi, hypercall, services  # noqa: F401 - services bind the handlers
 from emu.check.base import Checker, Violation
 from emu.cpu import Mode, TlbEntry, VCpu
 from emu.kernel import Kernel
@@ -34,7 +34,7 @@ from emu.sched.schedule import RCU_TASK, encode, task_name
 from emu.sched.strategies import Strategy
 from emu.trace import Trace, describe_op
 from guest import calls as call_format
-from guest.asm import Program, load_program
+from guest.asm import Program, inline_program, load_program, load_program_file
 
 CODE_SLOT = 0x10000  # bytes of text VMA per vCPU
 STACK_SIZE = 0x10000
@@ -155,10 +155,16 @@ class Machine(KernelHooks):
             self.cpus.append(VCpu(self, i))
         for i, spec in enumerate(sc.programs):
             base = a.code_base + i * CODE_SLOT
+            key = f"cpu[{i}].asm" if spec.asm else f"cpu[{i}].program"
             try:
-                prog = load_program(a, spec.program, base)
+                if spec.asm:
+                    prog = inline_program(a, spec.asm, base, sc.source, spec.asm_line)
+                elif spec.path is not None:
+                    prog = load_program_file(a, spec.path, base, spec.program)
+                else:
+                    prog = load_program(a, spec.program, base)
             except ValueError as exc:
-                raise ScenarioError(sc.source, f"cpu[{i}].program", str(exc)) from None
+                raise ScenarioError(sc.source, key, str(exc)) from None
             image = prog.code
             args_src = spec.args
             if spec.calls is not None:
@@ -175,6 +181,7 @@ class Machine(KernelHooks):
             k.mm.insert_vma(VMA(stack_top - STACK_SIZE, stack_top, "anon", Prot(), f"cpu{i} stack"))
             cpu = self.cpus[i]
             a.setup_cpu(cpu.uc, i, root)
+            cpu.load_root(a.hw_root(root))
             a.set_pc(cpu.uc, base)
             a.set_sp(cpu.uc, stack_top - 64)
             args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(args_src)]
@@ -201,7 +208,7 @@ class Machine(KernelHooks):
         """The calls program's text image with its records after the code, and its
         two arguments: the records' address and count (guest/calls.py)."""
         a, src = self.arch, self.scenario.source
-        numbers = hypercall.by_name()
+        numbers = abi.by_name()
         words = []
         for j, rec in enumerate(records):
             op = call_format.op_number(rec[0], numbers)
@@ -263,6 +270,7 @@ class Machine(KernelHooks):
         strategy.new_execution()
         viol = deadlock = None
         limit = False
+        t: int | None = None  # the task taking the current step
         try:
             while True:
                 runnable = self.runnable_tasks()
@@ -283,6 +291,7 @@ class Machine(KernelHooks):
                 else:
                     self.cpus[t].step()
                 self.step += 1
+            t = None  # checks at the end of the run belong to no step
             if not limit and deadlock is None:
                 # A run cut by the step limit, or stuck, is not quiescent: its
                 # end-of-run invariants (accounting, balanced locks) do not hold.
@@ -290,13 +299,13 @@ class Machine(KernelHooks):
                     c.on_run_end()
         except Violation as v:
             viol = v
-            self.step += 1
         except KernelBug as exc:
             viol = Violation("kernel-bug", str(exc), self.step)
-            self.step += 1
         except PhysMemError as exc:
             name = "double-free" if "double free" in str(exc) else "physmem"
             viol = Violation(name, str(exc), self.step)
+        if viol is not None:
+            self._trace_failing_step(viol, t)
             self.step += 1
         return RunResult(
             steps=self.step, schedule=encode(self.choices), violation=viol, deadlock=deadlock,
@@ -305,6 +314,37 @@ class Machine(KernelHooks):
             result_exits=frozenset(i for i, p in self.programs.items() if p.exit_is_result),
             crashes={c.index: c.crash for c in self.cpus if c.crash},
             trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
+
+    def _trace_failing_step(self, v: Violation, t: int | None) -> None:
+        """Name the task whose step failed, and make sure that step is in the trace.
+
+        A checker may reject a kernel step before it is performed (and so
+        before it is traced), the allocator or the model may raise inside
+        it, and an RCU callback is traced after it runs: without this the
+        report, the lanes and the timeline would all lack the very step
+        that broke the invariant.
+        """
+        if t is None or v.step != self.step:
+            return  # a check at the end of the run belongs to no step
+        if v.cpu is None and t != RCU_TASK:
+            v.cpu = t
+        lane = "rcu" if t == RCU_TASK else f"cpu{t}"
+        if t == RCU_TASK:
+            v.details.setdefault("task", "rcu")
+        if any(r[0] == v.step and r[1] == lane and r[2] != "note"
+               for r in reversed(self.trace.records[-64:])):
+            return
+        if t == RCU_TASK:
+            self.trace.add(v.step, "rcu", "rcu", f"callback failed: {v.checker}")
+            return
+        c = self.cpus[t]
+        if c.mode is Mode.KERNEL and c.task is not None and c.task.last_op is not None:
+            self.trace.add(v.step, lane, "kernel", f"{c.task.name}: {describe_op(c.task.last_op)}")
+        elif c.mode is Mode.WALK and c.walk_msg is not None:
+            msg = c.walk_msg
+            self.trace.add(v.step, lane, "walk", f"{type(msg).__name__} {msg.level} [{msg.pa:#x}]")
+        else:
+            self.trace.add(v.step, lane, "guest", c.pc)
 
     def drain_rcu(self, max_callbacks: int = 10_000) -> bool:
         """rcu_barrier() at the end of a run: every vCPU has stopped, so each is
@@ -371,6 +411,8 @@ class Machine(KernelHooks):
             c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
             c.task = c.walk = c.walk_req = None
             c.flush_all()
+            if c.mmu_root is not None:
+                c.load_root(c.hw_root)  # the restored tables' PDPTEs, as at the start
         self.step = 0
         self.choices = []
         self.trace = Trace(self.trace.enabled)
@@ -429,7 +471,7 @@ class Machine(KernelHooks):
         return new
 
     def run_walk_now(self, cpu: VCpu, va: int, acc: Access) -> Translation | Fault:
-        gen = self.arch.walk(self.root, va, acc, True)
+        gen = self.arch.walk(cpu.mmu_root, va, acc, True)
         try:
             msg = next(gen)
             while True:
@@ -514,6 +556,10 @@ class Machine(KernelHooks):
             c.on_kernel_store(cpu, pa, size, value, what)
 
     def on_table_free(self, cpu: int | None, pa: int, size: int, deferred: bool) -> None:
+        if self.trace.enabled and pa >= 0:  # for the report: which routine freed it
+            from emu.kernel_stack import kernel_callers
+            self.trace.add(self.step, f"cpu{cpu}" if cpu is not None else "rcu", "note",
+                           f"table {pa:#x} freed by {' < '.join(kernel_callers()) or '?'}")
         for c in self.checkers:
             c.on_table_free(cpu, pa, size, deferred)
         # Unicorn may cache a translation through this frame: make the next

@@ -17,16 +17,38 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emu.cpu import Mode
+from emu.overrides import override_records
 from emu.physmem import PhysMemError
 from emu.sched.schedule import context_switches, decode
 from emu.trace import describe_op
 
 if TYPE_CHECKING:
-    from emu.explore import ExploreConfig
+    from emu.explore_config import ExploreConfig
     from emu.machine import Machine, RunResult
 
 FORMAT = "ptemu-failure/1"
 LAST_STEPS = 12  # per task
+
+
+# what replay reads from a failure file must have the right type, or be refused
+_FIELD_TYPES: dict[str, str] = {
+    "kind": "str", "message": "str", "scenario": "str", "arch": "str", "variants": "list[str]",
+    "schedule": "str", "original_schedule": "str", "strategy": "str", "step": "int|None",
+    "cpu": "int|None", "task": "str", "title": "str", "frame": "int|None", "seed": "int", "lanes": "dict",
+    "details": "dict", "frame_history": "list", "steps": "int", "overrides": "list[dict]",
+}
+
+
+def _is(value: Any, want: str) -> bool:
+    if want == "list[str]":
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if want == "list[dict]":
+        return isinstance(value, list) and all(isinstance(x, dict) for x in value)
+    if want.endswith("|None") and value is None:
+        return True
+    base = want.removesuffix("|None")
+    typ = {"str": str, "int": int, "dict": dict, "list": list}[base]
+    return isinstance(value, typ) and not (typ is int and isinstance(value, bool))
 
 
 @dataclass
@@ -34,6 +56,7 @@ class FrameEventRow:
     step: int
     cpu: int | None
     what: str
+    by: str = ""  # the kernel routines that did it, innermost first ("a < b < c")
 
 
 @dataclass
@@ -43,12 +66,15 @@ class Report:
     scenario: str
     arch: str
     variants: list[str]
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # spec, file, class, sha256
     strategy: str = "replay"
     seed: int = 0
     depth: int | None = None
     index: int | None = None  # which schedule of the exploration failed
     step: int | None = None  # the step that broke it
     cpu: int | None = None
+    task: str = ""  # the task whose step broke it: "cpu1", "rcu"; "" for an end-of-run check
+    title: str = ""  # kind and message without addresses or counts: the same bug, the same title
     breaking_step: str = ""
     frame: int | None = None
     frame_state: str = ""
@@ -80,7 +106,17 @@ class Report:
             raise ValueError(f"not a ptemu failure file (format {d.get('format')!r}, "
                              f"expected {FORMAT!r})")
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["frame_history"] = [FrameEventRow(**e) for e in d.get("frame_history", [])]
+        for key, want in _FIELD_TYPES.items():
+            if key in d and not _is(d[key], want):
+                raise ValueError(f"malformed ptemu failure file: {key}: expected {want}, "
+                                 f"got {type(d[key]).__name__}")
+        for key in ("scenario", "schedule"):
+            if key not in d:
+                raise ValueError(f"malformed ptemu failure file: {key}: missing")
+        rows = d.get("frame_history", [])
+        if not all(isinstance(e, dict) for e in rows):
+            raise ValueError("malformed ptemu failure file: frame_history: expected objects")
+        d["frame_history"] = [FrameEventRow(**e) for e in rows]
         return cls(**d)
 
     @classmethod
@@ -89,6 +125,8 @@ class Report:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError("not a ptemu failure file (JSON nested too deeply)") from None
         if not isinstance(d, dict):
             raise ValueError("not a ptemu failure file (not a JSON object)")
         try:
@@ -105,19 +143,25 @@ class Report:
             out.append(f"{self.kind}: {self.message}")
         out.append(f"scenario {self.scenario} on {self.arch}"
                    + (f", variants {', '.join(self.variants)}" if self.variants else ""))
+        for o in self.overrides:
+            out.append(f"override {o.get('file')}:{o.get('class')} "
+                       f"(sha256 {str(o.get('sha256', ''))[:12]})")
         if self.index is not None:
             depth = f", depth {self.depth}" if self.depth is not None else ""
             out.append(f"found by {self.strategy} (seed {self.seed}{depth}) at schedule #{self.index}")
+        if self.title:
+            out.append(f"title: {self.title}")
         if self.step is not None:
-            who = f"cpu{self.cpu}" if self.cpu is not None else "-"
-            out.append(f"broken at step {self.step} on {who}: {self.breaking_step}")
+            who = self.task or (f"cpu{self.cpu}" if self.cpu is not None else "")
+            out.append(f"broken at step {self.step}" + (f" on {who}" if who else "")
+                       + f": {self.breaking_step}")
         if self.frame is not None:
             base = self.details.get("frame_base", self.frame)
             where = f"{self.frame:#x} in frame {base:#x}" if base != self.frame else f"frame {base:#x}"
             out.append(f"{where} (now {self.frame_state}), its life:")
             for e in self.frame_history:
                 who = f"cpu{e.cpu}" if e.cpu is not None else "setup"
-                out.append(f"  step {e.step:>6}  {who:<6} {e.what}")
+                out.append(f"  step {e.step:>6}  {who:<6} {e.what}" + (f" (by {e.by})" if e.by else ""))
         for task, rows in self.lanes.items():
             out.append(f"last {len(rows)} steps of {task}:")
             out.extend(f"  {row}" for row in rows)
@@ -147,10 +191,29 @@ def _frame_of(m: Machine, r: RunResult) -> int | None:
     return int(hit.group(1), 16) if hit else None
 
 
+_ADDRESS = re.compile(r"\b0x[0-9a-f]+\b")
+_NUMBER = re.compile(r"\b\d+\b")
+_CPU = re.compile(r"\bcpu\d+\b")
+
+
+def stable_title(kind: str, message: str) -> str:
+    """What failed, without addresses, CPU numbers or counts (as syzkaller titles are):
+    the same bug found by two schedules, or on two machines, gets the same title."""
+    text = _CPU.sub("cpuN", message)
+    text = _ADDRESS.sub("ADDR", text)
+    text = _NUMBER.sub("N", text)
+    text = re.split(r"; |\. ", text, maxsplit=1)[0]  # the first sentence says what
+    text = re.sub(r" \([^()]*\bstep N\b[^()]*\)", "", text)  # when it happened is not what
+    return f"{kind}: {text[:120].rstrip()}"
+
+
 def _breaking_step(m: Machine, step: int | None, cpu: int | None) -> str:
     """The step at which the run failed, as a trace line, or the step in flight."""
     if step is None:
         return ""
+    if step >= m.step - 1 and not any(rec[0] == step and rec[2] != "note"
+                                      for rec in m.trace.records[-64:]):
+        return "the end of the run (a check over the whole final state)"
     task = f"cpu{cpu}" if cpu is not None else None
     recs = [rec for rec in m.trace.records if rec[0] == step
             and (task is None or rec[1] == task) and rec[2] != "note"]
@@ -177,6 +240,20 @@ def _crash_step(m: Machine, cpu: int, default: int | None) -> int | None:
     return default
 
 
+def _freed_by(m: Machine, step: int, frame: int) -> str:
+    """"routine < caller < ..." from the machine's note of a table free at `step`."""
+    lo, hi = frame, frame + m.frames.frame_size
+    for s, _, kind, text in m.trace.records:
+        if s == step and kind == "note" and isinstance(text, str) and text.startswith("table "):
+            addr, _, by = text[len("table "):].partition(" freed by ")
+            try:
+                if by and lo <= int(addr, 16) < hi:
+                    return by
+            except ValueError:
+                continue
+    return ""
+
+
 def _lanes(m: Machine, last: int) -> dict[str, list[str]]:
     by_task: dict[str, list] = {}
     for rec in m.trace.records:
@@ -198,6 +275,8 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
     if kind == "crash":
         cpu = min(r.crashes)
         step = _crash_step(m, cpu, step)
+    task = "rcu" if v is not None and v.details.get("task") == "rcu" else \
+        (f"cpu{cpu}" if cpu is not None else "")
     frame = _frame_of(m, r)
     history: list[FrameEventRow] = []
     state = ""
@@ -210,16 +289,20 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
             details_base = m.frames.frame_base(frame)
             state = fi.state.value + (f" {fi.level} table" if fi.level else "") \
                 + f", generation {fi.generation}"
-            history = [FrameEventRow(e.step, e.cpu, e.what) for e in fi.history]
+            history = [FrameEventRow(e.step, e.cpu, e.what, _freed_by(m, e.step, details_base))
+                       for e in fi.history]
     orig = original_schedule or r.schedule
     details = dict(v.details) if v is not None else {}
     if frame is not None and history:
         details["frame_base"] = details_base
     return Report(
         kind=kind, message=message, scenario=m.scenario.source, arch=m.arch.name,
-        variants=list(m.scenario.variants), strategy=cfg.strategy if cfg else "replay",
+        variants=list(m.scenario.variants),
+        overrides=override_records(m.scenario.overrides, m.scenario.base_dir),
+        strategy=cfg.strategy if cfg else "replay",
         seed=cfg.seed if cfg else 0, depth=cfg.depth if cfg else None, index=index,
-        step=step, cpu=cpu, breaking_step=_breaking_step(m, step, cpu), frame=frame,
+        step=step, cpu=cpu, task=task,
+        title=stable_title(kind, message) if failure is not None else "", breaking_step=_breaking_step(m, step, cpu), frame=frame,
         frame_state=state, frame_history=history, lanes=_lanes(m, last), schedule=r.schedule,
         original_schedule=orig, context_switches=context_switches(decode(r.schedule)),
         original_context_switches=context_switches(decode(orig)), steps=r.steps,

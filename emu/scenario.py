@@ -9,7 +9,7 @@ memory_mib = 64
 [kernel]
 version = "6.14"        # the Linux release to follow (default: the newest modelled)
 variants = []           # named bug variants, see `ptemu variants`
-override = ""           # "file.py:Class": a user's own mixin or policy
+override = ""           # "file.py:Class" (or a list of them): your own mixin or policy
 
 [[vma]]
 start = 0x10000000      # integers, or expressions over page_size/pmd_size
@@ -19,8 +19,12 @@ prot = "rw"             # r, rw, rx, rwx
 populate = false        # fault every page in at setup (or an integer: the first N pages)
 
 [[cpu]]
-program = "touch"       # guest/programs/<arch>/<program>.S
-args = [0x10000000, 512, "page_size"]
+program = "touch"       # guest/programs/<arch>/<program>.S, or "my_prog.S" (a path
+args = [0x10000000, 512, "page_size"]   # relative to this file); or inline:
+# asm = '''
+#     mov eax, SYS_exit
+#     int 0x80
+# '''
 
 [[cpu]]                 # or a call list, run by guest/programs/<arch>/calls.S:
 calls = [["mmap", "16 * pmd_size", "pmd_size", 0],        # a hypercall by name (or number)
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +89,18 @@ class VmaSpec:
 
 @dataclass
 class CpuSpec:
-    program: str
+    program: str  # a built-in name, a .S path as written, or "" for inline asm
     args: list[Any] = field(default_factory=list)
     # [op, arg, ...] records for the calls program: op is an int or a known name
     calls: list[list[Any]] | None = None
+    path: Path | None = None  # a user's own .S file, resolved against the scenario's directory
+    asm: str = ""  # inline program text
+    asm_line: int = 1  # the scenario file's line on which the inline text starts
+
+
+def is_program_path(program: str) -> bool:
+    """A program given as a file (`prog.S`, `dir/prog.s`) rather than a built-in name."""
+    return program.endswith((".S", ".s", ".asm")) or "/" in program
 
 
 @dataclass
@@ -99,7 +112,7 @@ class Scenario:
     vmas: list[VmaSpec]
     programs: list[CpuSpec]
     variants: list[str] = field(default_factory=list)
-    override: str = ""
+    overrides: list[str] = field(default_factory=list)  # "file.py:Class", scenario-relative
     base_dir: Path = field(default_factory=Path.cwd)
     options: dict[str, Any] = field(default_factory=dict)  # arch policy knobs
     explore: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +120,11 @@ class Scenario:
     description: str = ""
     version: Version = NEWEST
     version_given: bool = False  # said in the file (so an arch option may conflict with it)
+
+    @property
+    def override(self) -> list[str]:
+        """The overrides, under the name of their `[kernel] override` key."""
+        return self.overrides
 
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -198,7 +216,13 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
     for i, v in enumerate(variants):
         if not isinstance(v, str):
             raise ScenarioError(source, f"kernel.variants[{i}]", "expected a variant name")
-    override = _get(kern, "override", str, source, "kernel", "")
+    override = _get(kern, "override", (str, list), source, "kernel", "")
+    overrides = [override] if isinstance(override, str) else override
+    for i, o in enumerate(overrides):
+        if not isinstance(o, str) or (o and ":" not in o):
+            raise ScenarioError(source, f"kernel.override[{i}]" if isinstance(override, list)
+                                else "kernel.override", f"expected 'file.py:Class', got {o!r}")
+    overrides = [o for o in overrides if o]
     vmas = []
     for i, v in enumerate(_get(doc, "vma", list, source, "", [])):
         path = f"vma[{i}]"
@@ -232,15 +256,17 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"cpu[{i}]"
         if not isinstance(c, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(c, {"program", "args", "calls"}, source, path)
+        _check_keys(c, {"program", "args", "asm", "calls"}, source, path)
         args = _get(c, "args", list, source, path, [])
         for j, a in enumerate(args):
             if isinstance(a, bool) or not isinstance(a, (int, str)):
                 raise ScenarioError(source, f"{path}.args[{j}]", "expected an integer or expression")
         if "calls" in c:
+            if "asm" in c:
+                raise ScenarioError(source, path, "give one of calls and asm, not both")
             programs.append(_call_list(c, source, path))
         else:
-            programs.append(CpuSpec(_get(c, "program", str, source, path), args))
+            programs.append(_program(c, i, args, text, source, base_dir or Path.cwd()))
     if len(programs) > cpus:
         raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
     if not programs:
@@ -252,7 +278,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         for j, item in enumerate(items):
             if not isinstance(item, str):
                 raise ScenarioError(source, f"expect.{key}[{j}]", "expected a string")
-    return Scenario(source, arch, cpus, mem, vmas, programs, list(variants), override,
+    return Scenario(source, arch, cpus, mem, vmas, programs, list(variants), overrides,
                     base_dir or Path.cwd(),
                     options=_get(doc, "arch_options", dict, source, "", {}),
                     explore=_get(doc, "explore", dict, source, "", {}),
@@ -264,7 +290,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
 def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:
     """A `[[cpu]] calls = [...]` table: records for the calls program, checked here
     (ops by name; the arguments' expressions are evaluated when the machine is built)."""
-    from emu import hypercall, services  # noqa: F401 - services register the mm calls
+    from emu import abi
     from guest import calls as call_format
     if "args" in c:
         raise ScenarioError(source, f"{path}.args", "a cpu with calls takes no args (the "
@@ -275,7 +301,7 @@ def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:
     if len(records) > call_format.MAX_RECORDS:
         raise ScenarioError(source, f"{path}.calls",
                             f"{len(records)} records, at most {call_format.MAX_RECORDS}")
-    names = hypercall.by_name()
+    names = abi.by_name()
     known = ", ".join([*names, *call_format.PSEUDO_OPS])
     for j, rec in enumerate(records):
         key = f"{path}.calls[{j}]"
@@ -295,6 +321,47 @@ def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:
             if isinstance(a, bool) or not isinstance(a, (int, str)):
                 raise ScenarioError(source, f"{key}[{k}]", "expected an integer or expression")
     return CpuSpec("calls", [], [list(r) for r in records])
+
+
+def _program(c: dict[str, Any], i: int, args: list[Any], text: str, source: str,
+             base_dir: Path) -> CpuSpec:
+    path = f"cpu[{i}]"
+    if ("program" in c) == ("asm" in c):
+        raise ScenarioError(source, path, "give exactly one of program (a built-in name or a "
+                            ".S file) and asm (the program's text)")
+    if "asm" in c:
+        asm = _get(c, "asm", str, source, path)
+        if not asm.strip():
+            raise ScenarioError(source, f"{path}.asm", "empty program")
+        return CpuSpec("", args, asm=asm, asm_line=_asm_line(text, i))
+    program = _get(c, "program", str, source, path)
+    if not is_program_path(program):
+        return CpuSpec(program, args)
+    file = (base_dir / program).resolve()
+    if not file.is_file():
+        raise ScenarioError(source, f"{path}.program", f"no such file {program!r} "
+                            f"(a path is relative to the scenario's directory, {base_dir})")
+    return CpuSpec(program, args, path=file)
+
+
+_ASM_KEY = re.compile(r"^[ \t]*asm[ \t]*=[ \t]*(\'\'\'|\"\"\"|\'|\")(\r?\n)?", re.M)
+_CPU_HEAD = re.compile(r"^[ \t]*\[\[[ \t]*cpu[ \t]*\]\]", re.M)
+
+
+def _asm_line(text: str, i: int) -> int:
+    """The line of the scenario file on which the inline asm of cpu[i] starts.
+
+    tomllib keeps no positions: find the `asm =` key inside the i-th
+    [[cpu]] table (a multi-line string drops the newline after its quotes).
+    """
+    heads = [m.start() for m in _CPU_HEAD.finditer(text)]
+    if i >= len(heads):
+        return 1
+    end = heads[i + 1] if i + 1 < len(heads) else len(text)
+    m = _ASM_KEY.search(text, heads[i], end)
+    if m is None:
+        return 1
+    return text.count("\n", 0, m.start(1)) + 1 + (1 if m.group(2) else 0)
 
 
 def load(path: str | Path) -> Scenario:

@@ -9,24 +9,20 @@ emu/kernel/.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from arch.base import Access, Prot
 from emu.hypercall import (
     EEXIST,
     EFAULT,
     EINVAL,
+    Caller,
     HypercallError,
+    ServiceHost,
     check_user_range,
-    hypercall,
+    service,
 )
 from emu.kernel import steps as s
 from emu.kernel.filemap import PageCache
 from emu.kernel.mm import VMA
-
-if TYPE_CHECKING:
-    from emu.cpu import VCpu
-    from emu.machine import Machine
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
@@ -34,7 +30,7 @@ MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
 
 
-def user_page_pa(m: Machine, va: int) -> int | None:
+def user_page_pa(m: ServiceHost, va: int) -> int | None:
     """Where a user write to `va` lands, by Linux's view of the tables (pte_write,
     not the hardware's dirty-tracking bits), or None if it would not be allowed."""
     a, k = m.arch, m.kernel
@@ -59,7 +55,7 @@ def user_page_pa(m: Machine, va: int) -> int | None:
     return a.pte_pa(pte) + va % a.page_size
 
 
-def copy_to_user(m: Machine, addr: int, values: list[int], width: int) -> None:
+def copy_to_user(m: ServiceHost, addr: int, values: list[int], width: int) -> None:
     """Write words to guest memory through the guest's own mapping, or -EFAULT."""
     a = m.arch
     data = b"".join(v.to_bytes(width, a.byteorder) for v in values)
@@ -75,8 +71,8 @@ def copy_to_user(m: Machine, addr: int, values: list[int], width: int) -> None:
         off += chunk
 
 
-@hypercall(3, "mmap", 3)
-def sys_mmap(m: Machine, cpu: VCpu, addr: int, length: int, kind: int) -> s.KernelGen:
+@service("mmap")
+def sys_mmap(m: ServiceHost, cpu: Caller, addr: int, length: int, kind: int) -> s.KernelGen:
     """mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file."""
     check_user_range(m, addr, length, m.arch.page_size)
     if kind not in MAP_KINDS:
@@ -84,7 +80,7 @@ def sys_mmap(m: Machine, cpu: VCpu, addr: int, length: int, kind: int) -> s.Kern
     return _mmap(m, addr, length, MAP_KINDS[kind])
 
 
-def _mmap(m: Machine, addr: int, length: int, kind: str) -> s.KernelGen:
+def _mmap(m: ServiceHost, addr: int, length: int, kind: str) -> s.KernelGen:
     mm = m.mm
     yield s.DownWrite(mm.mmap_lock)
     if mm.overlaps(addr, addr + length):
@@ -100,15 +96,15 @@ def _mmap(m: Machine, addr: int, length: int, kind: str) -> s.KernelGen:
     return 0
 
 
-@hypercall(4, "munmap", 2)
-def sys_munmap(m: Machine, cpu: VCpu, addr: int, length: int) -> s.KernelGen:
+@service("munmap")
+def sys_munmap(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
     """munmap(addr, len): remove whole VMAs in the range, zap, free page tables."""
     check_user_range(m, addr, length, m.arch.page_size)
     return m.kernel.do_munmap(m.mm, addr, addr + length)
 
 
-@hypercall(5, "truncate", 2)
-def sys_truncate(m: Machine, cpu: VCpu, addr: int, new_size: int) -> s.KernelGen:
+@service("truncate")
+def sys_truncate(m: ServiceHost, cpu: Caller, addr: int, new_size: int) -> s.KernelGen:
     """truncate(addr, size): truncate the shmem/file object mapped at addr to size bytes."""
     cache = m.kernel.cache_of(m.mm, addr)
     if cache is None:
@@ -118,8 +114,8 @@ def sys_truncate(m: Machine, cpu: VCpu, addr: int, new_size: int) -> s.KernelGen
     return m.kernel.truncate(cache, new_size // m.arch.page_size)
 
 
-@hypercall(6, "fault_around", 1)
-def sys_fault_around(m: Machine, cpu: VCpu, addr: int) -> s.KernelGen:
+@service("fault_around")
+def sys_fault_around(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
     """fault_around(addr): map the page-cache pages around addr (filemap_map_pages)."""
     check_user_range(m, addr, 1)
     if m.kernel.cache_of(m.mm, addr) is None:
@@ -127,8 +123,8 @@ def sys_fault_around(m: Machine, cpu: VCpu, addr: int) -> s.KernelGen:
     return m.kernel.handle_mm_fault(addr, Access.READ)
 
 
-@hypercall(7, "madvise", 3)
-def sys_madvise(m: Machine, cpu: VCpu, addr: int, length: int, advice: int) -> s.KernelGen:
+@service("madvise")
+def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int) -> s.KernelGen:
     """madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table reclaim) or
     MADV_COLLAPSE (25, shmem/file)."""
     check_user_range(m, addr, length, m.arch.page_size)
@@ -140,7 +136,7 @@ def sys_madvise(m: Machine, cpu: VCpu, addr: int, length: int, advice: int) -> s
     return m.kernel.madvise_collapse(m.mm, addr, addr + length)
 
 
-def require_thp(m: Machine, what: str) -> None:
+def require_thp(m: ServiceHost, what: str) -> None:
     """Where the arch has no PMD-sized pages Linux has no CONFIG_TRANSPARENT_HUGEPAGE:
     madvise_behavior_valid() refuses MADV_COLLAPSE with -EINVAL and there is no khugepaged."""
     if not m.arch.supports_huge_pmd():
@@ -148,8 +144,8 @@ def require_thp(m: Machine, what: str) -> None:
                              "(no CONFIG_TRANSPARENT_HUGEPAGE)")
 
 
-@hypercall(8, "gup_fast", 4)
-def sys_gup_fast(m: Machine, cpu: VCpu, addr: int, nr_pages: int, out: int,
+@service("gup_fast")
+def sys_gup_fast(m: ServiceHost, cpu: Caller, addr: int, nr_pages: int, out: int,
                  write: int) -> s.KernelGen:
     """gup_fast(addr, nr, out, write): pin pages locklessly, write their physical
     addresses (one word each) to out, unpin; returns the number pinned."""
@@ -160,7 +156,7 @@ def sys_gup_fast(m: Machine, cpu: VCpu, addr: int, nr_pages: int, out: int,
     return _gup(m, addr, nr_pages, out, bool(write))
 
 
-def _gup(m: Machine, addr: int, nr: int, out: int, write: bool) -> s.KernelGen:
+def _gup(m: ServiceHost, addr: int, nr: int, out: int, write: bool) -> s.KernelGen:
     pinned = yield from m.kernel.gup_fast(m.mm, addr, nr, write)
     try:
         if pinned:
@@ -173,16 +169,16 @@ def _gup(m: Machine, addr: int, nr: int, out: int, write: bool) -> s.KernelGen:
     return len(pinned)
 
 
-@hypercall(9, "khugepaged_scan", 1)
-def sys_khugepaged_scan(m: Machine, cpu: VCpu, addr: int) -> s.KernelGen:
+@service("khugepaged_scan")
+def sys_khugepaged_scan(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
     """khugepaged_scan(addr): one khugepaged pass over the PMD range at addr (no mmap_lock)."""
     check_user_range(m, addr, 1)
     require_thp(m, "khugepaged")
     return m.kernel.khugepaged_scan_file(m.mm, addr)
 
 
-@hypercall(10, "rcu_barrier", 0)
-def sys_rcu_barrier(m: Machine, cpu: VCpu) -> s.KernelGen:
+@service("rcu_barrier")
+def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
     """rcu_barrier(): wait until every queued RCU callback has run."""
     return _barrier()
 

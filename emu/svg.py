@@ -164,6 +164,14 @@ def render(tl: Timeline, describe: Callable[[tuple], str], max_columns: int = 40
                 f'stroke="{mk.colour}" stroke-dasharray="4,3"/>')
             add(f'<text x="{x + 3}" y="{bottom + 10 + 12 * row}" font-size="10" '
                 f'fill="{mk.colour}">{escape(mk.text)}</text>')
+    if tl.violation_step is not None and tl.violation_step not in col and shown \
+            and tl.violation_step > shown[-1]:
+        # a check over the final state: the run's end is the violating moment
+        x = left + chart_w + 2
+        add(f'<line x1="{x}" y1="{top - 4}" x2="{x}" y2="{bottom}" stroke="{MARK}" '
+            f'stroke-width="3"/>')
+        add(f'<text x="{x + 4}" y="{top + 10}" fill="{MARK}" font-weight="bold">'
+            f'x violation (end of run, step {tl.violation_step})</text>')
     if tl.violation_step is not None and tl.violation_step in col:
         x = left + col[tl.violation_step] * cw
         lane = tl.violation_lane if tl.violation_lane in lane_y else lanes[0]
@@ -220,7 +228,8 @@ def timeline_for(m: Any, report: Any, lanes: Iterable[str] | None = None) -> Tim
     return Timeline(title=title, records=list(m.trace.records), lanes=names, markers=markers,
                     labels=labels, segments=segments,
                     violation_step=report.step if report.failed else None,
-                    violation_lane=f"cpu{report.cpu}" if report.cpu is not None else None,
+                    violation_lane=getattr(report, "task", "") or
+                    (f"cpu{report.cpu}" if report.cpu is not None else None),
                     violation_text=report.message[:600], subtitle=sub)
 
 

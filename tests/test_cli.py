@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from emu.cli import main
@@ -49,8 +51,9 @@ def test_unknown_demo_and_arch_override(capsys):
 def test_pgtable_dump_shows_each_level(capsys):
     assert main(["pgtable", "dump", "touch", "--start", "0x10000000", "--end", "0x10003000"]) == 0
     out = capsys.readouterr().out
-    for level in ("pgd", "pmd", "pte"):
-        assert f"│ {level} " in out
+    for level in ("pgd", "pmd", "pte"):  # piped: plain columns, no borders
+        assert re.search(rf"^ *{level} +0x", out, re.M)
+    assert "│" not in out
 
 
 def test_a_scenario_too_big_for_its_memory_is_a_one_line_error(tmp_path, capsys):

@@ -16,7 +16,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from emu.cli import main
-from emu.cli_explore import save_failure
 from emu.explore import (
     ExploreConfig,
     build_machine,
@@ -27,6 +26,7 @@ from emu.explore import (
     strategy_for,
     sub_seed,
 )
+from emu.failure_db import save_failure
 from emu.report import Report
 from emu.sched import decode
 
@@ -54,6 +54,11 @@ program = "read_pages"
 args = ["8 * pmd_size", 4, "page_size", 3]
 """
 BUG = ("pte_free_immediate", "no_lockless_sync")
+# A PCT seed that reaches the walker race within the tests' 200 schedules.
+# Which seed does depends on the walk's step count: since a vCPU latches its
+# PDPTEs (a walk reads two entries, not three) seed 0 needs some 640
+# schedules; seeds 1, 4, 6 and 7 all find the walk reading the freed table.
+PCT_SEED = 1
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,8 @@ def test_sub_seeds_are_stable_and_distinct():
 
 
 def test_pct_finds_the_walker_use_after_free_and_the_report_explains_it(walker):
-    res = explore(ExploreConfig(walker, variants=BUG, strategy="pct", schedules=200))
+    res = explore(ExploreConfig(walker, variants=BUG, strategy="pct", schedules=200,
+                                seed=PCT_SEED))
     rep = res.report
     assert rep is not None and rep.kind == "use-after-free" and rep.cpu == 1
     assert rep.context_switches <= 4
@@ -140,7 +146,8 @@ def test_ddmin_finds_a_one_minimal_subset():
 
 
 def test_report_json_round_trip(walker):
-    res = explore(ExploreConfig(walker, variants=BUG, strategy="pct", schedules=200))
+    res = explore(ExploreConfig(walker, variants=BUG, strategy="pct", schedules=200,
+                                seed=PCT_SEED))
     text = res.report.to_json()
     back = Report.from_json(text)
     assert back == res.report
@@ -160,7 +167,7 @@ def test_failure_files_are_never_overwritten(tmp_path):
 def test_explore_and_replay_commands(walker, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["explore", walker, "--variant", BUG[0], "--variant", BUG[1], "--schedules", "200",
-            "--quiet", "--json", "out.json", "--svg", "t.svg"]
+            "--seed", str(PCT_SEED), "--quiet", "--json", "out.json", "--svg", "t.svg"]
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "use-after-free" in out and "schedule: pt1:" in out

@@ -713,3 +713,30 @@ def test_one_walk_serves_all_sixteen_4k_unicorn_pages_of_a_64k_page():
     leaf = m.arch.translate_functional(m.mem.buf, m.root, 0x10000000, Access.READ).leaf_pa
     walks = [t for _, _, kind, t in m.trace.records if kind == "walk" and f"[{leaf:#x}]" in str(t)]
     assert len(walks) == 1, walks
+
+
+def test_hash_kernel_access_to_a_user_address_with_a_privileged_pte_is_refused():
+    """__hash_page() drops _PAGE_PRIVILEGED from `access` for an EA in
+    USER_REGION_ID even in kernel mode, and check_pte_access() wants the
+    PRIVILEGED bits equal: a kernel access to a user address through a
+    PRIVILEGED pte fails like a user one; through a user pte it succeeds."""
+    priv = hash_mapping(PAGE | p.V | p.LEAF | p.READ | p.R | p.PRIV)
+    for user in (True, False):
+        res = HASH.translate_functional(priv, ROOT, H_VA, Access.READ, user=user)
+        assert isinstance(res, Fault) and res.reason == "protection"
+    plain = hash_mapping(PAGE | p.V | p.LEAF | p.READ | p.R)
+    assert isinstance(HASH.translate_functional(plain, ROOT, H_VA, Access.READ, user=False), Translation)
+
+
+def test_hash_16m_hugetlb_pmd_leaf_is_hashed_like_a_pte():
+    """pmd_is_leaf() without H_PAGE_THP_HUGE: a hugetlb page (hpage_shift =
+    PMD_SHIFT, __hash_page_huge), checked by check_pte_access()."""
+    leaf = 0x200_0000 | p.V | p.LEAF | p.READ | p.WRITE | p.R | p.C
+    assert not HASH.pmd_trans_huge(leaf)
+    mem = hash_mapping(0, pmd_entry=leaf)
+    tr = HASH.translate_functional(mem, ROOT, H_VA + 0x4567, Access.WRITE)
+    assert isinstance(tr, Translation) and tr.size == 16 << 20
+    assert tr.pa(H_VA + 0x4567) == 0x200_0000 + ((H_VA + 0x4567) & 0xFF_FFFF)
+    res = HASH.translate_functional(hash_mapping(0, pmd_entry=leaf & ~p.READ & ~p.WRITE), ROOT,
+                                    H_VA, Access.READ)
+    assert isinstance(res, Fault) and res.reason == "protection"

@@ -1,4 +1,5 @@
-"""s390: entry encoding, the DAT walk, the two page-table allocators, guests, and the oracle."""
+"""s390: entry encoding, the DAT walk, the two page-table allocators and guests
+(the Unicorn oracle: tests/test_oracle.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ A = get_arch("s390")
 NOEDAT = get_arch("s390", edat=False)
 
 ROOT, SEG, PT, PAGE = 0x10000, 0x20000, 0x30800, 0x50000  # PT is an upper 2 KiB half
+ASCE = A.asce(ROOT)  # what the vCPU holds for the mm: region-third, TL 3, private
 VA = (1 << 31) * 3 + (5 << 20) + (7 << 12)  # region-third index 3, segment 5, page 7
 
 
@@ -123,7 +125,7 @@ def test_entry_bad_checks_type_and_stray_bits():
 
 
 def test_4k_translation_through_an_upper_half_page_table():
-    tr = A.translate_functional(mapping(rw_dirty()), ROOT, VA + 0x123, Access.WRITE)
+    tr = A.translate_functional(mapping(rw_dirty()), ASCE, VA + 0x123, Access.WRITE)
     assert isinstance(tr, Translation)
     assert tr.pa(VA + 0x123) == PAGE + 0x123 and tr.size == 4096
     assert tr.tables == (ROOT, SEG, PT) and tr.leaf_pa == PT + 7 * 8
@@ -132,7 +134,7 @@ def test_4k_translation_through_an_upper_half_page_table():
 
 def test_walk_reads_one_entry_per_level_big_endian():
     mem = mapping(rw_dirty())
-    walk = A.walk(ROOT, VA, Access.READ)
+    walk = A.walk(ASCE, VA, Access.READ)
     reads = []
     try:
         msg = next(walk)
@@ -153,19 +155,19 @@ def test_walk_reads_one_entry_per_level_big_endian():
     (rw_dirty() | S.PAGE_BIT52, Access.READ, "pte", "bad-entry"),
 ])
 def test_page_level_faults(pte, access, level, reason):
-    res = A.translate_functional(mapping(pte), ROOT, VA, access)
+    res = A.translate_functional(mapping(pte), ASCE, VA, access)
     assert isinstance(res, Fault) and (res.level, res.reason) == (level, reason)
 
 
 def test_old_pte_faults_until_pte_mkyoung_and_clean_until_pte_mkdirty():
     old = A.mk_pte(PAGE, Prot()) | S.PAGE_INVALID & ~S.PAGE_YOUNG
     assert A.pte_present(old) and not A.pte_none(old)
-    assert isinstance(A.translate_functional(mapping(old), ROOT, VA, Access.READ), Fault)
+    assert isinstance(A.translate_functional(mapping(old), ASCE, VA, Access.READ), Fault)
     young = A.pte_mkyoung(old)
-    tr = A.translate_functional(mapping(young), ROOT, VA, Access.READ)
+    tr = A.translate_functional(mapping(young), ASCE, VA, Access.READ)
     assert isinstance(tr, Translation) and not tr.perms & 2, "clean: no write permission yet"
     dirty = A.pte_mkdirty(young)
-    assert isinstance(A.translate_functional(mapping(dirty), ROOT, VA, Access.WRITE), Translation)
+    assert isinstance(A.translate_functional(mapping(dirty), ASCE, VA, Access.WRITE), Translation)
 
 
 @pytest.mark.parametrize("ste,level,reason", [
@@ -174,20 +176,20 @@ def test_old_pte_faults_until_pte_mkyoung_and_clean_until_pte_mkdirty():
     (PT | S.SEG_COMMON, "pmd", "bad-entry"),  # common segment in a private space
 ])
 def test_segment_level_faults(ste, level, reason):
-    res = A.translate_functional(mapping(rw_dirty(), ste=ste), ROOT, VA, Access.READ)
+    res = A.translate_functional(mapping(rw_dirty(), ste=ste), ASCE, VA, Access.READ)
     assert isinstance(res, Fault) and (res.level, res.reason) == (level, reason)
 
 
 def test_segment_protect_applies_to_every_page_below_it():
     mem = mapping(rw_dirty(), ste=A.mk_table_entry("pmd", PT) | S.SEG_PROTECT)
-    assert isinstance(A.translate_functional(mem, ROOT, VA, Access.READ), Translation)
-    res = A.translate_functional(mem, ROOT, VA, Access.WRITE)
+    assert isinstance(A.translate_functional(mem, ASCE, VA, Access.READ), Translation)
+    res = A.translate_functional(mem, ASCE, VA, Access.WRITE)
     assert isinstance(res, Fault) and res.reason == "protection"
 
 
 def test_protection_is_judged_after_the_walk_finds_a_frame():
     mem = mapping(S.PTE_EMPTY, ste=A.mk_table_entry("pmd", PT) | S.SEG_PROTECT)
-    res = A.translate_functional(mem, ROOT, VA, Access.WRITE)
+    res = A.translate_functional(mem, ASCE, VA, Access.WRITE)
     assert res.reason == "not-present", "an invalid pte is a page-translation exception first"
 
 
@@ -196,7 +198,7 @@ def test_protection_is_judged_after_the_walk_finds_a_frame():
     (SEG | 0x08 | 3, "bad-entry"),  # region-second type in a region-third table
 ])
 def test_region_level_faults(rtte, reason):
-    res = A.translate_functional(mapping(rw_dirty(), rtte=rtte), ROOT, VA, Access.READ)
+    res = A.translate_functional(mapping(rw_dirty(), rtte=rtte), ASCE, VA, Access.READ)
     assert isinstance(res, Fault) and res.level == "pud" and res.reason == reason
 
 
@@ -204,33 +206,33 @@ def test_region_level_faults(rtte, reason):
 def test_region_entry_table_offset_and_length_bound_the_segment_index(tf, tl, ok):
     # VA's segment index 5 lies in the first quarter of the segment table
     rtte = (SEG & S.REG_ORIGIN) | S.REG_TYPE_R3 | (tf << 6) | tl
-    res = A.translate_functional(mapping(rw_dirty(), rtte=rtte), ROOT, VA, Access.READ)
+    res = A.translate_functional(mapping(rw_dirty(), rtte=rtte), ASCE, VA, Access.READ)
     assert isinstance(res, Translation) == ok
 
 
 def test_addresses_beyond_the_region_third_reach_fault():
-    res = A.translate_functional(mapping(rw_dirty()), ROOT, VA | (1 << 42), Access.READ)
+    res = A.translate_functional(mapping(rw_dirty()), ASCE, VA | (1 << 42), Access.READ)
     assert isinstance(res, Fault)
 
 
 def test_edat_1m_segment_frame_and_2g_region_frame():
     big = A.mk_pmd_huge(0x300000, Prot(write=True))
-    tr = A.translate_functional(mapping(rw_dirty(), ste=big), ROOT, VA + 0x10, Access.WRITE)
+    tr = A.translate_functional(mapping(rw_dirty(), ste=big), ASCE, VA + 0x10, Access.WRITE)
     assert tr.size == 1 << 20 and tr.pa(VA + 0x10) == 0x300000 + (7 << 12) + 0x10
     assert tr.tables == (ROOT, SEG)
     # without EDAT-1 the FC bit is ignored: the origin is walked as a page table
-    res = NOEDAT.translate_functional(mapping(rw_dirty(), ste=big), ROOT, VA, Access.READ)
+    res = NOEDAT.translate_functional(mapping(rw_dirty(), ste=big), ASCE, VA, Access.READ)
     assert not (isinstance(res, Translation) and res.size == 1 << 20)
     region = (0x8000_0000 & S.REG_LARGE_ORIGIN) | S.REG_LARGE | S.REG_TYPE_R3 | 3
-    tr = A.translate_functional(mapping(rw_dirty(), rtte=region), ROOT, VA, Access.READ)
+    tr = A.translate_functional(mapping(rw_dirty(), rtte=region), ASCE, VA, Access.READ)
     assert tr.size == 1 << 31 and tr.pa(VA) == 0x8000_0000 + (VA & 0x7FFF_FFFF)
 
 
 def test_region_protect_needs_edat():
     rtte = A.mk_table_entry("pud", SEG) | S.REG_PROTECT
     mem = mapping(rw_dirty(), rtte=rtte)
-    assert isinstance(A.translate_functional(mem, ROOT, VA, Access.WRITE), Fault)
-    assert isinstance(NOEDAT.translate_functional(mem, ROOT, VA, Access.WRITE), Translation)
+    assert isinstance(A.translate_functional(mem, ASCE, VA, Access.WRITE), Fault)
+    assert isinstance(NOEDAT.translate_functional(mem, ASCE, VA, Access.WRITE), Translation)
 
 
 def test_functional_translate_never_raises_on_wild_pointers():
@@ -238,9 +240,9 @@ def test_functional_translate_never_raises_on_wild_pointers():
     for _ in range(300):
         mem = mapping(rng.getrandbits(64), ste=rng.getrandbits(64) & ~0x0C & ~S.SEG_COMMON,
                       rtte=rng.getrandbits(64))
-        res = A.translate_functional(mem, ROOT, VA, rng.choice(list(Access)))
+        res = A.translate_functional(mem, ASCE, VA, rng.choice(list(Access)))
         assert isinstance(res, (Translation, Fault))
-    res = A.translate_functional(mapping(rw_dirty(), ste=0x7FFF_F000), ROOT, VA, Access.READ)
+    res = A.translate_functional(mapping(rw_dirty(), ste=0x7FFF_F000), ASCE, VA, Access.READ)
     assert isinstance(res, Fault) and res.reason == "outside-ram"
 
 
@@ -700,32 +702,83 @@ def test_an_allocation_racing_a_deferred_free_never_gets_a_half_in_use():
     assert outcomes == {0x1800, 0x2000}
 
 
-# ---- the Unicorn oracle ------------------------------------------------------------------------
+# ---- the ASCE: designation types, lengths, real and private space (PoP 3.3.4) ------------
+
+R1, R2 = 0x60000, 0x68000
 
 
-def test_unicorn_oracle_agrees_on_random_tables():
-    import oracle
-    agree, bad = oracle.compare("s390", 3000, seed=5)
-    assert bad == [] and agree == 3000
+def five_level(pte: int) -> bytearray:
+    """VA 0 + VA through region-first -> -second -> -third -> segment -> page."""
+    va_r1, va_r2 = (VA >> 53) & 0x7FF, (VA >> 42) & 0x7FF
+    mem = mapping(pte)
+    for pa, val in {R1 + 8 * va_r1: R2 | 0x0C | 3, R2 + 8 * va_r2: ROOT | 0x08 | 3}.items():
+        mem[pa:pa + 8] = val.to_bytes(8, "big")
+    return mem
 
 
-def test_unicorn_oracle_catches_a_wrong_walker(monkeypatch):
-    """The oracle is not vacuous: a walker that ignores protection disagrees."""
-    import oracle
-    oracle.load_plugins()
-    leaf = S.S390._leaf
-
-    def ignores_protect(self, va, access, writable, *rest):
-        return leaf(self, va, access, True, *rest)
-
-    monkeypatch.setattr(S.S390, "_leaf", ignores_protect)
-    _, bad = oracle.compare("s390", 2000, seed=5)
-    assert bad and all("WRITE" in line for line in bad)
+@pytest.mark.parametrize("dt,origin", [(0x0C, R1), (0x08, R2), (0x04, ROOT), (0x00, SEG)])
+def test_every_designation_type_walks_from_its_own_table(dt, origin):
+    # a segment ASCE covers 2 GiB: there the segment table's index 5 is VA 5 MiB
+    va = VA if dt else (5 << 20) + (7 << 12)
+    mem = five_level(rw_dirty())
+    tr = A.translate_functional(mem, origin | dt | 3, va, Access.WRITE)
+    assert isinstance(tr, Translation) and tr.pa(va) == PAGE
+    assert tr.tables[0] == origin
 
 
-def test_unicorn_oracle_catches_a_walker_ignoring_the_segment_table_length(monkeypatch):
-    import oracle
-    oracle.load_plugins()
-    monkeypatch.setattr(S, "REG_OFFSET", 0)  # TF always 0: the lower bound check is gone
-    _, bad = oracle.compare("s390", 5000, seed=5)
-    assert bad
+@pytest.mark.parametrize("dt,too_big", [(0x08, 1 << 53), (0x04, 1 << 42), (0x00, 1 << 31)])
+def test_an_index_above_the_asce_type_is_an_asce_type_exception(dt, too_big):
+    res = A.translate_functional(five_level(rw_dirty()), ROOT | dt | 3, too_big, Access.READ)
+    assert isinstance(res, Fault) and res.reason == "bad-entry"
+
+
+def test_the_asce_table_length_bounds_the_first_index():
+    mem = mapping(rw_dirty())  # region-third index 3: quarter 0
+    assert isinstance(A.translate_functional(mem, ROOT | 0x04 | 0, VA, Access.READ), Translation)
+    far = VA + (1 << 40)  # region-third index 515: quarter 1
+    res = A.translate_functional(mem, ROOT | 0x04 | 0, far, Access.READ)
+    assert isinstance(res, Fault) and res.reason == "not-present" and res.level == "pud"
+
+
+def test_real_space_asce_maps_every_address_to_itself():
+    tr = A.translate_functional(bytearray(16), ROOT | S.ASCE_REAL_SPACE, 0x12345678, Access.WRITE)
+    assert isinstance(tr, Translation) and tr.pa(0x12345678) == 0x12345678 and tr.perms == 7
+
+
+def test_common_segment_is_a_specification_exception_only_in_a_private_space():
+    mem = mapping(rw_dirty(), ste=A.mk_table_entry("pmd", PT) | S.SEG_COMMON)
+    res = A.translate_functional(mem, ASCE, VA, Access.READ)
+    assert isinstance(res, Fault) and res.reason == "bad-entry"
+    shared = ASCE & ~S.ASCE_PRIVATE
+    assert isinstance(A.translate_functional(mem, shared, VA, Access.READ), Translation)
+
+
+def test_storage_size_makes_a_frame_beyond_storage_an_addressing_exception():
+    small = get_arch("s390", storage_size=1 << 20)
+    mem = mapping(rw_dirty(pa=1 << 21))
+    res = small.translate_functional(mem, ASCE, VA, Access.READ)
+    assert isinstance(res, Fault) and res.reason == "outside-ram"
+    tr = A.translate_functional(mem, ASCE, VA, Access.READ)  # unchecked by default
+    assert isinstance(tr, Translation) and tr.pa(VA) == 1 << 21
+
+
+def test_pte_bit_55_is_iep_with_the_facility_and_must_be_zero_without():
+    pte = rw_dirty() | S.PAGE_NOEXEC
+    res = A.translate_functional(mapping(pte), ASCE, VA, Access.FETCH)
+    assert isinstance(res, Fault) and res.reason == "protection"
+    no_iep = get_arch("s390", iep=False)
+    res = no_iep.translate_functional(mapping(pte), ASCE, VA, Access.READ)
+    assert isinstance(res, Fault) and res.reason == "bad-entry"
+
+
+def test_the_vcpu_holds_linux_asce():
+    assert A.hw_root(ROOT) == ASCE and ASCE & S.ASCE_TYPE_MASK == S.ASCE_TYPE_R3
+
+
+def test_each_vcpu_holds_the_asce_and_walks_through_it():
+    m = touch_machine("halves")
+    cpu = m.cpus[0]
+    assert cpu.mmu_root == cpu.hw_root == A.asce(m.root)
+    m.populate(m.mm.find_vma(0x10000000), 1)
+    tr = m.run_walk_now(cpu, 0x10000000, Access.READ)
+    assert isinstance(tr, Translation) and tr.tables[0] == m.root

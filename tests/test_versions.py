@@ -129,3 +129,31 @@ def test_collapse_dontneed_needs_the_reclaim_of_6_14(version, found):
         res = explore(ExploreConfig(f, variants=("no_pmd_same_recheck",), strategy="pct",
                                     schedules=60, seed=0, minimize=False))
     assert (res.report is not None) == found
+
+
+def test_list_versions_names_every_modelled_release_and_its_changes(capsys):
+    assert main(["list", "versions"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == [f"{a}.{b}" for a, b in MODELLED]
+    assert "(default)" in out[-1] and "exchange" in out[1] and "reclaims" in out[-1]
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.14"])
+def test_torn_pae_tears_on_both_sides_of_the_6_2_boundary(version, tmp_path):
+    """The shipped torn_pae scenario at either version: the plain two-load
+    read is found torn, pmdp_get_lockless() stays clean (PCT, same seeds)."""
+    path = scenario.SCENARIOS / "torn_pae.toml"
+    f = tmp_path / "torn_pae.toml"
+    f.write_text(path.read_text().replace("[machine]", f'[kernel]\nversion = "{version}"\n\n[machine]'))
+    bug = explore(ExploreConfig(str(f), variants=("plain_two_load_read",), strategy="pct",
+                                schedules=400, seed=0, minimize=False))
+    assert bug.report is not None and bug.report.kind == "torn-read"
+    ok = explore(ExploreConfig(str(f), strategy="pct", schedules=100, seed=0, minimize=False))
+    assert ok.report is None
+
+
+def test_fuzz_covers_both_s390_layouts_whatever_the_default_version():
+    from arch import get_arch
+    from emu.fuzz_gen import targets_for
+    layouts = [get_arch(t.arch, **dict(t.options)).pgtable_policy for t in targets_for("s390")]
+    assert layouts == ["halves", "full-page"]

@@ -1,186 +1,189 @@
 """Differential oracle plugin for arm (ARMv7 short descriptors, no LPAE).
 
-Registers arm's table builder and CPU setup into tools/oracle.py. The
-builder makes a random address space in one memory image: Linux-style PTE
-pages written with ptemu's own encoders (`mk_table_entry`, `mk_pte`,
-`set_entry_ops`, so the hardware copies are what `cpu_v7_set_pte_ext`
-derives) with random Linux bit flips, raw hardware L2 tables with random
-small/large/fault descriptors, 1 MiB sections, supersections, garbage fault
-entries, random domains and wild table pointers. Unicorn's own MMU
-(UC_TLB_CPU) is set up on the same image: TTBR0 = root, TTBCR = 0, the DACR
-ptemu's walker assumes, SCTLR.M = 1 (unicorn_facts.md section 5: the
-binding's `cpr_write` takes el=0 for the bank these registers live in).
+Hostile images over two TTBR0 roots: Linux-style PTE pages (the Linux
+copies and the hardware copies `cpu_v7_set_pte_ext` derives, from ptemu's
+encoders, then with bits flipped in either copy) next to raw hardware L2
+tables of random small/large/fault descriptors, 1 MiB sections and
+supersections (with PA[39:32] bits), garbage L1 and L2 words, page-table
+pointers into the L1 table itself or into another table's middle (aliases
+across levels), shared L2 tables, pointers outside memory, and random
+domains. Each root is probed under several DACRs (Linux's, and random
+ones with no-access, reserved and manager domains), in USR and in SVC
+mode (user and privileged rights, PXN), against Unicorn's own MMU with
+TTBCR = 0 and SCTLR.M = 1 (the binding's `cpr_write` takes el=0 for the
+bank these registers live in; unicorn_facts.md section 5).
 
-The oracle CPU runs in USR mode, as guest programs do, so AP's user checks
-are compared; `compare_privileged()` runs the same comparison in SVC mode
-(privileged rights and PXN).
+Documented deviation: `uc_vmem_translate` returns the physical address
+truncated to 32 bits (measured; its CPU does use PA[39:32] of a
+supersection, which tests/test_arm.py checks by execution). A probe where
+ptemu's PA is above 4 GiB and Unicorn's is its low 32 bits is counted as
+`pa>=4GiB-truncated`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import oracle
 import unicorn
 from unicorn import arm_const as ua
 
 from arch import arm as A
-from arch.base import Arch, Prot
+from arch.base import Access, Prot, Translation, WalkResult
 
+MEM = 16 << 20
 PAGE = 4096
-
-
-def _build_arm(rng: random.Random, arch: Arch, mem_size: int) -> oracle.OracleCase:
-    assert isinstance(arch, A.Arm)
-    mem = bytearray(mem_size)
-    nxt = [0x20000]
-
-    def alloc() -> int:
-        pa = nxt[0]
-        nxt[0] += PAGE
-        return pa
-
-    def put(pa: int, val: int) -> None:
-        mem[pa:pa + 4] = (val & A.WORD).to_bytes(4, "little")
-
-    def get(pa: int) -> int:
-        return int.from_bytes(mem[pa:pa + 4], "little")
-
-    def rand_page() -> int:
-        return rng.randrange(0x400, mem_size // PAGE) * PAGE
-
-    def domain() -> int:
-        # mostly the four client domains of Linux's DACR, sometimes a no-access one
-        return (rng.randrange(4) if rng.random() < 0.8 else rng.randrange(16)) << A.PMD_DOMAIN_SHIFT
-
-    def flip(val: int, bits: list[int], p: float) -> int:
-        for b in bits:
-            if rng.random() < p:
-                val ^= b
-        return val
-
-    root = 0x10000  # 16 KiB-aligned
-    vas: list[int] = []
-    l1_bits = [A.PMD_PXNTABLE, A.PMD_BIT4, 1 << 3, 1 << 9, 1 << 6, 1 << 7, A.PMD_TYPE_SECT]
-    linux_bits = [A.L_PTE_PRESENT, A.L_PTE_YOUNG, A.L_PTE_DIRTY, A.L_PTE_RDONLY, A.L_PTE_USER,
-                  A.L_PTE_XN, A.L_PTE_NONE, A.L_PTE_SHARED, 1 << 4]
-    hw_bits = [A.PTE_EXT_XN, A.PTE_TYPE_SMALL, A.PTE_EXT_AP0, A.PTE_EXT_AP1, A.PTE_EXT_APX,
-               A.PTE_EXT_NG, A.PTE_BUFFERABLE]
-    kinds = ["linux", "raw-table", "section", "supersection", "fault", "wild"]
-    for pair in rng.sample(range(2048), 120):
-        kind = rng.choices(kinds, weights=[5, 3, 3, 1, 1, 1])[0]
-        va_pair = pair << 21
-        l1_pa = root + pair * 8
-        if kind == "linux":
-            page = alloc()
-            for op in arch.set_entry_ops("pmd", l1_pa, arch.mk_table_entry("pmd", page)):
-                put(op.pa, op.value)
-            for half in (0, 4):
-                if rng.random() < 0.3:  # another domain, PXN off, a stray bit...
-                    val = flip(get(l1_pa + half), l1_bits, 0.3) & ~A.PMD_DOMAIN_MASK
-                    put(l1_pa + half, val | domain())
-            for pti in rng.sample(range(512), 16):
-                prot = Prot(write=rng.random() < 0.7, exec=rng.random() < 0.5,
-                            user=rng.random() < 0.9)
-                pte = arch.mk_pte(rand_page(), prot)
-                pte = arch.pte_mkdirty(pte) if rng.random() < 0.6 else pte
-                pte = flip(pte, linux_bits, 0.1)
-                ptep = page + pti * 4
-                for op in arch.set_entry_ops("pte", ptep, pte):
-                    put(op.pa, op.value)
-                if rng.random() < 0.15:
-                    put(ptep + A.PTE_HWTABLE_OFF, flip(get(ptep + A.PTE_HWTABLE_OFF), hw_bits, 0.3))
-                vas.append(va_pair | (pti << 12))
-            vas.append(va_pair | (rng.randrange(512) << 12))  # usually empty
-        elif kind == "raw-table":
-            for half in (0, 1):
-                table = alloc() + rng.randrange(4) * 1024
-                l1 = table | A.PMD_TYPE_TABLE | domain() | (A.PMD_PXNTABLE if rng.random() < 0.5 else 0)
-                put(l1_pa + 4 * half, l1)
-                for idx in rng.sample(range(256), 12):
-                    d = rng.getrandbits(32)
-                    t = rng.choices([0, A.PTE_TYPE_LARGE, A.PTE_TYPE_SMALL, 3], weights=[1, 2, 4, 2])[0]
-                    base = rand_page() & (A.LARGE_BASE if t == A.PTE_TYPE_LARGE else A.SMALL_BASE)
-                    low = A.LARGE_BASE ^ A.WORD if t == A.PTE_TYPE_LARGE else 0xFFF
-                    put(table + idx * 4, base | (d & low & ~3) | t)
-                    vas.append(va_pair | (half << 20) | (idx << 12))
-        elif kind == "section":
-            for half in (0, 1):
-                d = rng.getrandbits(32)
-                t = rng.choice([A.PMD_TYPE_SECT, 3])
-                base = rng.randrange(mem_size >> 20) << 20
-                d &= 0xFFFFF & ~(A.PMD_SECT_SUPER | A.PMD_DOMAIN_MASK | 3)
-                put(l1_pa + 4 * half, base | d | domain() | t)
-                vas += [va_pair | (half << 20) | (rng.randrange(256) << 12) for _ in range(3)]
-        elif kind == "supersection":
-            d = rng.getrandbits(32)
-            put(l1_pa, (d & 0xFFFF & ~3) | A.PMD_SECT_SUPER | rng.choice([2, 3]))
-            vas += [va_pair | (rng.randrange(256) << 12) for _ in range(3)]
-        elif kind == "fault":
-            put(l1_pa, rng.getrandbits(32) & ~3)
-            put(l1_pa + 4, 0)
-            vas.append(va_pair)
-            vas.append(va_pair | (1 << 20))
-        else:  # a table pointer outside RAM
-            put(l1_pa, (rng.randrange(mem_size, 1 << 32) & A.TABLE_BASE) | A.PMD_TYPE_TABLE
-                | (A.DOMAIN_USER << A.PMD_DOMAIN_SHIFT))
-            vas.append(va_pair | (rng.randrange(256) << 12))
-    # No supersection may carry extended base bits (PA[39:32] in bits 20-23 and
-    # 5-8): Unicorn's CPU honours them, but uc_vmem_translate truncates the PA
-    # to 32 bits (measured), so tests/test_arm.py checks them by execution.
-    for i in range(4096):
-        d = get(root + 4 * i)
-        if d & A.PMD_TYPE_SECT and d & A.PMD_SECT_SUPER:
-            put(root + 4 * i, d & ~A.SUPERSECTION_EXT)
-    return oracle.OracleCase(arch, mem, root, vas)
-
-
-def _setup_mmu(uc: unicorn.Uc, root: int) -> None:
-    # cpr_write(coproc, opc1, crn, crm, opc2, el, is_64, value)
-    uc.cpr_write(15, 0, 2, 0, 0, 0, False, root)  # TTBR0
-    uc.cpr_write(15, 0, 2, 0, 2, 0, False, 0)  # TTBCR: N = 0, short descriptors
-    uc.cpr_write(15, 0, 3, 0, 0, 0, False, A.DACR_USER)  # DACR
-    sctlr = uc.cpr_read(15, 0, 1, 0, 0, 0, False)
-    uc.cpr_write(15, 0, 1, 0, 0, 0, False, sctlr | 1)  # SCTLR.M (AFE stays 0)
-
-
-def _set_mode(uc: unicorn.Uc, mode: int) -> None:
-    cpsr = uc.reg_read(ua.UC_ARM_REG_CPSR)
-    uc.reg_write(ua.UC_ARM_REG_CPSR, (cpsr & ~A.CPSR_MODE_MASK) | mode)
-    uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
-
-
-def _setup_arm_user(uc: unicorn.Uc, root: int) -> None:
-    _setup_mmu(uc, root)
-    _set_mode(uc, A.CPSR_MODE_USR)
-
-
 CPSR_MODE_SVC = 0x13
 
 
-def _setup_arm_svc(uc: unicorn.Uc, root: int) -> None:
-    _setup_mmu(uc, root)
-    _set_mode(uc, CPSR_MODE_SVC)
+def _next_l2(e: int) -> int | None:
+    return e & A.TABLE_BASE if e & A.PMD_TYPE_MASK == A.PMD_TYPE_TABLE else None
 
 
-oracle.BUILDERS["arm"] = _build_arm
-oracle.SETUPS["arm"] = _setup_arm_user
-oracle.USER_MODE["arm"] = True  # the CPU runs in USR mode: AP user rights apply
+LEVELS = (oracle.TableLevel(20, 12, 4, _next_l2), oracle.TableLevel(12, 8, 4, None))
 
 
-@contextmanager
-def _privileged() -> Iterator[None]:
-    saved = oracle.SETUPS["arm"], oracle.USER_MODE["arm"]
-    oracle.SETUPS["arm"], oracle.USER_MODE["arm"] = _setup_arm_svc, False
-    try:
-        yield
-    finally:
-        oracle.SETUPS["arm"], oracle.USER_MODE["arm"] = saved
+class ArmOracle(oracle.Plugin):
+    arch_name = "arm"
+    mem_size = MEM
+
+    def build(self, rng: random.Random) -> oracle.Case:
+        arch = A.Arm()
+        mem = self.new_image()
+        filled: dict[int, list[int]] = {}
+        nxt = [0x40000]
+
+        def alloc() -> int:
+            pa = nxt[0]
+            nxt[0] += PAGE
+            return pa
+
+        def put(pa: int, val: int) -> None:
+            mem[pa:pa + 4] = (val & A.WORD).to_bytes(4, "little")
+
+        def get(pa: int) -> int:
+            return int.from_bytes(mem[pa:pa + 4], "little")
+
+        def rand_page() -> int:
+            return rng.randrange(0x40, MEM // PAGE) * PAGE if rng.random() < 0.9 \
+                else rng.randrange(MEM, 1 << 32) & ~0xFFF
+
+        def domain() -> int:
+            return (rng.randrange(4) if rng.random() < 0.7 else rng.randrange(16)) << A.PMD_DOMAIN_SHIFT
+
+        def flip(val: int, p: float) -> int:
+            return oracle.flip_bits(rng, val, 32, p)
+
+        roots = [0x10000, 0x20000]
+        l2_tables: list[int] = []
+        linux_bits = [A.L_PTE_PRESENT, A.L_PTE_YOUNG, A.L_PTE_DIRTY, A.L_PTE_RDONLY, A.L_PTE_USER,
+                      A.L_PTE_XN, A.L_PTE_NONE, A.L_PTE_SHARED, 1 << 4]
+        kinds = ["linux", "raw-table", "section", "supersection", "fault", "wild", "alias", "shared"]
+        for root in roots:
+            written: list[int] = []
+            for pair in rng.sample(range(2048), 100):
+                kind = rng.choices(kinds, weights=[5, 3, 3, 1, 1, 1, 1, 1])[0]
+                if kind == "shared" and not l2_tables:
+                    kind = "raw-table"
+                l1_pa = root + pair * 8
+                written += [2 * pair, 2 * pair + 1]
+                if kind == "linux":
+                    page = alloc()
+                    for op in arch.set_entry_ops("pmd", l1_pa, arch.mk_table_entry("pmd", page)):
+                        put(op.pa, op.value)
+                    for half in (0, 4):
+                        val = flip(get(l1_pa + half), 0.3)
+                        if rng.random() < 0.3:
+                            val = (val & ~A.PMD_DOMAIN_MASK) | domain()
+                        put(l1_pa + half, val)
+                    idx = rng.sample(range(512), 24)
+                    for pti in idx:
+                        prot = Prot(write=rng.random() < 0.7, exec=rng.random() < 0.5,
+                                    user=rng.random() < 0.9)
+                        pte = arch.mk_pte(rand_page(), prot)
+                        pte = arch.pte_mkdirty(pte) if rng.random() < 0.6 else pte
+                        for b in linux_bits:
+                            if rng.random() < 0.08:
+                                pte ^= b
+                        ptep = page + pti * 4
+                        for op in arch.set_entry_ops("pte", ptep, pte):
+                            put(op.pa, op.value)
+                        hw = ptep + A.PTE_HWTABLE_OFF
+                        put(hw, flip(get(hw), 0.2))
+                    for half in (0, 1):
+                        t = page + A.PTE_HWTABLE_OFF + half * A.HW_TABLE_BYTES
+                        filled[t] = [i - 256 * half for i in idx if i // 256 == half]
+                        l2_tables.append(t)
+                elif kind in ("raw-table", "alias", "shared"):
+                    for half in (0, 1):
+                        if kind == "raw-table":
+                            table = alloc() + rng.randrange(4) * 1024
+                        elif kind == "alias":  # the L1 table itself, or mid-way into an L2 table
+                            table = rng.choice([root + rng.randrange(16) * 1024,
+                                                rng.choice(l2_tables or [root]) + 512])
+                        else:
+                            table = rng.choice(l2_tables)
+                        l1 = table | A.PMD_TYPE_TABLE | domain() | (A.PMD_PXNTABLE if rng.random() < 0.5 else 0)
+                        put(l1_pa + 4 * half, flip(l1, 0.2))
+                        if kind != "raw-table":
+                            continue
+                        idx = rng.sample(range(256), 16)
+                        filled[table] = idx
+                        l2_tables.append(table)
+                        for i in idx:
+                            d = rng.getrandbits(32)
+                            t = rng.choices([0, A.PTE_TYPE_LARGE, A.PTE_TYPE_SMALL, 3], weights=[1, 2, 4, 2])[0]
+                            base = rand_page() & (A.LARGE_BASE if t == A.PTE_TYPE_LARGE else A.SMALL_BASE)
+                            low = A.LARGE_BASE ^ A.WORD if t == A.PTE_TYPE_LARGE else 0xFFF
+                            put(table + i * 4, base | (d & low & ~3) | t)
+                elif kind == "section":
+                    for half in (0, 1):
+                        d = rng.getrandbits(32)
+                        t = rng.choice([A.PMD_TYPE_SECT, 3])
+                        base = rng.randrange(MEM >> 20) << 20 if rng.random() < 0.9 \
+                            else rng.randrange(1 << 12) << 20
+                        d &= 0xFFFFF & ~(A.PMD_SECT_SUPER | A.PMD_DOMAIN_MASK | 3)
+                        put(l1_pa + 4 * half, base | d | domain() | t)
+                elif kind == "supersection":
+                    d = rng.getrandbits(32)
+                    val = (d & 0xFFFF & ~3) | A.PMD_SECT_SUPER | rng.choice([2, 3])
+                    if rng.random() < 0.7:
+                        val &= ~A.SUPERSECTION_EXT  # PA[39:32] = 0: below 4 GiB
+                    put(l1_pa, val)
+                    put(l1_pa + 4, val)
+                elif kind == "fault":
+                    put(l1_pa, rng.getrandbits(32) & ~3)
+                    put(l1_pa + 4, rng.getrandbits(32))
+                else:  # a table pointer outside RAM
+                    put(l1_pa, (rng.randrange(MEM, 1 << 32) & A.TABLE_BASE) | A.PMD_TYPE_TABLE
+                        | (A.DOMAIN_USER << A.PMD_DOMAIN_SHIFT))
+            filled[root] = written
+        dacrs = [A.DACR_USER, 0xFFFF_FFFF]  # Linux's, and every domain manager
+        dacrs += [rng.getrandbits(32) for _ in range(3)]
+        contexts = [oracle.Context(A.Arm(dacr=d), r, r, LEVELS, {"dacr": d},
+                                   f"ttbr0={r:#x} dacr={d:#010x}")
+                    for r in roots for d in dacrs]
+        return oracle.Case(mem, contexts, filled)
+
+    def cpu(self, uc: unicorn.Uc, user: bool) -> None:
+        uc.cpr_write(15, 0, 2, 0, 2, 0, False, 0)  # TTBCR: N = 0, short descriptors
+        sctlr = uc.cpr_read(15, 0, 1, 0, 0, 0, False)
+        uc.cpr_write(15, 0, 1, 0, 0, 0, False, sctlr | 1)  # SCTLR.M (AFE stays 0)
+        cpsr = uc.reg_read(ua.UC_ARM_REG_CPSR)
+        mode = A.CPSR_MODE_USR if user else CPSR_MODE_SVC
+        uc.reg_write(ua.UC_ARM_REG_CPSR, (cpsr & ~A.CPSR_MODE_MASK) | mode)
+
+    def enter(self, uc: unicorn.Uc, ctx: oracle.Context) -> None:
+        # cpr_write(coproc, opc1, crn, crm, opc2, el, is_64, value)
+        uc.cpr_write(15, 0, 2, 0, 0, 0, False, ctx.root)  # TTBR0
+        uc.cpr_write(15, 0, 3, 0, 0, 0, False, ctx.regs["dacr"])  # DACR
+        uc.ctl(unicorn.UC_CTL_TLB_FLUSH, unicorn.UC_CTL_IO_WRITE)
+
+    def deviation(self, case: oracle.Case, ctx: oracle.Context, va: int, acc: Access, user: bool,
+                  ours: WalkResult, theirs: int | None) -> str | None:
+        if isinstance(ours, Translation) and ours.pa(va) >> 32 and theirs == ours.pa(va) & A.WORD:
+            return "pa>=4GiB-truncated"
+        return None
 
 
-def compare_privileged(n: int, seed: int = 1) -> tuple[int, list[str]]:
-    """The same comparison with the CPU in SVC mode (privileged rights, PXN)."""
-    with _privileged():
-        return oracle.compare("arm", n, seed)
+oracle.register(ArmOracle())

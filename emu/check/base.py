@@ -9,10 +9,28 @@ optional; the machine calls each of them on every enabled checker.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from emu.machine import Machine
+    from arch.base import Arch
+    from emu.kernel import Kernel
+    from emu.physmem import FrameAllocator, PhysMem
+
+
+class CheckedMachine(Protocol):
+    """What a checker reads of the machine it watches.
+
+    emu.machine.Machine is the implementation; checkers name only this, so
+    this package never imports the machine that imports it.
+    """
+
+    arch: Arch
+    mem: PhysMem
+    frames: FrameAllocator
+    kernel: Kernel
+    step: int
+
+    def drain_rcu(self, max_callbacks: int = ...) -> bool: ...
 
 
 @dataclass
@@ -31,7 +49,7 @@ class Violation(Exception):
 class Checker:
     name = "checker"
 
-    def attach(self, m: Machine) -> None:
+    def attach(self, m: CheckedMachine) -> None:
         self.m = m
 
     def fail(self, message: str, cpu: int | None = None, frame: int | None = None,

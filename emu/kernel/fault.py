@@ -1,7 +1,9 @@
 """Page faults: handle_mm_fault and the anonymous / text fault paths.
 
-Models mm/memory.c as of v6.12: `handle_pte_fault()` maps the PTE with
-`pte_offset_map_rw_nolock()` (seed 001) and, for a present entry, takes the
+Models mm/memory.c as of v6.12 (each routine says its version):
+`handle_pte_fault()` maps the PTE with `pte_offset_map_rw_nolock()` (seed
+001, v6.13; v6.6-v6.12's `pte_offset_map_nolock()` makes the same steps,
+the pmdval going unused) and, for a present entry, takes the
 ptl and rechecks `pte_same()` before making it young/dirty; a fault that
 finds no page table (the pmd changed under it) returns 0 and the guest
 retries the access, as Linux does.
@@ -38,7 +40,7 @@ class Vmf:
 
 class FaultMixin:
     def handle_mm_fault(self: Kernel, addr: int, access: Access) -> s.KernelGen:
-        """A guest access missed: fix it up or say SIGSEGV."""
+        """handle_mm_fault() (v6.12): a guest access missed: fix it up or say SIGSEGV."""
         mm = self.mm
         yield s.DownRead(mm.mmap_lock)
         vma = mm.find_vma(addr)
@@ -52,7 +54,7 @@ class FaultMixin:
         return ret
 
     def _handle_mm_fault(self: Kernel, mm: MM, vma: VMA, addr: int, access: Access) -> s.KernelGen:
-        """Linux's __handle_mm_fault(): allocate the path, then the PTE fault."""
+        """Linux's __handle_mm_fault() (v6.12): allocate the path, then the PTE fault."""
         pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=True)
         vmf = Vmf(vma, addr, access, pmd_pa)
         pmdval = yield from self.pmdp_get_lockless(pmd_pa)
@@ -66,12 +68,16 @@ class FaultMixin:
         return (yield from self.handle_pte_fault(vmf))
 
     def huge_pmd_fault(self: Kernel, vmf: Vmf, pmdval: int) -> s.KernelGen:
-        """A fault on a PMD-mapped huge page: present means spurious; retry."""
+        """A fault on a PMD-mapped huge page (v6.12 __handle_mm_fault): present means spurious;
+        retry.
+        """
         return VM_FAULT_RETRY_ACCESS
         yield
 
     def handle_pte_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
-        """v6.12: map with _rw_nolock; a present pte is rechecked with pte_same under ptl."""
+        """handle_pte_fault() (v6.13; 6.6-6.12's _nolock makes the same steps): map with
+        _rw_nolock; a present pte is rechecked with pte_same under the ptl.
+        """
         mm = self.mm
         a = self.arch
         r = yield from self.pte_offset_map_rw_nolock(mm, vmf.pmd_pa, vmf.addr)
@@ -114,17 +120,20 @@ class FaultMixin:
         return (yield from self.do_pte_missing(vmf))
 
     def flush_after_access_flags(self: Kernel, vmf: Vmf) -> s.KernelGen:
-        """update_mmu_cache / local flush so the CPU re-walks the changed entry."""
+        """update_mmu_cache / local flush (v6.12) so the CPU re-walks the changed entry."""
         yield s.TlbFlushRange(vmf.addr & ~(self.arch.page_size - 1),
                               (vmf.addr & ~(self.arch.page_size - 1)) + self.arch.page_size)
 
     def do_pte_missing(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """do_pte_missing() (v6.6+): anonymous, text or file-backed fault on an empty pte."""
         if vmf.vma.kind in ("anon", "text"):
             return (yield from self.do_anonymous_page(vmf))
         return (yield from self.do_shared_fault(vmf))
 
     def new_private_folio(self: Kernel, vmf: Vmf) -> Folio:
-        """A zeroed anon page (or, for text, a copy of the program image)."""
+        """A zeroed anon page (or, for text, a copy of the program image);
+        vma_alloc_zeroed_movable_folio (v6.12).
+        """
         vma = vmf.vma
         page_addr = vmf.addr - vmf.addr % self.arch.page_size
         folio = self.new_folio(vma.kind, 1, f"{vma.kind} page for {page_addr:#x}")
@@ -135,6 +144,9 @@ class FaultMixin:
         return folio
 
     def do_anonymous_page(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """do_anonymous_page() (v6.12): pte_alloc, new folio, pte_offset_map_lock, pte_none recheck,
+        set_pte_at.
+        """
         mm = self.mm
         folio = self.new_private_folio(vmf)
         r = yield from self.pte_offset_map_lock(mm, vmf.pmd_pa, vmf.addr)

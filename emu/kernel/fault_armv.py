@@ -29,12 +29,13 @@ if TYPE_CHECKING:
 class FaultArmvMixin:
     def update_mmu_cache(self: Kernel, vmf: Vmf, folio: Folio, page_pa: int,
                          ptl: Spinlock) -> s.KernelGen:
-        """Called with the new pte set and vmf's ptl held."""
+        """arm's update_mmu_cache() (v6.13); called with the new pte set and vmf's ptl held."""
         if not self.arch.vivt_cache_aliasing or vmf.vma.file is None:
             return
         yield from self.make_coherent(vmf, page_pa, ptl)
 
     def make_coherent(self: Kernel, vmf: Vmf, page_pa: int, fault_ptl: Spinlock) -> s.KernelGen:
+        """make_coherent() (v6.13): adjust every other user mapping of the page in this mm."""
         vma = vmf.vma
         ps = self.arch.page_size
         index = self.vma_index(vma, vmf.addr)
@@ -48,6 +49,9 @@ class FaultArmvMixin:
 
     def adjust_pte(self: Kernel, vma, address: int, page_pa: int,
                    fault_ptl: Spinlock) -> s.KernelGen:
+        """adjust_pte() (v6.13 pte_offset_map_rw_nolock + pmd_same; 6.6-6.12 pte_offset_map_nolock,
+        no recheck).
+        """
         mm = self.mm
         pmd_pa = yield from self.pmd_offset_alloc(mm, address, alloc=False)
         if pmd_pa is None:
@@ -72,7 +76,9 @@ class FaultArmvMixin:
         return ret
 
     def do_adjust_pte(self: Kernel, vma, address: int, page_pa: int, ptep: int) -> s.KernelGen:
-        """Make an alias mapping of the page uncached (flush its cache line, set, flush TLB)."""
+        """do_adjust_pte() (v6.13): make an alias mapping of the page uncached (flush its cache
+        line, set, flush TLB).
+        """
         a = self.arch
         pte = yield from self.read_entry("pte", ptep, "do_adjust_pte")
         if not a.pte_present(pte) or a.pte_pa(pte) != page_pa:

@@ -2,7 +2,8 @@
 
 Models the parts of mm/filemap.c, mm/memory.c (`do_read_fault`,
 `do_shared_fault`, `finish_fault`, `do_set_pmd`) and mm/truncate.c that the
-seed series races against: a fault locks the folio (so a collapse holding
+seed series races against, as of v6.12 (each routine says its version;
+none of them differs observably from v6.6 to v6.14): a fault locks the folio (so a collapse holding
 the huge folio's lock keeps new PTEs out), maps it with a PMD when the VMA
 and alignment allow, otherwise with a PTE under the ptl; truncate unmaps
 from every VMA mapping the file without mmap_lock, then drops the folios.
@@ -50,6 +51,7 @@ class FilemapMixin:
                 self.cache_huge_folio(cache, (start - vma.start) // ps)
 
     def new_folio(self: Kernel, kind: str, nr_pages: int, purpose: str) -> Folio:
+        """filemap_alloc_folio() (v6.12), trimmed: a folio of `nr_pages` with no references yet."""
         pa = self.frames.alloc(purpose, self.cpu, FrameState.DATA, nframes=nr_pages)
         folio = Folio(pa, nr_pages, kind)
         for i in range(nr_pages):
@@ -57,6 +59,7 @@ class FilemapMixin:
         return folio
 
     def free_folio(self: Kernel, folio: Folio, why: str) -> None:
+        """The last reference went (v6.12 folio_put -> __folio_put): the frames are free."""
         for i in range(folio.nr_pages):
             pa = folio.pa + i * self.arch.page_size
             self.folios.pop(pa, None)
@@ -71,6 +74,7 @@ class FilemapMixin:
         return self.folios.get(pa - pa % self.arch.page_size)
 
     def put_folio(self: Kernel, folio: Folio, n: int = 1) -> None:
+        """folio_put() (v6.12): drop a reference, freeing the folio with the last one."""
         if folio.put(n):
             self.free_folio(folio, f"{folio.kind} folio freed (last reference)")
 
@@ -102,6 +106,9 @@ class FilemapMixin:
                 and (vma.start // self.arch.page_size - vma.pgoff) % (pmd // self.arch.page_size) == 0)
 
     def maybe_map_huge_pmd(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """finish_fault()'s PMD case (v6.12 do_set_pmd via filemap_map_pages): map a PMD-sized folio
+        with one pmd.
+        """
         vma = vmf.vma
         if vma.kind not in ("shmem", "file") or not vma.pmd_mapping \
                 or not self.thp_suitable(vma, vmf.addr):
@@ -117,7 +124,9 @@ class FilemapMixin:
         return done
 
     def do_set_pmd(self: Kernel, vmf: Vmf, folio: Folio) -> s.KernelGen:
-        """Map a locked PMD-sized folio with one PMD entry if the pmd is still none."""
+        """do_set_pmd() (v6.12): map a locked PMD-sized folio with one PMD entry if the pmd is still
+        none.
+        """
         mm = self.mm
         if not folio.in_cache:
             return False
@@ -134,7 +143,7 @@ class FilemapMixin:
         return done
 
     def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
-        """do_read_fault/do_shared_fault + finish_fault for one page of a file folio."""
+        """do_read_fault/do_shared_fault + finish_fault (v6.12) for one page of a file folio."""
         vma = vmf.vma
         cache: PageCache = vma.file
         index = self.vma_index(vma, vmf.addr)
@@ -151,6 +160,9 @@ class FilemapMixin:
         return ret
 
     def finish_fault(self: Kernel, vmf: Vmf, folio: Folio, index: int) -> s.KernelGen:
+        """finish_fault() (v6.12): pte_offset_map_lock, pte_none recheck, set_pte_range,
+        update_mmu_cache.
+        """
         mm = self.mm
         if not folio.in_cache:
             return VM_FAULT_RETRY_ACCESS  # truncated or replaced while we slept
@@ -207,6 +219,9 @@ class FilemapMixin:
         return 0
 
     def unmap_mapping_range(self: Kernel, cache: PageCache, first: int, end: int) -> s.KernelGen:
+        """unmap_mapping_range() (v6.12): zap the file's range in every VMA under i_mmap_rwsem
+        (read).
+        """
         yield s.DownRead(cache.i_mmap_rwsem)
         ps = self.arch.page_size
         for vma in list(cache.vmas):

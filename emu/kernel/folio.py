@@ -6,6 +6,9 @@ hold one PMD-sized folio). Counting follows Linux's rules, simplified
 where stated: the page cache holds one reference per folio, every PTE or
 PMD mapping one reference and one mapcount, every GUP pin one reference.
 A count going below zero is a `KernelBug` (the symptom of a double unmap).
+
+Versions: the folio API of v6.12 (folio_get/folio_put, folio_add/remove_rmap),
+whose counting rules ptemu uses at every modelled version.
 """
 
 from __future__ import annotations

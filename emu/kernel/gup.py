@@ -44,7 +44,9 @@ class GupMixin:
         return (yield s.KernelAtomic(grab, f"try_grab_folio_fast {page_pa:#x} +{refs}"))
 
     def gup_fast(self: Kernel, mm: MM, start: int, nr_pages: int, write: bool) -> s.KernelGen:
-        """Pin up to nr_pages pages from start; returns [(page pa, folio)] pinned."""
+        """gup_fast() (v6.12; 6.6 lockless_pages_from_mm): pin up to nr_pages pages from start;
+        returns [(page pa, folio)] pinned.
+        """
         a = self.arch
         ps = a.page_size
         pinned: list[tuple[int, Folio]] = []
@@ -76,6 +78,9 @@ class GupMixin:
 
     def gup_pte_range(self: Kernel, pmd: int, pmd_pa: int, addr: int, end: int, write: bool,
                       pinned: list) -> s.KernelGen:
+        """gup_fast_pte_range() (v6.12; 6.6 gup_pte_range): read, grab, recheck pmd and pte, per
+        page.
+        """
         a = self.arch
         lv = a.level("pte")
         yield s.RcuReadLock()  # pte_offset_map(&pmd, addr): from the value, not the entry
@@ -102,10 +107,14 @@ class GupMixin:
         return ok
 
     def gup_pte_unmap(self: Kernel, ptep: int) -> s.KernelGen:
+        """pte_unmap() of gup_fast_pte_range (v6.12)."""
         yield from self.pte_unmap(ptep)
 
     def gup_huge_pmd(self: Kernel, pmd: int, pmd_pa: int, addr: int, end: int, write: bool,
                      pinned: list) -> s.KernelGen:
+        """gup_fast_pmd_leaf() (v6.12; 6.6 gup_huge_pmd): one grab for the pages, then the pmd
+        recheck.
+        """
         a = self.arch
         stop = min(end, addr - addr % a.pmd_size + a.pmd_size)
         pages = range(addr, stop, a.page_size)
@@ -122,5 +131,6 @@ class GupMixin:
         return True
 
     def unpin_user_pages(self: Kernel, pinned: list) -> None:
+        """unpin_user_pages() (v6.12): drop each pin's reference."""
         for _pa, folio in pinned:
             self.put_folio(folio)

@@ -13,10 +13,15 @@ RCU", Hugh Dickins, v2 2023-06-20) and seed 001 (Qi Zheng's
   with `_rw_nolock`, rechecks `pmd_same` under the ptl and clears every
   entry (a racing truncate must not find them again); step 3 fixes the
   refcount and counters; step 4 takes `pmd_lock` then the ptl nested,
-  rechecks `pmd_same` (v6.12: the table may have been reclaimed while the
-  ptl was dropped), flushes, syncs and defers the free; step 5 installs the
-  PMD. The abort
-  path gives back what step 2 took.
+  rechecks `pmd_same` (the table may have been reclaimed while the ptl was
+  dropped), flushes, syncs and defers the free; step 5 installs the PMD.
+  The abort path gives back what step 2 took.
+
+Versions: retract_page_tables() is the same from v6.6 to v6.14. The
+pmd_same rechecks of collapse_pte_mapped_thp() steps 2 and 4 came with the
+`_rw_nolock` conversion in v6.13 (before it, v6.6-v6.12 took the ptl of
+`pte_offset_map_nolock()` and rechecked nothing); `[kernel] version` selects
+which (`rw_nolock_pmd_same`). collapse_file() follows v6.6-v6.12.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ SCAN_NAMES = {v: k for k, v in dict(globals()).items() if k.startswith("SCAN_")}
 class KhugepagedMixin:
     # ---- helpers ------------------------------------------------------------------
     def find_pmd_or_thp_or_none(self: Kernel, mm: MM, addr: int) -> s.KernelGen:
-        """(result, pmd entry address) by a lockless walk."""
+        """find_pmd_or_thp_or_none() (v6.6-v6.14): (result, pmd entry address) by a lockless walk.
+        """
         pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
         if pmd_pa is None:
             return SCAN_PMD_NULL, None
@@ -72,8 +78,7 @@ class KhugepagedMixin:
         mm/pgtable-generic.c (all modelled versions): pmdp_huge_get_and_clear(),
         then flush_tlb_range(); the old value is the get-and-clear's.
         """
-        old = yield from self.read_entry("pmd", pmd_pa, "pmdp_collapse_flush")
-        old = yield from self.get_and_clear_entry("pmd", pmd_pa, old,
+        old = yield from self.get_and_clear_entry("pmd", pmd_pa,
                                                   "pmdp_collapse_flush: pmdp_huge_get_and_clear")
         yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size)
         if self.arch.collapse_flush_serializes:
@@ -99,6 +104,9 @@ class KhugepagedMixin:
 
     # ---- retract_page_tables ---------------------------------------------------------
     def retract_page_tables(self: Kernel, cache: PageCache, pgoff: int) -> s.KernelGen:
+        """retract_page_tables() (v6.6-v6.14, seed 004): no mmap lock; pmd_lock + ptl, checks
+        repeated, flush, sync, pte_free_defer.
+        """
         a = self.arch
         ps, pmd_size = a.page_size, a.pmd_size
         yield s.DownRead(cache.i_mmap_rwsem)
@@ -139,6 +147,9 @@ class KhugepagedMixin:
 
     # ---- collapse_pte_mapped_thp ---------------------------------------------------------
     def collapse_pte_mapped_thp(self: Kernel, mm: MM, addr: int, install_pmd: bool) -> s.KernelGen:
+        """collapse_pte_mapped_thp() (v6.13 with its pmd_same rechecks; 6.6-6.12 without, see
+        rw_nolock_pmd_same).
+        """
         a = self.arch
         ps, pmd_size = a.page_size, a.pmd_size
         haddr = addr - addr % pmd_size
@@ -251,6 +262,9 @@ class KhugepagedMixin:
 
     def _collapse_abort(self: Kernel, mm: MM, folio: Folio, nr_ptes: int, start_pte: int | None,
                         ptl, result: int) -> s.KernelGen:
+        """collapse_pte_mapped_thp()'s abort label (v6.13): give back what step 2 took, unlock, drop
+        the folio.
+        """
         if nr_ptes:
             yield s.TlbFlushRange(0, 1 << self.arch.va_bits)  # flush_tlb_mm()
             folio.put(nr_ptes)
@@ -261,6 +275,7 @@ class KhugepagedMixin:
         return (yield from self._collapse_drop(folio, result))
 
     def _collapse_drop(self: Kernel, folio: Folio, result: int) -> s.KernelGen:
+        """collapse_pte_mapped_thp()'s drop_folio label (v6.6-v6.14): unlock and put the folio."""
         yield s.UpWrite(folio.lock)
         self.put_folio(folio)
         yield s.Note(f"collapse_pte_mapped_thp: {SCAN_NAMES.get(result, result)}")
@@ -359,7 +374,7 @@ class KhugepagedMixin:
 
     # ---- entry points for services -----------------------------------------------------------
     def madvise_collapse(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """MADV_COLLAPSE on a shmem/file range: 0, or a negative errno."""
+        """madvise_collapse() (v6.6-v6.12) on a shmem/file range: 0, or a negative errno."""
         a = self.arch
         pmd_size = a.pmd_size
         yield s.DownRead(mm.mmap_lock)
@@ -382,7 +397,9 @@ class KhugepagedMixin:
         return -11 if failed else 0  # -EAGAIN, as madvise_collapse() reports
 
     def khugepaged_scan_file(self: Kernel, mm: MM, addr: int) -> s.KernelGen:
-        """One khugepaged pass over the PMD range at addr: collapse_file + retract only."""
+        """One khugepaged pass (v6.6 hpage_collapse_scan_file -> collapse_file, then
+        collapse_pte_mapped_thp without install).
+        """
         vma = mm.find_vma(addr)
         if vma is None or vma.kind not in ("shmem", "file"):
             return -22

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
 from emu.kernel.pgtable import entry_reads_tear
-from emu.kernel.variants import variant
+from emu.kernel.variant_registry import variant
 
 if TYPE_CHECKING:
     from arch.base import Arch
@@ -138,7 +138,7 @@ class PlainTwoLoadRead:
 class FragSharedRcuHead:
     def make_policy(self: Kernel):  # noqa: ANN201
         from emu.kernel.pgalloc_frag import FragmentPolicy
-        from emu.kernel.variants import VariantError
+        from emu.kernel.variant_registry import VariantError
 
         base = super().make_policy()
         if not isinstance(base, FragmentPolicy):
@@ -173,7 +173,7 @@ class FragSharedRcuHead:
 class S390FreePageEarly:
     def make_policy(self: Kernel):  # noqa: ANN201
         from emu.kernel.pgalloc_s390 import HalvesPolicy
-        from emu.kernel.variants import VariantError
+        from emu.kernel.variant_registry import VariantError
 
         base = super().make_policy()
         if not isinstance(base, HalvesPolicy):

@@ -1,5 +1,7 @@
 """Unmapping: zap_page_range, munmap and free_pgtables.
 
+Versions: v6.12 throughout (each routine says so); the entry primitives the
+zap uses (ptep/pmdp_get_and_clear) are the arch's for `[kernel] version`.
 Models mm/memory.c's zap path (`zap_pte_range` under `pte_offset_map_lock`,
 `zap_huge_pmd` under `pmd_lock`, a TLB flush before pages are released) and
 mm/vma.c's munmap (v6.12): detach the VMA first, so lockless walkers that
@@ -23,10 +25,13 @@ if TYPE_CHECKING:
 
 class MemoryMixin:
     def mm_counter_kind(self: Kernel, folio: Folio) -> str:
+        """mm_counter_file()/MM_ANONPAGES (v6.12): which rss counter a folio's mappings count in."""
         return "anon" if folio.kind == "anon" else ("shmem" if folio.kind == "shmem" else "file")
 
     def zap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int) -> s.KernelGen:
-        """Remove every mapping in [start, end) of `vma`; leaves the page tables."""
+        """zap_page_range_single() -> unmap_page_range() (v6.12): remove every mapping in [start,
+        end) of `vma`; leaves the page tables.
+        """
         a = self.arch
         pmd_size = a.pmd_size
         addr = start
@@ -42,13 +47,16 @@ class MemoryMixin:
             addr = next_pmd
 
     def zap_huge_pmd(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int) -> s.KernelGen:
+        """zap_huge_pmd() (v6.12, file THP: no deposited table): pmdp_huge_get_and_clear under
+        pmd_lock, flush, put.
+        """
         a = self.arch
         ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
         cur = yield from self.read_entry("pmd", pmd_pa)
         folio = None
         if a.pmd_trans_huge(cur):
-            cur = yield from self.get_and_clear_entry("pmd", pmd_pa, cur,
-                                                      "zap_huge_pmd: pmdp_huge_get_and_clear")
+            cur = yield from self.get_and_clear_entry("pmd", pmd_pa,
+                                                      "zap_huge_pmd: pmdp_huge_get_and_clear", cur)
             folio = self.folio_of(a.pmd_huge_pa(cur))
         yield s.SpinUnlock(ptl)
         if folio is not None:
@@ -60,6 +68,9 @@ class MemoryMixin:
 
     def zap_pte_range(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, start: int,
                       end: int) -> s.KernelGen:
+        """zap_pte_range() (v6.12, one pte per step rather than 6.9's batches): ptep_get_and_clear
+        under the ptl, flush, put.
+        """
         a = self.arch
         r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
         if r is None:
@@ -73,8 +84,8 @@ class MemoryMixin:
             cur = yield from self.read_entry("pte", ptep, "zap_pte_range")
             if a.pte_none(cur):
                 continue
-            cur = yield from self.get_and_clear_entry("pte", ptep, cur,
-                                                      "zap_pte_range: ptep_get_and_clear")
+            cur = yield from self.get_and_clear_entry("pte", ptep,
+                                                      "zap_pte_range: ptep_get_and_clear", cur)
             if not a.pte_present(cur):
                 continue
             folio = self.folio_of(a.pte_pa(cur))

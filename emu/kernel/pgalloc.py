@@ -1,7 +1,9 @@
 """Page-table allocation and freeing: pte_alloc_one, pte_free, pte_free_defer.
 
-Owns the allocation *policies* (Linux's algorithms for handing out table
-memory) and the generic entry points the rest of the model calls. The
+Owns the generic entry points the rest of the model calls (pte_alloc_one,
+pte_free, pte_free_defer, the table-frame checks); the allocation
+*policies* (Linux's algorithms for handing out table memory) are
+emu.kernel.table_policy's and, per arch, pgalloc_frag's and pgalloc_s390's. The
 default policy is Linux's generic one: one table per page, freed at once
 (`pte_free`) or after an RCU grace period (`pte_free_defer`, 6.6 "mm/pgtable:
 add pte_free_defer() for pgtable as page"). Arches that share a page between
@@ -13,58 +15,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+# The policies defined in their own modules register themselves on import.
+import emu.kernel.pgalloc_frag  # noqa: F401
+import emu.kernel.pgalloc_s390  # noqa: F401
 from emu.kernel import steps as s
+from emu.kernel.table_policy import POLICIES, TablePolicy, register_policy
 from emu.physmem import FrameState
+
+__all__ = ["POLICIES", "PgAllocMixin", "TablePolicy", "register_policy"]
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
     from emu.kernel.mm import MM
-
-
-class TablePolicy:
-    """One table per frame: Linux's generic page-table allocator."""
-
-    name = "page"
-
-    def alloc(self, k: Kernel, mm: MM, level: str) -> s.KernelGen:
-        pa = k.frames.alloc(f"{level} table", k.cpu, FrameState.PGTABLE, level=level)
-        k.init_table(pa, level)
-        return pa
-        yield  # a generator with no step: page allocation is not a shared access
-
-    def free(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
-        k.check_table_frame(pa, level)
-        k.release_table_frame(pa, level, deferred=False)
-        return
-        yield
-
-    def free_defer(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
-        k.check_table_frame(pa, level)
-        frame = k.frames.frame_base(pa)
-        k.frames.set_state(frame, FrameState.RCU_PENDING, k.cpu, f"{level} table pte_free_defer")
-        yield s.CallRcu(lambda: k.release_table_frame(frame, level, deferred=True),
-                        f"pte_free_defer callback: free {level} table {frame:#x}", head=frame)
-
-    def tlb_remove_table(self, k: Kernel, mm: MM, pa: int, level: str) -> s.KernelGen:
-        """mmu_gather's free of a detached table: after a grace period where
-        the arch selects MMU_GATHER_RCU_TABLE_FREE, else at once (after the flush)."""
-        if k.arch.rcu_table_free:
-            yield from self.free_defer(k, mm, pa, level)
-        else:
-            yield from self.free(k, mm, pa, level)
-
-    def ptlock_key(self, k: Kernel, table_pa: int) -> int:
-        """What a split page-table lock is keyed by: the table (one table per page)."""
-        return table_pa
-
-
-POLICIES: dict[str, type[TablePolicy]] = {"page": TablePolicy}
-
-
-def register_policy(cls: type[TablePolicy]) -> type[TablePolicy]:
-    """Class decorator: make a policy selectable by its `name`."""
-    POLICIES[cls.name] = cls
-    return cls
 
 
 class PgAllocMixin:
@@ -94,25 +56,30 @@ class PgAllocMixin:
             self.mem.write(pa, init)
 
     def alloc_table(self: Kernel, mm: MM, level: str) -> s.KernelGen:
+        """Allocate a table of `level` through the policy (pte_alloc_one/pmd_alloc_one, all
+        versions).
+        """
         pa = yield from self.policy.alloc(self, mm, level)
         return pa
 
     def pte_alloc_one(self: Kernel, mm: MM) -> s.KernelGen:
+        """pte_alloc_one() (all versions)."""
         return (yield from self.alloc_table(mm, "pte"))
 
     def pte_free(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
+        """pte_free() (all versions): at once."""
         yield from self.policy.free(self, mm, pa, "pte")
 
     def pte_free_defer(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
+        """pte_free_defer() (v6.6+, seed 004's series): after an RCU grace period, the policy's way.
+        """
         yield from self.policy.free_defer(self, mm, pa, "pte")
 
     def mm_inc_nr_ptes(self: Kernel, mm: MM) -> None:
+        """mm_inc_nr_ptes() (all versions)."""
         mm.nr_ptes += 1
 
     def mm_dec_nr_ptes(self: Kernel, mm: MM) -> None:
+        """mm_dec_nr_ptes() (all versions)."""
         mm.nr_ptes -= 1
 
-
-# Policies defined in their own modules register themselves on import.
-import emu.kernel.pgalloc_frag  # noqa: E402, F401
-import emu.kernel.pgalloc_s390  # noqa: E402, F401

@@ -3,7 +3,8 @@
 Owns Linux's fragment allocator as arch/powerpc/mm/pgtable-frag.c (PTE
 tables) and arch/powerpc/mm/book3s64/pgtable.c (PMD tables, the same
 algorithm) have it since v6.6 (32cc0b7c9d50 "powerpc: add pte_free_defer()
-for pgtables sharing page"):
+for pgtables sharing page"), the algorithm unchanged to v6.14 (ptdesc
+renames aside); every routine here follows that:
 
 - `mm.context["pte_frag"]` / `["pmd_frag"]` point to the next unused
   fragment of the mm's current page; fragments are handed out under
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
 from emu.kernel.core import KernelBug
-from emu.kernel.pgalloc import TablePolicy, register_policy
+from emu.kernel.table_policy import TablePolicy, register_policy
 from emu.physmem import FrameState, PhysMemError
 
 if TYPE_CHECKING:

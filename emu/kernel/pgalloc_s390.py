@@ -1,7 +1,9 @@
 """s390 page-table allocation: 16 KiB crst tables, and 2 KiB page tables two per page or one.
 
 Owns Linux's arch/s390/mm/pgalloc.c algorithms, in two versions selected by
-the arch (`S390.pgtable_policy`):
+the arch (`S390.pgtable_policy`, which `[kernel] version` picks: halves up
+to 6.7, full page from 6.8). Every routine of a policy class follows the
+version its class names:
 
 "halves" (v6.6-v6.7; the bit protocol since v5.x, pte_free_defer from 6.6
 "s390: add pte_free_defer() for pgtables sharing page"): a 4 KiB page holds
@@ -49,8 +51,8 @@ from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
 from emu.kernel.core import KernelBug
-from emu.kernel.pgalloc import TablePolicy, register_policy
 from emu.kernel.sync import Spinlock
+from emu.kernel.table_policy import TablePolicy, register_policy
 from emu.physmem import FrameState
 
 if TYPE_CHECKING:

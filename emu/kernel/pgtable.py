@@ -38,6 +38,7 @@ def entry_reads_tear(arch: Arch) -> bool:
 class PgtableMixin:
     # ---- entry access ------------------------------------------------------
     def entry_size(self: Kernel, level: str) -> int:
+        """sizeof(pte_t)/sizeof(pmd_t) at `level` (all versions)."""
         return self.arch.level(level).entry_size
 
     def split_entry_reads(self: Kernel) -> bool:
@@ -45,11 +46,12 @@ class PgtableMixin:
         return entry_reads_tear(self.arch)
 
     def read_entry(self: Kernel, level: str, pa: int, what: str = "") -> s.KernelGen:
-        """An ordinary (READ_ONCE or locked) read of an entry."""
+        """An ordinary (READ_ONCE or locked) read of an entry (ptep_get/pmdp_get, all versions)."""
         return (yield s.Load(pa, self.entry_size(level), what or f"read {level}"))
 
     def set_entry(self: Kernel, level: str, pa: int, val: int, what: str = "") -> s.KernelGen:
-        """set_pte()/set_pmd() (set_pte_at, pmd_populate, set_pmd_at), or a plain upper-level store."""
+        """set_pte()/set_pmd() (set_pte_at, pmd_populate, set_pmd_at), or a plain upper-level store.
+        """
         if level in ("pte", "pmd"):
             yield from self.entry_primitive(f"set_{level}", pa, val, what or f"set {level}")
             return
@@ -64,14 +66,19 @@ class PgtableMixin:
         for op in self.arch.clear_entry_ops(level, pa):
             yield s.Store(op.pa, op.size, op.value, what or f"clear {level}")
 
-    def get_and_clear_entry(self: Kernel, level: str, pa: int, old: int, what: str) -> s.KernelGen:
+    def get_and_clear_entry(self: Kernel, level: str, pa: int, what: str,
+                            old: int | None = None) -> s.KernelGen:
         """p{te,md}p_get_and_clear(): empty the entry and return what it held.
 
         Where the arch's primitive reads the entry (x86-PAE's xchg), the value
         comes from that read, so a hardware A/D update racing the clear is not
-        lost. Elsewhere it is the generic read-then-clear, and `old` (the
-        caller's read under the lock) is that read.
+        lost. Elsewhere it is the generic read-then-clear: `old`, if the
+        caller has just read the entry under its lock, is that read;
+        otherwise the read is made here.
         """
+        ops = self.arch.entry_ops(f"{level}p_get_and_clear", pa)
+        if old is None and all(op.kind == "store" for op in ops):
+            old = yield from self.read_entry(level, pa, what)
         got = yield from self.entry_primitive(f"{level}p_get_and_clear", pa, 0, what)
         return old if got is None else got
 
@@ -100,6 +107,9 @@ class PgtableMixin:
         return old if read else None
 
     def entry_addr(self: Kernel, level: str, table_pa: int, addr: int) -> int:
+        """pte_offset/pmd_offset arithmetic: where the entry for `addr` is in a table (all
+        versions).
+        """
         return self.arch.entry_pa(table_pa, self.arch.level(level), addr)
 
     # ---- pmdp_get_lockless ------------------------------------------------------
@@ -109,7 +119,10 @@ class PgtableMixin:
         return (pa, pa + w) if self.arch.byteorder == "little" else (pa + w, pa)
 
     def entry_get_lockless(self: Kernel, level: str, pa: int) -> s.KernelGen:
-        """p{te,md}p_get_lockless(): low, high, re-read low until stable where entries tear."""
+        """p{te,md}p_get_lockless() (v6.2+, include/linux/pgtable.h): low, high, re-read low until
+        stable where entries tear. ptemu uses it at every version; 6.1's gup READ_ONCE of a PAE pmd
+        is what plain_two_load_read models.
+        """
         name = f"{level}p_get_lockless"
         if not self.split_entry_reads():
             return (yield s.Load(pa, self.entry_size(level), name))
@@ -125,26 +138,33 @@ class PgtableMixin:
                 return value
 
     def pmdp_get_lockless(self: Kernel, pmd_pa: int) -> s.KernelGen:
+        """pmdp_get_lockless() (v6.2+)."""
         return (yield from self.entry_get_lockless("pmd", pmd_pa))
 
     def ptep_get_lockless(self: Kernel, ptep: int) -> s.KernelGen:
+        """ptep_get_lockless() (v6.2+)."""
         return (yield from self.entry_get_lockless("pte", ptep))
 
     def pmdp_get_lockless_start(self: Kernel) -> s.KernelGen:
+        """pmdp_get_lockless_start() (v6.5, seed 002): local_irq_save where pmd reads tear."""
         if self.split_entry_reads():
             yield s.IrqDisable()
 
     def pmdp_get_lockless_end(self: Kernel) -> s.KernelGen:
+        """pmdp_get_lockless_end() (v6.5, seed 002)."""
         if self.split_entry_reads():
             yield s.IrqEnable()
 
     def pmdp_get_lockless_sync(self: Kernel) -> s.KernelGen:
-        """Wait out IRQs-off lockless readers of a pmd just cleared (PAE only)."""
+        """pmdp_get_lockless_sync() (v6.5, seed 002): wait out IRQs-off lockless readers of a pmd
+        just cleared (PAE only).
+        """
         if self.split_entry_reads():
             yield s.TlbRemoveTableSyncOne()
 
     # ---- locks -------------------------------------------------------------------
     def pte_lockptr(self: Kernel, mm: MM, pmdval: int) -> Spinlock:
+        """pte_lockptr() (v6.6-v6.14): the split ptl in the table's ptdesc, or page_table_lock."""
         if not self.arch.split_pte_ptlocks:
             return mm.page_table_lock
         # the lock lives in the table page's ptdesc (shared where tables share a page)
@@ -152,6 +172,9 @@ class PgtableMixin:
         return self.lock_for(key, f"ptl {key:#x}")
 
     def pmd_lockptr(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> Spinlock:
+        """pmd_lockptr() (v6.6-v6.14): the split pmd lock in the pmd table's ptdesc, or
+        page_table_lock.
+        """
         if not self.arch.split_pmd_ptlocks:
             return mm.page_table_lock
         lv = self.arch.level("pmd")
@@ -159,13 +182,16 @@ class PgtableMixin:
         return self.lock_for(key, f"pml {key:#x}")
 
     def pmd_lock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
+        """pmd_lock() (all versions)."""
         ptl = self.pmd_lockptr(mm, pmd_pa, addr)
         yield s.SpinLock(ptl)
         return ptl
 
     # ---- the pte_offset_map family ---------------------------------------------------
     def _pte_offset_map(self: Kernel, pmd_pa: int, addr: int) -> s.KernelGen:
-        """Linux's __pte_offset_map(): (ptep, pmdval) with rcu_read_lock held, or None."""
+        """Linux's __pte_offset_map() (v6.5+, seeds 000/002): (ptep, pmdval) with rcu_read_lock
+        held, or None.
+        """
         a = self.arch
         yield s.RcuReadLock()
         yield from self.pmdp_get_lockless_start()
@@ -185,14 +211,18 @@ class PgtableMixin:
         return (ptep, pmdval)
 
     def pte_offset_map(self: Kernel, pmd_pa: int, addr: int) -> s.KernelGen:
+        """pte_offset_map() (v6.5+): ptep with rcu_read_lock held, or None."""
         r = yield from self._pte_offset_map(pmd_pa, addr)
         return None if r is None else r[0]
 
     def pte_unmap(self: Kernel, ptep: int) -> s.KernelGen:
+        """pte_unmap() (v6.5+): drops __pte_offset_map's rcu_read_lock."""
         yield s.RcuReadUnlock()
 
     def pte_offset_map_ro_nolock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
-        """(ptep, ptl) for read-only use after taking ptl, or None."""
+        """pte_offset_map_ro_nolock() (v6.13; 6.5-6.12's pte_offset_map_nolock is the same steps):
+        (ptep, ptl) for read-only use after taking ptl, or None.
+        """
         r = yield from self._pte_offset_map(pmd_pa, addr)
         if r is None:
             return None
@@ -200,7 +230,10 @@ class PgtableMixin:
         return (ptep, self.pte_lockptr(mm, pmdval))
 
     def pte_offset_map_rw_nolock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
-        """(ptep, pmdval, ptl), or None. Callers recheck pmd_same/pte_same under ptl."""
+        """pte_offset_map_rw_nolock() (v6.13; before, pte_offset_map_nolock with no pmdval, the same
+        steps): (ptep, pmdval, ptl), or None. Callers recheck pmd_same/pte_same under ptl
+        (rw_nolock_pmd_same says from which version).
+        """
         r = yield from self._pte_offset_map(pmd_pa, addr)
         if r is None:
             return None
@@ -208,7 +241,8 @@ class PgtableMixin:
         return (ptep, pmdval, self.pte_lockptr(mm, pmdval))
 
     def pte_offset_map_lock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
-        """(ptep, ptl) with ptl held and the pmd rechecked, or None."""
+        """pte_offset_map_lock() (v6.5+): (ptep, ptl) with ptl held and the pmd rechecked, or None.
+        """
         while True:
             r = yield from self._pte_offset_map(pmd_pa, addr)
             if r is None:
@@ -223,16 +257,19 @@ class PgtableMixin:
             yield from self.pte_unmap(ptep)
 
     def pte_unmap_unlock(self: Kernel, ptep: int, ptl: Spinlock) -> s.KernelGen:
+        """pte_unmap_unlock() (all versions)."""
         yield s.SpinUnlock(ptl)
         yield from self.pte_unmap(ptep)
 
     # ---- upper levels -----------------------------------------------------------------
     def upper_levels(self: Kernel) -> list[str]:
+        """The levels above the pmd, root first (the arch's folding, all versions)."""
         names = [lv.name for lv in self.arch.levels]
         return names[: names.index("pmd")]
 
     def pmd_offset_alloc(self: Kernel, mm: MM, addr: int, alloc: bool) -> s.KernelGen:
-        """Walk pgd..pud to the pmd entry for `addr`, allocating missing tables.
+        """pgd/p4d/pud_offset + __pud_alloc etc. (all versions): walk pgd..pud to the pmd entry for
+        `addr`, allocating missing tables.
 
         Returns the pmd entry's physical address, or None (alloc=False and a
         level is empty). Upper tables are never freed while the mm lives, so
@@ -262,7 +299,9 @@ class PgtableMixin:
         return self.entry_addr("pmd", table, addr)
 
     def pte_alloc(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
-        """__pte_alloc(): give an empty pmd a PTE table (racing allocators lose)."""
+        """__pte_alloc() + pmd_install() (v6.6-v6.14): give an empty pmd a PTE table (racing
+        allocators lose).
+        """
         new = yield from self.pte_alloc_one(mm)
         ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
         cur = yield from self.read_entry("pmd", pmd_pa)

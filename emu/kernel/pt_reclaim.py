@@ -52,7 +52,9 @@ class PtReclaimMixin:
         return 0
 
     def try_to_free_pte(self: Kernel, mm: MM, addr: int) -> s.KernelGen:
-        """Free the PTE table at addr if every entry is none (pmd_lock + ptl nested)."""
+        """try_to_free_pte() (v6.14 mm/pt_reclaim.c): free the PTE table at addr if every entry is
+        none (pmd_lock + ptl nested).
+        """
         a = self.arch
         pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
         if pmd_pa is None:

@@ -13,52 +13,22 @@ No correct routine tests a variant flag.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
 from emu.kernel import Kernel
+from emu.kernel.variant_registry import VARIANTS, Variant, VariantError, variant
 
-
-class VariantError(ValueError):
-    pass
-
-
-# Where a variant can change anything: None if it can on this arch (with its
-# options), else why not (the routine it overrides does nothing there).
-Applies = Callable[[Any], "str | None"]
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    doc: str
-    mixin: type
-    applies: Applies | None = None  # None: every arch
-
-    def not_applicable(self, arch: Any) -> str | None:
-        """Why this variant cannot show on `arch` (an Arch instance), or None."""
-        return self.applies(arch) if self.applies is not None else None
-
-
-VARIANTS: dict[str, Variant] = {}
-
-
-def variant(name: str, doc: str, applies: Applies | None = None) -> Callable[[type], type]:
-    def register(cls: type) -> type:
-        if name in VARIANTS:
-            raise ValueError(f"variant {name!r} registered twice")
-        VARIANTS[name] = Variant(name, doc, cls, applies)
-        return cls
-    return register
+__all__ = ["VARIANTS", "Variant", "VariantError", "build_kernel_class", "known_variants",
+           "load_override", "variant"]
 
 
 def known_variants() -> dict[str, Variant]:
     """Every built-in variant, registered."""
-    import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
     return VARIANTS
 
 
@@ -70,7 +40,8 @@ def load_override(spec: str, base_dir: Path) -> type:
     path = (base_dir / file_part).resolve()
     if not path.is_file():
         raise VariantError(f"override file {path} not found")
-    mod_name = f"ptemu_override_{abs(hash(str(path))) % 10**8}"
+    # a name from the path's digest: str hash() differs between processes
+    mod_name = f"ptemu_override_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
     spec_obj = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec_obj)
     sys.modules[mod_name] = module
@@ -101,18 +72,28 @@ def as_mixin(cls: type) -> type:
     return cls
 
 
-def build_kernel_class(names: list[str], override: str = "", base_dir: Path | None = None) -> type:
-    """The Kernel class with the named variants (and a user override) mixed in."""
-    import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
+def build_kernel_class(names: list[str], override: str | Sequence[str] = (),
+                       base_dir: Path | None = None) -> type:
+    """The Kernel class with the named variants (and the user's overrides) mixed in.
 
+    Overrides come first, in the order given (the first one's method wins);
+    at most one of them may replace the arch's table policy.
+    """
+    from emu.kernel.pgalloc import TablePolicy
+
+    overrides = [override] if isinstance(override, str) else list(override)
+    overrides = [o for o in overrides if o]
     mixins: list[type] = []
     for n in names:
         if n not in VARIANTS:
             raise VariantError(f"unknown variant {n!r}; known: {', '.join(sorted(VARIANTS)) or 'none'}")
         mixins.append(VARIANTS[n].mixin)
-    if override:
-        mixins.insert(0, as_mixin(load_override(override, base_dir or Path.cwd())))
+    users = [load_override(o, base_dir or Path.cwd()) for o in overrides]
+    policies = [o for o, cls in zip(overrides, users, strict=True) if issubclass(cls, TablePolicy)]
+    if len(policies) > 1:
+        raise VariantError(f"overrides {' and '.join(policies)} both replace the table policy; "
+                           "give one")
+    mixins[:0] = [as_mixin(cls) for cls in users]
     if not mixins:
         return Kernel
-    return type("Kernel[" + ",".join(names + ([override] if override else [])) + "]",
-                (*mixins, Kernel), {})
+    return type("Kernel[" + ",".join(names + overrides) + "]", (*mixins, Kernel), {})

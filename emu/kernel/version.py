@@ -39,6 +39,16 @@ RW_NOLOCK = (6, 13)  # pte_offset_map_{ro,rw}_nolock and their pmd_same rechecks
 PT_RECLAIM = (6, 14)  # empty PTE table reclaim after MADV_DONTNEED
 
 
+# What each boundary changes, for `ptemu list versions` (the code that acts
+# on it names the boundary where it lives).
+CHANGES: dict[Version, str] = {
+    (6, 2): "x86-PAE get-and-clear and set_pmd: one 64-bit exchange (before: xchg low, then high)",
+    (6, 8): "s390: one 2 KiB PTE table per 4 KiB page (before: two tables share a page)",
+    RW_NOLOCK: "pte_offset_map_ro/rw_nolock: collapse and arm adjust_pte recheck pmd_same",
+    PT_RECLAIM: "MADV_DONTNEED reclaims empty PTE tables (modelled on every arch)",
+}
+
+
 def fmt(v: Version) -> str:
     return f"{v[0]}.{v[1]}"
 

@@ -1,0 +1,54 @@
+"""The hypercall table: every call's number, name, argument count and meaning.
+
+One home for the ABI's facts. guest/asm reads it for the `SYS_<name>`
+constants, the scenario format for call lists by name, `ptemu list
+hypercalls` for its listing, and emu.hypercall's dispatcher for argument
+counts; emu.services binds a handler to each name. How the number and
+arguments travel (trap instruction, registers) is each arch's `callconv`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Call:
+    nr: int
+    name: str
+    nargs: int
+    doc: str
+
+
+CALLS: dict[int, Call] = {c.nr: c for c in (
+    Call(0, "exit", 1, "exit(code): this vCPU's program is finished."),
+    Call(1, "log", 1, "log(value): put a value in the trace."),
+    Call(2, "getcpu", 0, "getcpu(): the vCPU's index."),
+    Call(3, "mmap", 3, "mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file."),
+    Call(4, "munmap", 2, "munmap(addr, len): remove whole VMAs in the range, zap, free page tables."),
+    Call(5, "truncate", 2, "truncate(addr, size): truncate the shmem/file object mapped at addr "
+                           "to size bytes."),
+    Call(6, "fault_around", 1, "fault_around(addr): map the page-cache pages around addr "
+                               "(filemap_map_pages)."),
+    Call(7, "madvise", 3, "madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table "
+                          "reclaim) or MADV_COLLAPSE (25, shmem/file)."),
+    Call(8, "gup_fast", 4, "gup_fast(addr, nr, out, write): pin pages locklessly, write their "
+                           "physical addresses (one word each) to out, unpin; returns the "
+                           "number pinned."),
+    Call(9, "khugepaged_scan", 1, "khugepaged_scan(addr): one khugepaged pass over the PMD range "
+                                  "at addr (no mmap_lock)."),
+    Call(10, "rcu_barrier", 0, "rcu_barrier(): wait until every queued RCU callback has run."),
+)}
+
+
+def add_call(call: Call) -> None:
+    """Declare a call beyond the built-in ones (a test's or an extension's own)."""
+    have = CALLS.get(call.nr)
+    if have is not None and have != call:
+        raise ValueError(f"hypercall {call.nr} is already {have.name!r}")
+    CALLS[call.nr] = call
+
+
+def by_name() -> dict[str, int]:
+    """Number of every call, by name."""
+    return {c.name: c.nr for c in CALLS.values()}
