@@ -369,7 +369,7 @@ def test_collapse_step4_rechecks_a_table_reclaimed_while_ptl_was_dropped(variant
     assert il.tasks[1].done
     if variant:
         from emu.kernel.core import KernelBug
-        with pytest.raises(KernelBug, match="freeing a pte table"):
+        with pytest.raises(KernelBug, match="free the table of a none pmd"):
             il.finish()
         return
     il.finish()

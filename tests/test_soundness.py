@@ -283,3 +283,15 @@ def test_the_lockless_sync_rule_checker_says_it_is_a_rule():
     assert res.report is not None and res.report.kind == "lockless-sync"
     assert res.report.message.startswith("rule: ")
     assert explore(ExploreConfig("lockless_sync_pae", strategy="pct", schedules=60)).report is None
+
+
+def test_a_table_freed_twice_by_a_variant_names_the_real_table_and_its_history():
+    """Issue 12 s3: a collapse without its step-4 pmd_same() recheck used to be
+    reported as 'freeing a pte table at 0x0' with no history; the report names
+    the table it meant to free, and that table's life."""
+    res = explore(ExploreConfig("collapse_dontneed", variants=("no_pmd_same_recheck",),
+                                strategy="pct", schedules=60, minimize=False))
+    rep = res.report
+    assert rep is not None and rep.kind == "kernel-bug"
+    assert "at 0x0 " not in rep.message and rep.frame not in (None, 0)
+    assert rep.frame_history, "the report tells the table's life"

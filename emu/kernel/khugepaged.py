@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from arch.base import Access
 from emu.kernel import steps as s
+from emu.kernel.core import KernelBug
 from emu.kernel.fault import Vmf
 from emu.kernel.folio import Folio, PageCache
 from emu.kernel.version import RW_NOLOCK
@@ -246,6 +247,14 @@ class KhugepagedMixin:
             yield s.SpinUnlock(ptl)
         yield s.SpinUnlock(pml)
         yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_end")
+        if a.entry_none("pmd", old):
+            # Linux would pte_free_defer(pmd_pgtable(none)): page 0. Name the
+            # table the collapse believed it was removing, not frame 0.
+            raise KernelBug(
+                f"collapse_pte_mapped_thp step 4 cleared a pmd that was already none and "
+                f"would free the table of a none pmd: the table at {a.table_pa('pmd', pgt_pmd):#x} "
+                "it mapped in step 2 was detached while the ptl was dropped "
+                "(a missing pmd_same() recheck)")
         self.mm_dec_nr_ptes(mm)
         yield from self.pte_free_defer(mm, a.table_pa("pmd", old))
         return (yield from self._collapse_install(mm, vma, haddr, folio, install_pmd))

@@ -22,8 +22,8 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emu.cli import COMMANDS, EXIT_FOUND, EXIT_OK, UsageError, console, err_console
-from emu.cli_output import check_file, write_text
+from emu.cli.common import EXIT_FOUND, EXIT_OK, UsageError, console, err_console
+from emu.cli.output import check_file, write_text
 from emu.failure_db import (
     DB_DIR,
     FAILURES_DIR,  # noqa: F401 - emu.cli_fuzz imports it from here
@@ -410,5 +410,6 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_replay)
 
 
-COMMANDS["explore"] = _add_explore
-COMMANDS["replay"] = _add_replay
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_explore(sub)
+    _add_replay(sub)

@@ -20,8 +20,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emu.cli import COMMANDS, EXIT_FOUND, EXIT_OK, UsageError, console
-from emu.cli_explore import FAILURES_DIR, print_report, save_failure
+from emu.cli.common import EXIT_FOUND, EXIT_OK, UsageError, console
+from emu.cli.explore import FAILURES_DIR, print_report, save_failure
 
 
 def save_reproducer(outcome: Any, directory: Path = FAILURES_DIR) -> tuple[Path, Path | None]:
@@ -198,4 +198,5 @@ def _add_fuzz(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fuzz)
 
 
-COMMANDS["fuzz"] = _add_fuzz
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_fuzz(sub)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emu.cli import EXIT_FOUND, EXIT_OK, console
+from emu.cli.common import EXIT_FOUND, EXIT_OK, console
 
 
 def _act(title: str, cfg, svg: Path | None) -> tuple[bool, int]:  # noqa: ANN001
     """Run one exploration; returns (failed?, schedules run)."""
-    from emu.cli_explore import print_report
+    from emu.cli.explore import print_report
     from emu.explore import explore
     from emu.svg import write_svg
     console.rule(title)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from emu.cli import COMMANDS, EXIT_OK, UsageError, console
+from emu.cli.common import EXIT_OK, UsageError, console
 from emu.failure_db import DB_DIR, FailureDb
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    from emu.cli_explore import print_report
+    from emu.cli.explore import print_report
     db = FailureDb(args.db or DB_DIR)
     if args.action == "list":
         keys = db.keys()
@@ -61,4 +61,5 @@ def _add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_failures)
 
 
-COMMANDS["failures"] = _add
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add(sub)

@@ -1,43 +1,25 @@
-"""The `ptemu` command line (argparse + rich). The core never imports rich.
+"""The one-run commands: `run`, `demo`, `pgtable dump` and `list`.
 
-Exit status: 0 clean, 1 a violation / deadlock / crash was found, 2 bad
-input (malformed scenario, unknown arch or variant, bad schedule string).
-Bad input is one line on stderr, never a traceback.
+Owns building one machine from a scenario and the command line, running it
+under one schedule, and printing what happened (exit codes, counters, trace
+hash, schedule string); the torn-pae demo's exploration is emu.cli.demo's.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
 
-from rich.console import Console
 from rich.table import Table
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
-
-class _Console(Console):
-    """rich on a terminal; plain lines when piped (no borders, no hard wrap, no colour)."""
-
-    def print(self, *objects, **kw) -> None:  # noqa: ANN002, ANN003 - as rich's
-        if not self.is_terminal:
-            for obj in objects:
-                if isinstance(obj, Table):
-                    obj.box = None
-                    obj.title_justify = "left"
-            kw.setdefault("soft_wrap", True)
-        super().print(*objects, **kw)
-
-    def rule(self, title: str = "", **kw) -> None:  # noqa: ANN003
-        if self.is_terminal:
-            super().rule(title, **kw)
-        else:
-            self.print(f"-- {title} --" if title else "--", markup=False, highlight=False)
-
-
-# piped: wide enough that no table cell wraps; soft_wrap keeps every line whole
-console = _Console(highlight=False, width=None if sys.stdout.isatty() else 10_000)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+from emu.cli.common import (
+    EXIT_FOUND,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    SetupFailure,
+    UsageError,
+    add_run_options,
+    console,
+)
 
 DEMOS: dict[str, str] = {
     "touch": "touch: two vCPUs fault in 1,024 pages over several PMDs, then verify them",
@@ -45,29 +27,6 @@ DEMOS: dict[str, str] = {
                 "pmdp_get_lockless() clean over every interleaving, and why "
                 "pmdp_get_lockless_sync() is needed when the table is freed",
 }
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    from arch import UnknownArch
-    from emu.cli_output import OutputPathError
-    from emu.coverage_report import CoverageUnavailable
-    from emu.kernel.variants import VariantError
-    from emu.scenario import ScenarioError
-    from emu.sched.schedule import ScheduleError
-    from guest.asm import AsmError
-    return (UsageError, ScenarioError, UnknownArch, VariantError, ScheduleError, AsmError,
-            OutputPathError, CoverageUnavailable)
-
-
-# ---- shared helpers -----------------------------------------------------------
-
-
-class SetupFailure(Exception):
-    """The kernel model failed while building the scenario (a variant's bug at setup)."""
 
 
 def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
@@ -156,7 +115,7 @@ def check_max_steps(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import json
 
-    from emu.cli_output import check_file, write_text
+    from emu.cli.output import check_file, write_text
     check_max_steps(args)
     check_file(getattr(args, "json", None), "--json")
     m = load_machine(args)
@@ -176,7 +135,7 @@ DEMO_OPTIONS: dict[str, dict[str, object]] = {
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from emu.cli_output import check_dir
+    from emu.cli.output import check_dir
     if args.name not in DEMOS:
         raise UsageError(f"unknown demo {args.name!r}; demos: {', '.join(DEMOS)}")
     uses = DEMO_OPTIONS[args.name]
@@ -192,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_max_steps(args)
     if args.name == "torn-pae":
         check_dir(args.svg_dir, "--svg-dir")
-        from emu.cli_demo import run_torn_pae
+        from emu.cli.demo import run_torn_pae
         console.print(f"[bold]demo[/] {DEMOS[args.name]}")
         return run_torn_pae(args)
     args.scenario = args.name
@@ -261,56 +220,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ---- parser ------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, scenario: bool = True, defaults: bool = True) -> None:
-    """The one-run options; `defaults=False` leaves them None so a caller sees which were given."""
-    def d(value: object) -> object:
-        return value if defaults else None
-    if scenario:
-        p.add_argument("scenario", help="scenario TOML file, or the name of a built-in one")
-    p.add_argument("--arch", help="override the scenario's [machine] arch")
-    p.add_argument("--seed", type=int, default=d(0), help="seed of the random strategy (default 0)")
-    p.add_argument("--strategy", choices=("random", "rr"), default=d("random"),
-                   help="who runs next: seeded random (default) or round-robin")
-    p.add_argument("--quantum", type=int, default=d(1), help="round-robin slice in steps")
-    p.add_argument("--max-steps", type=int, default=d(2_000_000),
-                   help="give up after this many steps (at least 1)")
-
-
-# Extra subcommands: name -> function adding its parser to the subparsers.
-COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
-
-import emu.cli_explore  # noqa: E402, F401 - registers `explore` and `replay`
-import emu.cli_failures  # noqa: E402, F401 - registers `failures`
-import emu.cli_fuzz  # noqa: E402, F401 - registers `fuzz`
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("ptemu")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
-
-
-def build_parser() -> argparse.ArgumentParser:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The parsers of run, demo, pgtable and list."""
     from emu.overrides import add_override_option
-    p = argparse.ArgumentParser(
-        prog="ptemu",
-        description="Find, replay and explain races between page-table walkers and "
-                    "page-table freeing in the Linux mm, on x86-PAE, arm, powerpc, s390 "
-                    "and sparc64.",
-        epilog="Exit status: 0 clean, 1 violation/deadlock/crash found, 2 bad input.")
-    p.add_argument("--version", action="version", version=f"ptemu {_version()}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
     r = sub.add_parser("run", help="run a scenario once under one schedule",
                        description="Run a scenario once: real guest code on every vCPU, "
                                    "our MMU, the kernel model; prints the outcome, the "
                                    "trace hash and the schedule string.")
-    _common(r)
+    add_run_options(r)
     r.add_argument("--trace", type=int, default=0, metavar="N", help="print the last N trace lines")
     r.add_argument("--json", metavar="FILE", help="write the outcome as JSON (- for stdout)")
     add_override_option(r)
@@ -320,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a built-in demonstration. Demos: " +
                                    "; ".join(DEMOS.values()))
     d.add_argument("name", help="demo name: " + ", ".join(DEMOS))
-    _common(d, scenario=False, defaults=False)
+    add_run_options(d, scenario=False, defaults=False)
     d.add_argument("--trace", type=int, metavar="N", help="touch: print the last N trace lines")
     d.add_argument("--svg-dir", help="torn-pae: where it writes its SVG timelines (default .)")
     d.set_defaults(func=cmd_demo)
@@ -334,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "the frame each table lives in.")
     dump.add_argument("scenario", nargs="?", default="touch",
                       help="scenario file or built-in name (default: touch)")
-    _common(dump, scenario=False)
+    add_run_options(dump, scenario=False)
     dump.add_argument("--start", help="first virtual address (int or expression)")
     dump.add_argument("--end", help="end virtual address, exclusive")
     dump.add_argument("--limit", type=int, default=200, help="print at most this many rows (0: all)")
@@ -345,35 +264,4 @@ def build_parser() -> argparse.ArgumentParser:
                         "modelled Linux versions")
     ls.add_argument("what", choices=("arches", "scenarios", "variants", "hypercalls", "versions"))
     ls.set_defaults(func=cmd_list)
-
-    for add_parser in COMMANDS.values():
-        add_parser(sub)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
-    if getattr(args, "json", None) == "-":
-        console.file = sys.stderr  # stdout carries the JSON; the human report goes aside
-    try:
-        return args.func(args)
-    except _input_errors() as exc:
-        err_console.print(f"ptemu: error: {exc}", markup=False)
-        return EXIT_USAGE
-    except SetupFailure as exc:
-        err_console.print(f"ptemu: {exc}", markup=False)
-        return EXIT_FOUND
-    except KeyboardInterrupt:
-        err_console.print("ptemu: interrupted")
-        return 130
-    finally:
-        console.file = None  # back to whatever sys.stdout is
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
