@@ -232,7 +232,10 @@ def _fuzz(cfg: FuzzConfig, progress: Progress | None) -> FuzzResult:
 
     def record(o: Outcome) -> None:
         done[o.index] = o
-        if (o.kind or o.error) and (o.label not in hit or o.index < hit[o.label]):
+        # a hit is a failure the run found; a workload that did not run is an
+        # error to report, not a sighting of the variant
+        if (o.kind or (o.error and not cfg.stops_at_first())) \
+                and (o.label not in hit or o.index < hit[o.label]):
             hit[o.label] = o.index
         if progress is not None:
             progress(len(done), len(indices), o)
@@ -274,7 +277,7 @@ def _fuzz(cfg: FuzzConfig, progress: Progress | None) -> FuzzResult:
         s.step_limited += o.step_limited
         s.failures += bool(o.kind)
         s.errors += bool(o.error)
-        if (o.kind or o.error) and s.first_hit is None:
+        if o.kind and s.first_hit is None:
             s.first_hit = (s.workloads, s.schedules)
     res.seconds = time.perf_counter() - t0
     return res

@@ -187,9 +187,10 @@ def _plan_vmas(rng: random.Random, plan: Plan) -> None:
         else:
             v.populate = rng.randint(1, min(size, 16))
         if kind != "anon":
-            v.thp = off == 0 and size >= ppmd and rng.random() < (0.5 if candidate else 0.3) \
+            v.thp = off == 0 and size >= ppmd and rng.random() < (0.6 if candidate else 0.3) \
                 and plan.thp  # no THP on arm 2-level: thp = true is refused
-            v.pmd_mapping = rng.random() < 0.5
+            # PTE-mapped (what collapse_pte_mapped_thp and retract act on) more often
+            v.pmd_mapping = rng.random() < (0.4 if candidate else 0.6)
             earlier = [w for w in plan.vmas if w.kind == kind and not w.share]
             if not candidate and earlier and rng.random() < 0.3:
                 w = rng.choice(earlier)
@@ -262,7 +263,10 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
             calls.append([op, _hostile_addr(rng, plan, addr) if hostile else _at(plan, addr)])
         elif op in ("madvise_collapse", "madvise_dontneed"):
             r = _pick(rng, live)
-            addr, length = _subrange(rng, plan, r, pmd_aligned=op == "madvise_collapse")
+            # DONTNEED over whole PMD ranges half the time: that is when the
+            # emptied table is reclaimed (and races collapse and walkers)
+            addr, length = _subrange(rng, plan, r, pmd_aligned=op == "madvise_collapse"
+                                     or rng.random() < 0.5)
             advice = MADV_COLLAPSE if op == "madvise_collapse" else MADV_DONTNEED
             if hostile:
                 which = rng.randrange(4)

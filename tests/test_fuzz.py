@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import textwrap
 from pathlib import Path
 
@@ -21,15 +20,6 @@ from emu.services import user_page_pa
 
 ARCHES = ["x86-pae", "arm", "powerpc", "s390", "sparc64"]
 
-# Issue 9 section 2's false alarms of the correct model (a-f), which main is
-# fixing: until then a fuzz run may find them; anything else is a new ptemu bug.
-KNOWN_FALSE_ALARMS = [
-    r"refcount underflow",  # a: khugepaged vs truncate
-    r"detached-table|pte_unmap_same",  # b, c
-    r"freeing a pte table at 0x0",  # d: munmap vs retract
-    r"step limit|accounting",  # e: a step-limited run checked for quiescence
-    r"NotImplementedError",  # f: arm MADV_COLLAPSE
-]
 
 
 def build(text: str, arch: str | None = None) -> Machine:
@@ -132,6 +122,9 @@ def test_targets_cover_every_arch_and_option():
                       "sparc64"]
     assert [t.label for t in targets_for("s390")] == ["s390", "s390-full-page"]
     assert [t.label for t in targets_for("powerpc-hash")] == ["powerpc-hash"]
+    from arch import get_arch
+    assert [get_arch(t.arch, **dict(t.options)).pgtable_policy for t in targets_for("s390")] \
+        == ["halves", "full-page"]
     with pytest.raises(ValueError, match="unknown fuzz arch"):
         targets_for("vax")
 
@@ -148,15 +141,9 @@ def test_generated_scenarios_parse_and_run(target):
         assert 2 <= sc.cpus <= 4 and all(p.program == "calls" for p in sc.programs)
         seen |= {rec[0] for p in sc.programs for rec in p.calls}
         m = Machine(sc)
-        try:
-            r = m.run(RandomStrategy(i), max_steps=400_000)
-        except NotImplementedError:  # f: arm MADV_COLLAPSE, being fixed on main
-            assert target.arch == "arm"
-            continue
-        assert not r.crashes, r.crashes
-        f = failure_of(r)
-        assert f is None or any(re.search(p, f[1]) or re.search(p, f[0])
-                                for p in KNOWN_FALSE_ALARMS), f
+        r = m.run(RandomStrategy(i), max_steps=400_000)
+        assert not r.crashes and not r.step_limit
+        assert failure_of(r) is None, failure_of(r)
     assert {"touch_read", "madvise", "gup_fast"} <= seen
 
 
@@ -220,7 +207,7 @@ def test_bad_fuzz_input_is_one_line_exit_2(argv, capsys):
 
 
 def test_ci_smoke_every_arch(tmp_path, monkeypatch, capsys):
-    """The bounded CI run: every arch and option, clean but for issue 9's known alarms."""
+    """The bounded CI run: every arch and option, and the correct model clean."""
     monkeypatch.chdir(tmp_path)
     summary = tmp_path / "s.json"
     rc = main(["fuzz", "--arch", "all", "--workloads", "7", "--schedules", "5", "--seed", "1",
@@ -228,9 +215,7 @@ def test_ci_smoke_every_arch(tmp_path, monkeypatch, capsys):
     data = json.loads(summary.read_text())
     assert set(data["targets"]) == {t.label for t in TARGETS}
     assert all(t["workloads"] == 1 and t["schedules"] >= 1 for t in data["targets"].values())
-    for f in data["failures"]:
-        assert any(re.search(p, f["kind"] + " " + f["message"]) for p in KNOWN_FALSE_ALARMS), f
-    assert rc == (1 if data["failures"] else 0)
+    assert data["failures"] == [] and data["clean"] and rc == 0
 
 
 def _touches_stay_legal(text: str, target) -> None:
@@ -282,3 +267,22 @@ def _touches_stay_legal(text: str, target) -> None:
 def test_generated_touches_stay_where_linux_would_not_signal(target):
     for i in range(40):
         _touches_stay_legal(generate(target, workload_seed(3, i)), target)
+
+
+def test_where_each_variant_can_show():
+    """Each variant applies where the routine it changes runs (from the arch's own
+    facts), so fuzz says 'does not apply' instead of reporting it clean."""
+    from emu.fuzz import not_applicable
+    where = {v: sorted(t.label for t in TARGETS
+                       if not not_applicable(FuzzConfig(variants=(v,)), t))
+             for v in ("no_lockless_sync", "plain_two_load_read", "frag_shared_rcu_head",
+                       "s390_free_page_early", "free_before_flush", "pte_free_immediate",
+                       "collapse_no_clear", "no_pmd_same_recheck")}
+    everywhere = sorted(t.label for t in TARGETS)
+    assert where == {
+        "no_lockless_sync": ["x86-pae"], "plain_two_load_read": ["x86-pae"],
+        "frag_shared_rcu_head": ["powerpc", "powerpc-hash"], "s390_free_page_early": ["s390"],
+        "free_before_flush": ["arm"],
+        "pte_free_immediate": [t for t in everywhere if t != "arm"],
+        "collapse_no_clear": [t for t in everywhere if t != "arm"],
+        "no_pmd_same_recheck": everywhere}

@@ -26,6 +26,12 @@ def _two_load_reads(arch: Arch) -> str | None:
         f"{arch.name} reads a pmd in one load: nothing to tear or to sync"
 
 
+def _collapses(arch: Arch) -> str | None:
+    return None if arch.supports_huge_pmd() else \
+        f"{arch.name} has no PMD-sized pages: khugepaged and MADV_COLLAPSE never collapse " \
+        "or retract a table there"
+
+
 def _frees_tables_after_flush(arch: Arch) -> str | None:
     return None if not arch.rcu_table_free else \
         f"{arch.name} frees unlinked tables after a grace period (MMU_GATHER_RCU_TABLE_FREE)"
@@ -41,7 +47,8 @@ def _table_policy(name: str) -> Callable[[Arch], str | None]:
 @variant("pte_free_immediate",
          "retract/collapse free the detached PTE table with pte_free() instead of "
          "pte_free_defer(): lockless walkers (hardware, GUP-fast, pte_offset_map users) "
-         "may still be reading it (seed 004's reason for pte_free_defer)")
+         "may still be reading it (seed 004's reason for pte_free_defer)",
+         applies=_collapses)
 class PteFreeImmediate:
     def pte_free_defer(self: Kernel, mm: MM, pa: int) -> s.KernelGen:
         yield from self.pte_free(mm, pa)
@@ -80,7 +87,8 @@ class NoLocklessSync:
 @variant("collapse_no_clear",
          "collapse_pte_mapped_thp() step 2 removes the rmap but leaves the PTEs, as "
          "before seed 004 when i_mmap_lock_write kept truncate out: a racing truncate "
-         "finds them and removes them again (double put)")
+         "finds them and removes them again (double put)",
+         applies=_collapses)
 class CollapseNoClear:
     def collapse_clear_pte(self: Kernel, ptep: int) -> s.KernelGen:
         return
