@@ -50,18 +50,23 @@ def scenario_ref(text: str) -> str:
     return str(p.resolve()) if p.is_file() else text
 
 
-def save_failure(report_json: str, directory: Path = FAILURES_DIR) -> Path:
-    """Write to the first free scheduleNNN.json; exclusive create never overwrites."""
+def save_new(text: str, directory: Path, stem: str, suffix: str) -> Path:
+    """Write `text` to the first free <stem>NNN<suffix>; exclusive create never overwrites."""
     directory.mkdir(parents=True, exist_ok=True)
     n = 0
     while True:
-        path = directory / f"schedule{n:03d}.json"
+        path = directory / f"{stem}{n:03d}{suffix}"
         try:
             with open(path, "x") as f:
-                f.write(report_json)
+                f.write(text)
             return path
         except FileExistsError:
             n += 1
+
+
+def save_failure(report_json: str, directory: Path = FAILURES_DIR) -> Path:
+    """A failure report as the first free scheduleNNN.json."""
+    return save_new(report_json, directory, "schedule", ".json")
 
 
 VERSION = 1

@@ -26,7 +26,6 @@ from emu.cli.common import EXIT_FOUND, EXIT_OK, UsageError, console, err_console
 from emu.cli.output import check_file, write_text
 from emu.failure_db import (
     DB_DIR,
-    FAILURES_DIR,  # noqa: F401 - emu.cli_fuzz imports it from here
     FailureDb,
     save_failure,
     scenario_ref,

@@ -21,7 +21,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from emu.cli.common import EXIT_FOUND, EXIT_OK, UsageError, console
-from emu.cli.explore import FAILURES_DIR, print_report, save_failure
+from emu.cli.explore import print_report
+from emu.failure_db import FAILURES_DIR, save_failure, save_new
 
 
 def save_reproducer(outcome: Any, directory: Path = FAILURES_DIR) -> tuple[Path, Path | None]:
@@ -36,16 +37,7 @@ def save_reproducer(outcome: Any, directory: Path = FAILURES_DIR) -> tuple[Path,
         rep.scenario = str(toml.resolve())
         path.write_text(rep.to_json())
         return toml, path
-    directory.mkdir(parents=True, exist_ok=True)
-    n = 0
-    while True:
-        toml = directory / f"workload{n:03d}.toml"
-        try:
-            with open(toml, "x") as f:
-                f.write(outcome.scenario)
-            return toml, None
-        except FileExistsError:
-            n += 1
+    return save_new(outcome.scenario, directory, "workload", ".toml"), None
 
 
 def _config(args: argparse.Namespace) -> Any:
