@@ -202,6 +202,12 @@ class Arm(Arch):
     # ARMv5-style VIVT caches: update_mmu_cache() runs make_coherent() on the
     # other user mappings of a shared page (fault-armv.c).
     vivt_cache_aliasing: ClassVar[bool] = True
+    # ...and with caches that alias Linux never splits the PTE locks
+    # (mm/Kconfig: SPLIT_PTE_PTLOCKS depends on !ARM || CPU_CACHE_VIPT): every
+    # table is locked by mm->page_table_lock, so adjust_pte() runs under the
+    # fault's own lock (ptl == vmf->ptl) and two faults on aliases in
+    # opposite mappings cannot deadlock on each other's ptl.
+    split_pte_ptlocks: ClassVar[bool] = False
     # The implementation has PXN in short descriptors (ID_MMFR0.VMSA >= 4).
     has_pxn: ClassVar[bool] = True
 

@@ -295,3 +295,37 @@ def test_a_table_freed_twice_by_a_variant_names_the_real_table_and_its_history()
     assert rep is not None and rep.kind == "kernel-bug"
     assert "at 0x0 " not in rep.message and rep.frame not in (None, 0)
     assert rep.frame_history, "the report tells the table's life"
+
+
+ARM_ALIASES_BOTH_WAYS = """
+[machine]
+arch = "arm"
+cpus = 2
+memory_mib = 32
+[[vma]]
+start = "8 * pmd_size"
+size = "pmd_size"
+kind = "file"
+name = "a"
+[[vma]]
+start = "10 * pmd_size"
+size = "pmd_size"
+kind = "file"
+share = "a"
+name = "b"
+[[cpu]]
+program = "read_pages"
+args = ["8 * pmd_size", 8, "page_size", 1]
+[[cpu]]
+program = "read_pages"
+args = ["10 * pmd_size", 8, "page_size", 1]
+"""
+
+
+def test_arm_faults_on_aliases_in_both_mappings_do_not_deadlock(tmp_path):
+    """Found by `ptemu fuzz` on arm: with split PTE locks the two faults'
+    make_coherent() took each other's ptl (ABBA). VIVT arm never splits them
+    (SPLIT_PTE_PTLOCKS depends on !ARM || CPU_CACHE_VIPT)."""
+    path = write(tmp_path, ARM_ALIASES_BOTH_WAYS)
+    res = explore(ExploreConfig(path, strategy="pct", schedules=60, depth=3))
+    assert res.report is None, res.report and res.report.message
