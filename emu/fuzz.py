@@ -44,7 +44,7 @@ class FuzzConfig:
     seed: int = 0
     jobs: int = 1
     variants: tuple[str, ...] = ()
-    override: str = ""  # "path.py:Class", absolute path
+    overrides: tuple[str, ...] = ()  # "path.py:Class" each, absolute paths
     max_steps: int = 200_000
     workdir: str = ""  # where the generated scenarios are written ("": a temporary directory)
     stop_first: bool | None = None  # None: stop each target at its first hit iff variants
@@ -53,7 +53,7 @@ class FuzzConfig:
         return targets_for(self.arch)
 
     def stops_at_first(self) -> bool:
-        return bool(self.variants or self.override) if self.stop_first is None else self.stop_first
+        return bool(self.variants or self.overrides) if self.stop_first is None else self.stop_first
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,10 @@ def workload(cfg: FuzzConfig, index: int) -> Workload:
 def scenario_text(cfg: FuzzConfig, w: Workload) -> str:
     """The workload as a shipped-format scenario, with the config's variants/override."""
     text = generate(w.target, w.seed)
-    if cfg.variants or cfg.override:
+    if cfg.variants or cfg.overrides:
         kern = ["[kernel]", "variants = [" + ", ".join(f'"{v}"' for v in cfg.variants) + "]"]
-        if cfg.override:
-            kern.append(f'override = "{cfg.override}"')
+        if cfg.overrides:
+            kern.append("override = [" + ", ".join(f'"{o}"' for o in cfg.overrides) + "]")
         head, rest = text.split("\n[machine]\n", 1)
         text = head + "\n" + "\n".join(kern) + "\n\n[machine]\n" + rest
     return text
@@ -121,8 +121,8 @@ def run_workload(cfg: FuzzConfig, index: int) -> Outcome:
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     baseline = 0
-    if cfg.variants or cfg.override:
-        plain = scenario_text(replace(cfg, variants=(), override=""), w)
+    if cfg.variants or cfg.overrides:
+        plain = scenario_text(replace(cfg, variants=(), overrides=()), w)
         try:
             res = explore(_explore_config(cfg, w, d / f"{w.name}-correct.toml", plain, False))
         except Exception as exc:  # noqa: BLE001 - a workload that cannot even run is a finding

@@ -286,3 +286,18 @@ def test_where_each_variant_can_show():
         "pte_free_immediate": [t for t in everywhere if t != "arm"],
         "collapse_no_clear": [t for t in everywhere if t != "arm"],
         "no_pmd_same_recheck": everywhere}
+
+
+def test_override_is_repeatable_and_lands_in_the_reproducer(tmp_path):
+    """--override FILE:CLASS may be given more than once (issue 12 s1); the
+    generated scenario names every one in [kernel] override, so the saved
+    reproducer runs with the same overrides."""
+    porter = Path(__file__).resolve().parent.parent / "guest" / "porter" / "flush_then_free.py"
+    mixin = tmp_path / "mixin.py"
+    mixin.write_text("class Quiet:\n    pass\n")
+    specs = (f"{porter}:FlushThenFree", f"{mixin}:Quiet")
+    cfg = FuzzConfig(arch="x86-pae", workloads=1, schedules=1, seed=3, overrides=specs)
+    text = scenario_text(cfg, workload(cfg, 0))
+    sc = scenario.parse(text, "w.toml")
+    assert list(sc.override) == list(specs)
+    Machine(sc)  # both load: the policy and the mixin

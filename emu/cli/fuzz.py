@@ -23,6 +23,7 @@ from rich.table import Table
 from emu.cli.common import EXIT_FOUND, EXIT_OK, UsageError, console
 from emu.cli.explore import print_report
 from emu.failure_db import FAILURES_DIR, save_failure, save_new
+from emu.overrides import add_override_option, cli_overrides
 
 
 def save_reproducer(outcome: Any, directory: Path = FAILURES_DIR) -> tuple[Path, Path | None]:
@@ -51,19 +52,13 @@ def _config(args: argparse.Namespace) -> Any:
         targets_for(args.arch)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    override = ""
-    if args.override:
-        if ":" not in args.override:
-            raise UsageError(f"--override {args.override!r} must be FILE.py:Class")
-        file_part, cls = args.override.rsplit(":", 1)
-        if not Path(file_part).is_file():
-            raise UsageError(f"--override: no such file {file_part!r}")
-        override = f"{Path(file_part).resolve()}:{cls}"
-        from emu.kernel.variants import load_override
-        load_override(override, Path.cwd())  # a bad class is bad input, before any run
+    from emu.kernel.variants import load_override
+    overrides = cli_overrides(args.override)
+    for spec in overrides:
+        load_override(spec, Path.cwd())  # a bad class is bad input, before any run
     return FuzzConfig(arch=args.arch, workloads=args.workloads, schedules=args.schedules,
                       seed=args.seed, jobs=args.jobs, variants=tuple(args.variant or ()),
-                      override=override, max_steps=args.max_steps)
+                      overrides=overrides, max_steps=args.max_steps)
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
@@ -72,7 +67,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     for t in cfg.targets():
         not_applicable(cfg, t)  # an unknown variant is bad input, before any run
     mode = (f" variants={','.join(cfg.variants)}" if cfg.variants else "") + \
-        (f" override={cfg.override}" if cfg.override else "")
+        (f" override={','.join(cfg.overrides)}" if cfg.overrides else "")
     console.print(f"[bold]fuzz[/] arch={cfg.arch} workloads={cfg.workloads} "
                   f"schedules={cfg.schedules} seed={cfg.seed} jobs={cfg.jobs}{mode}",
                   highlight=False)
@@ -182,8 +177,7 @@ def _add_fuzz(sub: argparse._SubParsersAction) -> None:
                    help="worker processes, one workload each at a time")
     p.add_argument("--variant", action="append", metavar="V",
                    help="switch on a named kernel variant (repeatable; `ptemu list variants`)")
-    p.add_argument("--override", metavar="FILE:CLASS",
-                   help="your own Kernel mixin or TablePolicy (like [kernel] override)")
+    add_override_option(p)
     p.add_argument("--max-steps", type=int, default=200_000, help="step limit of one run")
     p.add_argument("--json", metavar="FILE", help="write the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
