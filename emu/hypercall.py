@@ -133,21 +133,21 @@ def dispatch(m: ServiceHost, cpu: Caller, nr: int, args: tuple[int, ...]) -> Any
 
 @service("exit")
 def sys_exit(m: ServiceHost, cpu: Caller, code: int) -> int:
-    """exit(code): this vCPU's program is finished."""
+    """Validate and run `exit` (the call itself is described in emu.abi)."""
     m.request_exit(cpu, code)
     return 0
 
 
 @service("log")
 def sys_log(m: ServiceHost, cpu: Caller, value: int) -> int:
-    """log(value): put a value in the trace."""
+    """Validate and run `log` (the call itself is described in emu.abi)."""
     m.trace_note(cpu, f"guest log {value:#x}")
     return 0
 
 
 @service("getcpu")
 def sys_getcpu(m: ServiceHost, cpu: Caller) -> int:
-    """getcpu(): the vCPU's index."""
+    """Validate and run `getcpu` (the call itself is described in emu.abi)."""
     return cpu.index
 
 

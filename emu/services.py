@@ -73,7 +73,7 @@ def copy_to_user(m: ServiceHost, addr: int, values: list[int], width: int) -> No
 
 @service("mmap")
 def sys_mmap(m: ServiceHost, cpu: Caller, addr: int, length: int, kind: int) -> s.KernelGen:
-    """mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file."""
+    """Validate and run `mmap` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
     if kind not in MAP_KINDS:
         raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem) or 2 (file)")
@@ -98,14 +98,14 @@ def _mmap(m: ServiceHost, addr: int, length: int, kind: str) -> s.KernelGen:
 
 @service("munmap")
 def sys_munmap(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
-    """munmap(addr, len): remove whole VMAs in the range, zap, free page tables."""
+    """Validate and run `munmap` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
     return m.kernel.do_munmap(m.mm, addr, addr + length)
 
 
 @service("truncate")
 def sys_truncate(m: ServiceHost, cpu: Caller, addr: int, new_size: int) -> s.KernelGen:
-    """truncate(addr, size): truncate the shmem/file object mapped at addr to size bytes."""
+    """Validate and run `truncate` (the call itself is described in emu.abi)."""
     cache = m.kernel.cache_of(m.mm, addr)
     if cache is None:
         raise HypercallError(EINVAL, f"{addr:#x} is not in a shmem or file mapping")
@@ -116,7 +116,7 @@ def sys_truncate(m: ServiceHost, cpu: Caller, addr: int, new_size: int) -> s.Ker
 
 @service("fault_around")
 def sys_fault_around(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
-    """fault_around(addr): map the page-cache pages around addr (filemap_map_pages)."""
+    """Validate and run `fault_around` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, 1)
     if m.kernel.cache_of(m.mm, addr) is None:
         raise HypercallError(EINVAL, f"{addr:#x} is not in a shmem or file mapping")
@@ -125,8 +125,7 @@ def sys_fault_around(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
 
 @service("madvise")
 def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int) -> s.KernelGen:
-    """madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table reclaim) or
-    MADV_COLLAPSE (25, shmem/file)."""
+    """Validate and run `madvise` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
     if advice == MADV_DONTNEED:
         return m.kernel.madvise_dontneed(m.mm, addr, addr + length)
@@ -147,8 +146,7 @@ def require_thp(m: ServiceHost, what: str) -> None:
 @service("gup_fast")
 def sys_gup_fast(m: ServiceHost, cpu: Caller, addr: int, nr_pages: int, out: int,
                  write: int) -> s.KernelGen:
-    """gup_fast(addr, nr, out, write): pin pages locklessly, write their physical
-    addresses (one word each) to out, unpin; returns the number pinned."""
+    """Validate and run `gup_fast` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, max(nr_pages, 1) * m.arch.page_size)
     if not 0 < nr_pages <= GUP_MAX_PAGES:
         raise HypercallError(EINVAL, f"nr_pages {nr_pages} not in 1..{GUP_MAX_PAGES}")
@@ -171,7 +169,7 @@ def _gup(m: ServiceHost, addr: int, nr: int, out: int, write: bool) -> s.KernelG
 
 @service("khugepaged_scan")
 def sys_khugepaged_scan(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
-    """khugepaged_scan(addr): one khugepaged pass over the PMD range at addr (no mmap_lock)."""
+    """Validate and run `khugepaged_scan` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, 1)
     require_thp(m, "khugepaged")
     return m.kernel.khugepaged_scan_file(m.mm, addr)
@@ -179,7 +177,7 @@ def sys_khugepaged_scan(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
 
 @service("rcu_barrier")
 def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
-    """rcu_barrier(): wait until every queued RCU callback has run."""
+    """Validate and run `rcu_barrier` (the call itself is described in emu.abi)."""
     return _barrier()
 
 
