@@ -280,7 +280,7 @@ class VCpu:
             self.mode = Mode.GUEST
             return
         self.m.trace_note(self, f"walk fault: {acc.name.lower()} {va:#x} at {res.level} ({res.reason})")
-        self.start_kernel(self.m.kernel.handle_mm_fault(va, acc), "fault")
+        self.start_kernel(self.m.kernel.handle_mm_fault(va, acc, self.m.mm_of(self)), "fault")
 
     # ---- kernel ------------------------------------------------------------------------
     def start_kernel(self, gen: Any, kind: str, name: str = "") -> None:

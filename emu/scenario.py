@@ -11,7 +11,11 @@ version = "6.14"        # the Linux release to follow (default: the newest model
 variants = []           # named bug variants, see `ptemu variants`
 override = ""           # "file.py:Class" (or a list of them): your own mixin or policy
 
+[[process]]             # optional: processes, each its own mm (default: one, "main")
+name = "main"
+
 [[vma]]
+process = "main"        # whose address space (default: the first process)
 start = 0x10000000      # integers, or expressions over page_size/pmd_size
 size = "4 * pmd_size"
 kind = "anon"           # anon | shmem | file
@@ -19,6 +23,7 @@ prot = "rw"             # r, rw, rx, rwx
 populate = false        # fault every page in at setup (or an integer: the first N pages)
 
 [[cpu]]
+process = "main"        # the process this vCPU runs (default: the first)
 program = "touch"       # guest/programs/<arch>/<program>.S, or "my_prog.S" (a path
 args = [0x10000000, 512, "page_size"]   # relative to this file); or inline:
 # asm = '''
@@ -85,6 +90,7 @@ class VmaSpec:
     pmd_mapping: bool = True
     name: str = ""
     share: str = ""  # name of an earlier shmem/file VMA whose file this one maps too
+    process: str = ""  # the [[process]] whose address space it is in ("": the first)
 
 
 @dataclass
@@ -96,6 +102,7 @@ class CpuSpec:
     path: Path | None = None  # a user's own .S file, resolved against the scenario's directory
     asm: str = ""  # inline program text
     asm_line: int = 1  # the scenario file's line on which the inline text starts
+    process: str = ""  # the [[process]] this vCPU runs ("": the first)
 
 
 def is_program_path(program: str) -> bool:
@@ -120,6 +127,8 @@ class Scenario:
     description: str = ""
     version: Version = NEWEST
     version_given: bool = False  # said in the file (so an arch option may conflict with it)
+    # the [[process]] names in order; one implicit "main" when none is declared
+    processes: list[str] = field(default_factory=lambda: ["main"])
 
     @property
     def override(self) -> list[str]:
@@ -192,8 +201,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(source, "<toml>", str(exc)) from None
-    _check_keys(doc, {"machine", "kernel", "vma", "cpu", "explore", "expect", "description",
-                      "arch_options"}, source, "")
+    _check_keys(doc, {"machine", "kernel", "process", "vma", "cpu", "explore", "expect",
+                      "description", "arch_options"}, source, "")
     mach = _get(doc, "machine", dict, source, "")
     _check_keys(mach, {"arch", "cpus", "memory_mib"}, source, "machine")
     arch = _get(mach, "arch", str, source, "machine")
@@ -223,13 +232,14 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
             raise ScenarioError(source, f"kernel.override[{i}]" if isinstance(override, list)
                                 else "kernel.override", f"expected 'file.py:Class', got {o!r}")
     overrides = [o for o in overrides if o]
+    processes = _processes(doc, source)
     vmas = []
     for i, v in enumerate(_get(doc, "vma", list, source, "", [])):
         path = f"vma[{i}]"
         if not isinstance(v, dict):
             raise ScenarioError(source, path, "expected a table")
         _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "pmd_mapping", "name",
-                        "share"}, source, path)
+                        "share", "process"}, source, path)
         kind = _get(v, "kind", str, source, path, "anon")
         if kind not in VMA_KINDS or kind == "text":
             raise ScenarioError(source, f"{path}.kind", f"must be anon, shmem or file, got {kind!r}")
@@ -242,7 +252,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                             _get(v, "thp", bool, source, path, False),
                             _get(v, "pmd_mapping", bool, source, path, True),
                             _get(v, "name", str, source, path, ""),
-                            _get(v, "share", str, source, path, "")))
+                            _get(v, "share", str, source, path, ""),
+                            _process_of(v, processes, source, path)))
         if vmas[-1].share:
             earlier = {x.name: x for x in vmas[:-1] if x.name}
             target = earlier.get(vmas[-1].share)
@@ -256,7 +267,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"cpu[{i}]"
         if not isinstance(c, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(c, {"program", "args", "asm", "calls"}, source, path)
+        _check_keys(c, {"program", "args", "asm", "calls", "process"}, source, path)
         args = _get(c, "args", list, source, path, [])
         for j, a in enumerate(args):
             if isinstance(a, bool) or not isinstance(a, (int, str)):
@@ -267,6 +278,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
             programs.append(_call_list(c, source, path))
         else:
             programs.append(_program(c, i, args, text, source, base_dir or Path.cwd()))
+        programs[-1].process = _process_of(c, processes, source, path)
     if len(programs) > cpus:
         raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
     if not programs:
@@ -284,7 +296,38 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                     explore=_get(doc, "explore", dict, source, "", {}),
                     expect=expect,
                     description=_get(doc, "description", str, source, "", ""),
-                    version=version, version_given=version_text is not None)
+                    version=version, version_given=version_text is not None,
+                    processes=processes)
+
+
+def _processes(doc: dict[str, Any], source: str) -> list[str]:
+    """The `[[process]]` names, in order (each its own mm); ["main"] if none is declared."""
+    tables = _get(doc, "process", list, source, "", [])
+    if not tables:
+        return ["main"]
+    names: list[str] = []
+    for i, p in enumerate(tables):
+        path = f"process[{i}]"
+        if not isinstance(p, dict):
+            raise ScenarioError(source, path, "expected a table")
+        _check_keys(p, {"name"}, source, path)
+        name = _get(p, "name", str, source, path)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+            raise ScenarioError(source, f"{path}.name", f"{name!r} is not a name "
+                                "(letters, digits, _ and -, not starting with a digit)")
+        if name in names:
+            raise ScenarioError(source, f"{path}.name", f"{name!r} declared twice")
+        names.append(name)
+    return names
+
+
+def _process_of(tbl: dict[str, Any], processes: list[str], source: str, path: str) -> str:
+    """The process a [[vma]] or [[cpu]] belongs to: its `process` key, else the first."""
+    name = _get(tbl, "process", str, source, path, processes[0])
+    if name not in processes:
+        raise ScenarioError(source, f"{path}.process",
+                            f"no [[process]] named {name!r} (declared: {', '.join(processes)})")
+    return name
 
 
 def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:

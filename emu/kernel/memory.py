@@ -61,7 +61,7 @@ class MemoryMixin:
         yield s.SpinUnlock(ptl)
         if folio is not None:
             start = addr - addr % a.pmd_size
-            yield s.TlbFlushRange(start, start + a.pmd_size)
+            yield s.TlbFlushRange(start, start + a.pmd_size, mm)
             folio.unmap()
             mm.rss[self.mm_counter_kind(folio)] -= folio.nr_pages
             self.put_folio(folio)
@@ -96,7 +96,7 @@ class MemoryMixin:
             released.append(folio)
         yield from self.pte_unmap_unlock(ptep0, ptl)
         # tlb_finish_mmu(): flush before the pages can be reused
-        yield s.TlbFlushRange(start, end)
+        yield s.TlbFlushRange(start, end, mm)
         for folio in released:
             self.put_folio(folio)
 
@@ -141,7 +141,7 @@ class MemoryMixin:
         RCU table freeing), its IPI is what waits out walks still in flight.
         `rcu` forces an RCU-deferred free whatever the arch's mmu_gather does.
         """
-        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
+        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size, mm)
         if rcu:
             yield from self.policy.free_defer(self, mm, table, "pte")
         else:
