@@ -16,8 +16,8 @@ from emu.explore_machine import ExploreMachine
 from emu.kernel import steps as s
 from emu.machine import Machine
 from emu.physmem import FrameAllocator, FrameState, PhysMem, PhysMemError
-from emu.sched import RandomStrategy
 from emu.scenario import ScenarioError
+from emu.sched import RandomStrategy
 
 GIB = 1 << 30
 SHM = 8 * 0x200000  # the shm VMA of torn_pmd_highpte
