@@ -18,10 +18,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from arch.base import PERM_W, Access, MemoryImage
+from arch.base import PERM_W, Access
 from emu.cpu import TlbEntry, VCpu
 from emu.machine import Machine
-from emu.physmem import FrameAllocator, PhysMem
+from emu.physmem import FrameAllocator, PhysMem, RamImage
 
 PAGE_SHIFT = 12  # granule of dirty-page tracking (bytes are restored 4 KiB at a time)
 
@@ -137,17 +137,13 @@ class TrackingFrameAllocator(FrameAllocator):
         return fi
 
 
-class _LoggedImage(MemoryImage):
-    """The raw RAM buffer seen through the access log (functional translations)."""
-
-    def __init__(self, mem: TrackingPhysMem) -> None:
-        super().__init__(mem.buf)
-        self.mem = mem
+class _LoggedImage(RamImage):
+    """RAM seen through the access log (functional translations)."""
 
     def read(self, pa: int, size: int) -> bytes:
         if not self.mem.contains(pa, size):
-            raise IndexError(pa)
-        return self.mem.read(pa, size)
+            raise IndexError(pa)  # what translate_functional takes for outside RAM
+        return self.mem.read(pa, size)  # TrackingPhysMem.read logs it
 
 
 def _copy_info(saved: Any) -> Any:
