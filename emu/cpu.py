@@ -93,7 +93,8 @@ class VCpu:
         self.uc = uc
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
         uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
-        uc.mem_map_ptr(0, machine.mem.size, unicorn.UC_PROT_ALL, machine.mem.address)
+        for base, size in machine.mem.banks:  # the buffer is indexed by physical address
+            uc.mem_map_ptr(base, size, unicorn.UC_PROT_ALL, machine.mem.address + base)
         # `until` is never reached: exits list empty, slices bounded by count
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])

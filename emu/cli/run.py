@@ -241,7 +241,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run a scenario once under one schedule",
                        description="Run a scenario once: real guest code on every vCPU, "
                                    "our MMU, the kernel model; prints the outcome, the "
-                                   "trace hash and the schedule string.")
+                                   "trace hash and the schedule string. The scenario's "
+                                   "[machine] gives RAM: memory_mib at 0, and on x86-pae "
+                                   "highmem banks above 4 GiB with pte_placement low, "
+                                   "highmem or interleave (docs/scenario-format.md).")
     add_run_options(r)
     r.add_argument("--trace", type=int, default=0, metavar="N", help="print the last N trace lines")
     r.add_argument("--json", metavar="FILE", help="write the outcome as JSON (- for stdout)")
