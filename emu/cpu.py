@@ -250,6 +250,62 @@ class VCpu:
             return
         m.guest_quiescent(self)
 
+    # ---- free running (fast-forward) ----------------------------------------------
+    def run_free(self, marker: int | None) -> str:
+        """Run this vCPU's guest code at Unicorn speed, outside the schedule.
+
+        One `emu_start` with no instruction count (a count makes Unicorn
+        instrument every translated block, shared/reference/unicorn_facts.md
+        section 8) runs until a hook stops it: the fill hook walks inside
+        itself (`sync_walks`), so only a walk that faults, or a trap, comes
+        back here. A fault or a hypercall runs its kernel routine to
+        completion on this CPU (nothing else runs meanwhile: this is set-up
+        time, like `populate`), then the guest goes on. Stops at the
+        hypercall numbered `marker` (returning 0 to the guest, which
+        continues after it), or when the program exits or crashes. Returns
+        "marker", "exit" or "crash".
+        """
+        uc = self.uc
+        arch = self.arch
+        self.sync_walks = True
+        try:
+            while self.mode is Mode.GUEST:
+                self._miss = self._trap = None
+                try:
+                    uc.emu_start(self.pc, 0, 0, 0)
+                    err = None
+                except UcError as exc:
+                    err = exc
+                if self._hook_error is not None:
+                    exc, self._hook_error = self._hook_error, None
+                    raise exc
+                self.pc = arch.get_pc(uc)
+                if self._trap is not None:
+                    intno, self._trap = self._trap, None
+                    if intno != arch.callconv.intno:
+                        self._crash(f"unexpected interrupt {intno:#x} at {self.pc:#x}")
+                        break
+                    arch.after_trap(uc)
+                    self.pc = arch.get_pc(uc)
+                    if marker is not None and arch.hypercall_args(uc)[0] == marker:
+                        arch.set_return(uc, 0)
+                        return "marker"
+                    self.m.hypercall(self)
+                elif err is not None and self._miss is not None:
+                    va, acc = self._miss
+                    self._miss = None
+                    self.m.trace_note(self, f"walk fault: {acc.name.lower()} {va:#x}")
+                    self.start_kernel(self.m.kernel.handle_mm_fault(va, acc), "fault")
+                elif err is not None:
+                    self._crash(f"guest exception at {self.pc:#x}: {err}")
+                    break
+                if self.mode is Mode.KERNEL:
+                    self.task.run_to_completion()
+                    self._kernel_done()
+        finally:
+            self.sync_walks = False
+        return "exit" if self.mode is Mode.DONE else "crash"
+
     # ---- walks -------------------------------------------------------------------------
     def start_walk(self, va: int, acc: Access) -> None:
         self.walk = self.arch.walk(self.mmu_root, va, acc, True)

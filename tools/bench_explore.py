@@ -16,12 +16,16 @@ For each scenario (default: three built-in x86-PAE ones), in one run:
 - the same exploration with --jobs 1 and --jobs 2 (wall clock; worker start-up
   included), and the speedup.
 
-    python tools/bench_explore.py [--schedules N] [--jobs-seconds S] [SCENARIO ...]
+The last line printed is a JSON object: per scenario, every figure of
+its row.
+
+    python tools/bench_explore.py [--schedules N] [--jobs-seconds S] [--quick] [SCENARIO ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +41,7 @@ from emu.machine import CODE_SLOT, STACK_SIZE  # noqa: E402
 from emu.scenario import eval_int  # noqa: E402
 
 DEFAULT = ["torn_pae", "collapse_gup", "retract_x86"]
+BARE_MIN_STEPS = 30_000  # bare Unicorn steps measured per scenario
 
 
 def bare_unicorn(m, min_steps: int = 30_000) -> tuple[int, float]:
@@ -131,7 +136,7 @@ def bench(name: str, schedules: int, jobs_seconds: float) -> dict:
     st = res.stats
     steps, t_run, t_reset = machine_steps(cfg, max(10, schedules // 4))
     m = build_machine(cfg)
-    bare_n, bare_t = bare_unicorn(m)
+    bare_n, bare_t = bare_unicorn(m, BARE_MIN_STEPS)
     # long enough that worker start-up (a spawned interpreter building its
     # own machine) is small against the work
     jobs_schedules = max(20, int(st.schedules_per_s * jobs_seconds))
@@ -157,7 +162,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--schedules", type=int, default=100, help="PCT schedules per scenario")
     ap.add_argument("--jobs-seconds", type=float, default=12.0,
                     help="size the --jobs 1 / --jobs 2 runs to about this many seconds at --jobs 1")
+    ap.add_argument("--quick", action="store_true",
+                    help="10 schedules, short --jobs runs, one scenario unless named: for tests")
     args = ap.parse_args(argv)
+    if args.schedules < 1 or args.jobs_seconds <= 0:
+        print("bench_explore: --schedules must be >= 1 and --jobs-seconds > 0", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.schedules = min(args.schedules, 10)
+        args.jobs_seconds = min(args.jobs_seconds, 0.5)
+        if args.scenarios == DEFAULT:
+            args.scenarios = DEFAULT[:1]
+    global BARE_MIN_STEPS
+    BARE_MIN_STEPS = 3_000 if args.quick else 30_000
     rows = [bench(n, args.schedules, args.jobs_seconds) for n in args.scenarios]
     head = (f"{'scenario':<14} {'sched/s':>8} {'steps/s':>8} {'steps/sch':>9} {'step us':>8} "
             f"{'reset ms':>8} {'bare us':>8} {'ratio':>6} {'w/reset':>7} {'jobs n':>6} {'jobs1 s':>8} "
@@ -168,6 +185,8 @@ def main(argv: list[str]) -> int:
               f"{r['steps/schedule']:>9.0f} {r['step us']:>8.1f} {r['reset ms']:>8.2f} "
               f"{r['bare us']:>8.2f} {r['ratio']:>6.1f} {r['ratio incl. reset']:>7.1f} "
               f"{r['jobs n']:>6} {r['jobs1 s']:>8.2f} {r['jobs2 s']:>8.2f} {r['speedup']:>7.2f}")
+    print(json.dumps({r["scenario"]: {k: v for k, v in r.items() if k != "scenario"}
+                      for r in rows}, sort_keys=True))
     return 0
 
 
