@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from arch import get_arch
 from emu.explore import ExploreConfig, explore
@@ -43,6 +44,8 @@ class FuzzConfig:
     schedules: int = 50
     seed: int = 0
     jobs: int = 1
+    backend: str = "process"  # where the workers run: "process" (local) or "ray" (emu.explore_ray)
+    address: str | None = None  # ray: the cluster (None: a local instance)
     variants: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()  # "path.py:Class" each, absolute paths
     max_steps: int = 200_000
@@ -240,7 +243,22 @@ def _fuzz(cfg: FuzzConfig, progress: Progress | None) -> FuzzResult:
         if progress is not None:
             progress(len(done), len(indices), o)
 
-    if cfg.jobs <= 1:
+    if cfg.backend == "ray":
+        from emu.explore_ray import TaskPool
+        pool = TaskPool(cfg.address, cfg.jobs)
+        pending_ray: dict[Any, int] = {}
+        queue = list(indices)
+        while queue or pending_ray:
+            while queue and len(pending_ray) < 2 * pool.width:
+                i = queue.pop(0)
+                if wanted(i):
+                    pending_ray[pool.submit(run_workload, cfg, i)] = i
+            if not pending_ray:
+                break
+            for ref in sorted(pool.wait(pending_ray), key=lambda r: pending_ray[r]):
+                pending_ray.pop(ref)
+                record(pool.result(ref))
+    elif cfg.jobs <= 1:
         for i in indices:
             if wanted(i):
                 record(run_workload(cfg, i))

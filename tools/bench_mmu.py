@@ -65,7 +65,7 @@ def sweep_scenario(arch: str, pages: int, rounds: int) -> scenario.Scenario:
 [machine]
 arch = "{arch}"
 cpus = 1
-memory_mib = 64
+memory_mib = 160
 [[vma]]
 start = {HEAP:#x}
 size = "{pages} * page_size"

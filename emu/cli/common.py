@@ -48,13 +48,33 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from arch import UnknownArch
     from emu.cli.output import OutputPathError
     from emu.coverage_report import CoverageUnavailable
+    from emu.explore_ray import RayUnavailable
     from emu.kernel.variants import VariantError
     from emu.scenario import ScenarioError
     from emu.sched.schedule import ScheduleError
     from guest.asm import AsmError
     return (UsageError, ScenarioError, UnknownArch, VariantError, ScheduleError, AsmError,
-            OutputPathError, CoverageUnavailable)
+            OutputPathError, CoverageUnavailable, RayUnavailable)
 
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend and --address: where the --jobs workers run (explore, fuzz)."""
+    p.add_argument("--backend", choices=("process", "ray"), default="process",
+                   help="process: --jobs local worker processes (default); ray: Ray workers "
+                        "(pip install 'ptemu[ray]'; --jobs of them, default one per CPU of the "
+                        "cluster). The same seed gives the same schedules and the same first "
+                        "failure on either")
+    p.add_argument("--address", metavar="ADDR",
+                   help="--backend ray: the cluster to use (e.g. ray://head:10001, or auto "
+                        "on a cluster node; default: start a local Ray instance)")
+
+
+def backend_config(args: argparse.Namespace) -> dict[str, object]:
+    """The config fields of --backend/--address; --address without ray is bad input."""
+    if args.address and args.backend != "ray":
+        raise UsageError("--address is for --backend ray")
+    return {"backend": args.backend, "address": args.address}
 
 
 class SetupFailure(Exception):
