@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import unicorn
 from unicorn import UcError
 
-from arch.base import Access, Fault, PteRead, PteSetBits, PteWrite, Translation, Walk, perm_allows
+from arch.base import (
+    PERM_X,
+    Access,
+    Fault,
+    PteRead,
+    PteSetBits,
+    PteWrite,
+    Translation,
+    Walk,
+    perm_allows,
+)
 from emu.kernel.task import KernelTask
 
 if TYPE_CHECKING:
@@ -115,7 +125,10 @@ class VCpu:
         self._trap: int | None = None
         self._hook_error: BaseException | None = None
         self.sync_walks = False  # walk inside the hook (no interleaving): fast mode
-        self.quantum = 1
+        self.quantum = 1  # > 1: guest slices of up to this many instructions (see _slice)
+        self._slicing = False  # inside a slice: a data access stops it
+        self._data_stop = False  # the slice stopped before a data access
+        self._uc_data = True  # Unicorn's TLB may hold data translations
         self.hw_root = 0
         self.mmu_root: Any = None  # the root register and what the MMU latched with it
 
@@ -160,11 +173,17 @@ class VCpu:
     def _fill(self, uc: unicorn.Uc, va: int, access: int, entry: Any, _ud: Any) -> bool:
         try:
             acc = Access(access - unicorn.UC_MEM_READ)
+            if self._slicing and acc is not Access.FETCH:
+                self._data_stop = True  # nothing of this instruction is committed
+                uc.emu_stop()
+                return False
             e = self.tlb_lookup(va)
             if e is not None and perm_allows(e.tr.perms, acc):
                 self.m.on_tlb_use(self, e, va, acc)
                 entry.paddr = e.tr.pa(va)
-                entry.perms = e.tr.perms
+                # in a slice, a fetch fill lets Unicorn fetch only: a load or
+                # store to the same page comes back here and ends the slice
+                entry.perms = e.tr.perms & PERM_X if self._slicing else e.tr.perms
                 return True
             if e is not None:
                 # An entry that does not allow the access faults, and a fault
@@ -218,19 +237,21 @@ class VCpu:
         uc = self.uc
         pc = self.pc
         m.trace_guest(self, pc)
-        count = self.arch.step_count(uc, pc) if self.quantum == 1 else \
-            self.arch.slice_count(uc, pc, self.quantum)
-        self._miss = None
-        self._trap = None
-        try:
-            uc.emu_start(pc, 0, 0, count)
-            err = None
-        except UcError as exc:
-            err = exc
+        if self.quantum > 1:
+            err = self._slice(pc)
+            if self._data_stop:
+                self._data_stop = False
+                if self.pc == pc:  # its first instruction loads or stores: run just that
+                    err = self._single(pc)
+                elif self._hook_error is None:
+                    # the slice ran up to a load or store: that is the next step
+                    m.guest_quiescent(self)
+                    return
+        else:
+            err = self._single(pc)
         if self._hook_error is not None:
             exc, self._hook_error = self._hook_error, None
             raise exc
-        self.pc = self.arch.get_pc(uc)
         if self._trap is not None:
             intno, self._trap = self._trap, None
             if intno == self.arch.callconv.intno:
@@ -249,6 +270,65 @@ class VCpu:
             self._crash(f"guest exception at {self.pc:#x}: {err}")
             return
         m.guest_quiescent(self)
+
+    def _single(self, pc: int) -> UcError | None:
+        """Run the one instruction at `pc` (with a sparc64 delay slot: two)."""
+        uc = self.uc
+        self._miss = None
+        self._trap = None
+        self._uc_data = True  # its loads and stores may leave translations in Unicorn's TLB
+        try:
+            uc.emu_start(pc, 0, 0, self.arch.step_count(uc, pc))
+            err = None
+        except UcError as exc:
+            err = exc
+        self.pc = self.arch.get_pc(uc)
+        return err
+
+    def _slice(self, pc: int) -> UcError | None:
+        """Run guest code from `pc` as one step: up to `quantum` instructions,
+        ending before the first that loads or stores (or at a trap, or at a
+        fetch that misses our TLB model).
+
+        Why this loses no interleaving a checker can see. What a slice runs
+        is register arithmetic and instruction fetches that hit this CPU's
+        TLB model. Neither reads nor writes anything another task can read
+        or write: registers are the CPU's own, and a fetch reads a text
+        page, which no guest store can reach (text VMAs are mapped without
+        write permission, and a slice lets Unicorn fetch, never load or
+        store, through what it fills: `_fill`). So each instruction of a
+        slice commutes with every step of every other task (guest
+        instruction, walker entry read, kernel step, RCU callback) but
+        those that take the translation it fetches through away, and
+        running the slice as one step only moves other tasks' steps from
+        inside it to before or after it. A step that takes a translation
+        away is a TLB flush or a free of the frame (the kernel model flushes
+        Unicorn's TLBs on both): moved before the slice, the slice's first
+        fetch comes back through `_fill`, where the stale-TLB checker sees
+        the use exactly as it would have seen it mid-slice; moved after it,
+        the fetches used a translation the TLB still held, as a CPU may
+        before the shootdown reaches it. Every load and store, every walk,
+        every trap is still a step of its own, at its own place in every
+        schedule, which is all the checkers observe of a guest.
+        """
+        uc = self.uc
+        if self._uc_data:
+            # Unicorn must hold no data translation, or a load or store
+            # would hit it without `_fill` seeing it
+            self.flush_uc_tlb()
+            self._uc_data = False
+        self._miss = None
+        self._trap = None
+        self._slicing = True
+        try:
+            uc.emu_start(pc, 0, 0, self.arch.slice_count(uc, pc, self.quantum))
+            err = None
+        except UcError as exc:
+            err = exc
+        finally:
+            self._slicing = False
+        self.pc = self.arch.get_pc(uc)
+        return err
 
     # ---- free running (fast-forward) ----------------------------------------------
     def run_free(self, marker: int | None) -> str:

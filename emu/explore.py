@@ -101,6 +101,8 @@ def build_machine(cfg: ExploreConfig, trace: bool = False) -> ExploreMachine:
     m = ExploreMachine(load_scenario(cfg), arch=cfg.arch, trace=trace,
                        checkers=default_checkers())
     m.digests = False
+    for c in m.cpus:
+        c.quantum = cfg.quantum
     if cfg.evidence:
         from emu.evidence import Evidence
         ev = Evidence()

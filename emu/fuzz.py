@@ -44,6 +44,7 @@ class FuzzConfig:
     schedules: int = 50
     seed: int = 0
     jobs: int = 1
+    quantum: int = 1  # guest instructions per guest step at most (emu.cpu.VCpu._slice)
     backend: str = "process"  # where the workers run: "process" (local) or "ray" (emu.explore_ray)
     address: str | None = None  # ray: the cluster (None: a local instance)
     variants: tuple[str, ...] = ()
@@ -162,7 +163,7 @@ def _explore_config(cfg: FuzzConfig, w: Workload, path: Path, text: str,
     path.write_text(text)
     return ExploreConfig(scenario=str(path.resolve()), strategy=w.strategy,
                          schedules=cfg.schedules, seed=w.seed, depth=w.depth, jobs=1,
-                         max_steps=cfg.max_steps, minimize=minimize)
+                         max_steps=cfg.max_steps, minimize=minimize, quantum=cfg.quantum)
 
 
 @dataclass

@@ -27,7 +27,9 @@ from emu.cli.common import (
     EXIT_OK,
     UsageError,
     add_backend_options,
+    add_quantum_option,
     backend_config,
+    check_quantum,
     console,
     err_console,
 )
@@ -69,7 +71,7 @@ def _config(args: argparse.Namespace) -> Any:
                          schedules=args.schedules, seed=args.seed, depth=args.depth,
                          jobs=args.jobs, max_steps=args.max_steps, por=args.por,
                          minimize=not args.no_minimize, evidence=not args.no_evidence,
-                         **backend_config(args))
+                         quantum=check_quantum(args), **backend_config(args))
 
 
 def _check_scenario(cfg: Any) -> Any:
@@ -280,7 +282,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cfg = ExploreConfig(scenario=recorded.scenario, arch=args.arch or recorded.arch,
                             variants=tuple(recorded.variants),
                             overrides=given + cli_overrides(args.override),
-                            max_steps=args.max_steps)
+                            max_steps=args.max_steps,
+                            quantum=args.quantum or recorded.quantum)
         schedule = args.schedule or recorded.schedule
     else:
         if not args.schedule:
@@ -288,7 +291,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                              "(or give a failure .json file)")
         cfg = ExploreConfig(scenario=scenario_ref(args.target), arch=args.arch,
                             variants=tuple(args.variant or ()),
-                            overrides=cli_overrides(args.override), max_steps=args.max_steps)
+                            overrides=cli_overrides(args.override), max_steps=args.max_steps,
+                            quantum=args.quantum or 1)
         schedule = args.schedule
     choices = decode(schedule)
     sc = _check_scenario(cfg)
@@ -372,6 +376,7 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="J",
                    help="worker processes (random/pct); results do not depend on J")
     add_backend_options(p)
+    add_quantum_option(p)
     p.add_argument("--por", choices=POR_MODES, default="frames",
                    help="exhaustive: partial-order reduction (default frames)")
     p.add_argument("--max-steps", type=int, default=200_000, help="step limit of one run")
@@ -408,6 +413,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", type=int, default=400, metavar="N",
                    help="print the last N trace lines (0: all; default 400)")
     p.add_argument("--max-steps", type=int, default=2_000_000, help="step limit")
+    add_quantum_option(p, None)
     p.add_argument("--allow-prefix", action="store_true",
                    help="accept a schedule shorter than the run (round-robin finishes it) "
                         "or longer (the rest is ignored)")
