@@ -419,11 +419,14 @@ class Machine(KernelHooks):
                           self._copy_state((self.kernel.__dict__, self.frames.__dict__)),
                           [(c.pc, c.mode, c.exit_code, c.crash) for c in self.cpus])
 
+    def kept_objects(self) -> tuple[Any, ...]:
+        """What a state copy shares with the live machine instead of copying."""
+        return (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
+                self.kernel.tlb_flush)
+
     def _copy_state(self, state: Any) -> Any:
         import copy
-        keep = (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
-                self.kernel.tlb_flush)
-        return copy.deepcopy(state, {id(x): x for x in keep})
+        return copy.deepcopy(state, {id(x): x for x in self.kept_objects()})
 
     def reset(self) -> None:
         if self._snapshot is None:

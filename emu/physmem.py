@@ -13,9 +13,11 @@ for as long as a checker could care.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import enum
 import mmap
+import operator
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -179,7 +181,7 @@ class FrameAllocator:
             return [self._free.pop()]
         for attempt in range(2):
             free = set(self._free)
-            for pfn in sorted(free):
+            for pfn in reversed(self._free):  # ascending: the list is kept descending
                 if pfn % nframes == 0 and all(pfn + i in free for i in range(nframes)):
                     block = list(range(pfn, pfn + nframes))
                     taken = set(block)
@@ -209,9 +211,8 @@ class FrameAllocator:
 
     def _drain_quarantine(self, all_of_it: bool = False) -> None:
         keep = 0 if all_of_it else self.quarantine_len
-        moved = False
+        free = self._free
         while len(self._quarantine) > keep:
-            self._free.append(self._quarantine.popleft())
-            moved = True
-        if moved:
-            self._free.sort(reverse=True)
+            # kept descending (the lowest frame is popped first) by insertion,
+            # not by sorting the whole list at every free
+            bisect.insort(free, self._quarantine.popleft(), key=operator.neg)

@@ -34,6 +34,8 @@ def table_entries(k: Kernel, table: int, lv: Level) -> tuple[int, ...]:
 def used_entries(k: Kernel, table: int, lv: Level) -> list[int]:
     """The entries of one table that are not the arch's empty entry (which is none)."""
     empty = k.arch.empty_entry(lv.name)
+    if empty == 0:
+        return list(filter(None, table_entries(k, table, lv)))  # the same, at C speed
     return [v for v in table_entries(k, table, lv) if v != empty]
 
 
@@ -58,12 +60,14 @@ def reachable_tables(k: Kernel) -> dict[str, list[int]]:
     return out
 
 
-def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
-    """(mappings per folio, pages mapped per rss kind) found in the tables."""
+def count_mappings(k: Kernel, tables: dict[str, list[int]] | None = None) -> tuple[Counter, Counter]:
+    """(mappings per folio, pages mapped per rss kind) found in the tables
+    (`tables`: `reachable_tables(k)`, if the caller has it)."""
     a = k.arch
     maps: Counter = Counter()
     rss: Counter = Counter()
-    tables = reachable_tables(k)
+    if tables is None:
+        tables = reachable_tables(k)
     lv = a.level("pmd")
     for t in tables["pmd"]:
         for val in used_entries(k, t, lv):
@@ -90,7 +94,7 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
     nr_ptes = len(set(tables["pte"]))
     if nr_ptes != k.mm.nr_ptes:
         problems.append(f"mm.nr_ptes is {k.mm.nr_ptes} but {nr_ptes} PTE tables are reachable")
-    maps, rss = count_mappings(k)
+    maps, rss = count_mappings(k, tables)
     if maps.get(id(None)):
         problems.append(f"{maps[id(None)]} entries map pages that belong to no folio")
     for kind in sorted(k.mm.rss):
@@ -120,16 +124,29 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
     # what alloc_root allocated beside the top table (sparc64's TSBs)
     root = k.mm.root
     live.update(range(k.frames.frame_base(root), root + k.arch.root_block_bytes(), fs))
-    for fi in k.frames.frames:
+    # Frame by frame in frame order; only table frames and reachable ones can be
+    # wrong, so the loop over every frame does no more than compare a state.
+    frames = k.frames.frames
+    pgtable = FrameState.PGTABLE
+    wrong: list[tuple[int, str]] = []
+    for fi in frames:
+        if fi.state is not pgtable:
+            continue
         pa = fi.pfn * fs
         # A frame shared by sub-tables may be held by its allocator with no live
         # table in it (powerpc's current pte_frag page): only whole-frame tables
         # and frames whose every sub-table is live must be reachable.
         managed = fi.subtables and any(st != "live" for st in fi.subtables.values())
-        if fi.state is FrameState.PGTABLE and pa not in live and not managed:
-            problems.append(f"frame {pa:#x} is a {fi.level} table but unreachable and not RCU-pending")
-        if pa in live and fi.state not in (FrameState.PGTABLE,):
-            problems.append(f"frame {pa:#x} is reachable as a table but is {fi.state.value}")
+        if pa not in live and not managed:
+            wrong.append((fi.pfn, f"frame {pa:#x} is a {fi.level} table but unreachable and "
+                                  "not RCU-pending"))
+    for pa in live:
+        pfn = pa // fs
+        if 0 <= pfn < len(frames) and frames[pfn].pfn * fs == pa \
+                and frames[pfn].state is not pgtable:
+            wrong.append((pfn, f"frame {pa:#x} is reachable as a table but is "
+                               f"{frames[pfn].state.value}"))
+    problems.extend(msg for _pfn, msg in sorted(wrong))
     return problems
 
 
