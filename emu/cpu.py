@@ -16,6 +16,7 @@ come from our model.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -70,6 +71,60 @@ class CpuHost(Protocol):
 TCG_BUFFER = 32 << 20  # per instance; Unicorn's default is 1 GiB of address space
 
 
+class _RegSpy:
+    """Stands in for a Uc to learn which register an arch's `get_pc` reads."""
+
+    def __init__(self) -> None:
+        self.regs: list[int] = []
+
+    def reg_read(self, reg_id: int, aux: Any = None) -> int:
+        self.regs.append(reg_id)
+        return 0
+
+
+class _FastUc:
+    """`emu_start` and the PC read of one Uc straight through ctypes.
+
+    They are the two calls of every guest step; the binding's own wrappers
+    cost more than Unicorn does for one instruction (a `reg_read` picks a
+    register class through a generator on every call). Same calls, same
+    results: the PC register is the one the arch's `get_pc` reads (asked
+    of a stand-in Uc, so the register stays the arch's fact), read into a
+    zeroed 64-bit buffer as the binding does.
+    """
+
+    def __init__(self, uc: unicorn.Uc, arch: Any) -> None:
+        from unicorn.unicorn_py3.unicorn import uclib
+        self.uc = uc
+        self._uch = uc._uch
+        self._start = uclib.uc_emu_start
+        self._read = uclib.uc_reg_read
+        self._buf = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._buf)
+        spy = _RegSpy()
+        arch.get_pc(spy)
+        self._pc_reg = spy.regs[0] if len(spy.regs) == 1 else None
+        self._arch = arch
+
+    def emu_start(self, begin: int, count: int) -> None:
+        uc = self.uc
+        uc._hook_exception = None
+        status = self._start(self._uch, begin, 0, 0, count)
+        if status != unicorn.UC_ERR_OK:
+            raise UcError(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
+
+    def pc(self) -> int:
+        if self._pc_reg is None:
+            return self._arch.get_pc(self.uc)
+        self._buf.value = 0
+        status = self._read(self._uch, self._pc_reg, self._ref)
+        if status != unicorn.UC_ERR_OK:
+            raise UcError(status, self._pc_reg)
+        return self._buf.value
+
+
 class Mode(enum.Enum):
     GUEST = "guest"
     WALK = "walk"
@@ -109,6 +164,7 @@ class VCpu:
         uc.ctl_set_exits([])
         uc.hook_add(unicorn.UC_HOOK_TLB_FILL, self._fill)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._intr)
+        self.fast = _FastUc(uc, arch)
         self.tlb: dict[int, TlbEntry] = {}
         self._tlb_sizes = sorted({arch.uc_page_size, arch.page_size, arch.pmd_size,
                                   *arch.extra_tlb_sizes})
@@ -278,11 +334,11 @@ class VCpu:
         self._trap = None
         self._uc_data = True  # its loads and stores may leave translations in Unicorn's TLB
         try:
-            uc.emu_start(pc, 0, 0, self.arch.step_count(uc, pc))
+            self.fast.emu_start(pc, self.arch.step_count(uc, pc))
             err = None
         except UcError as exc:
             err = exc
-        self.pc = self.arch.get_pc(uc)
+        self.pc = self.fast.pc()
         return err
 
     def _slice(self, pc: int) -> UcError | None:
@@ -321,13 +377,13 @@ class VCpu:
         self._trap = None
         self._slicing = True
         try:
-            uc.emu_start(pc, 0, 0, self.arch.slice_count(uc, pc, self.quantum))
+            self.fast.emu_start(pc, self.arch.slice_count(uc, pc, self.quantum))
             err = None
         except UcError as exc:
             err = exc
         finally:
             self._slicing = False
-        self.pc = self.arch.get_pc(uc)
+        self.pc = self.fast.pc()
         return err
 
     # ---- free running (fast-forward) ----------------------------------------------
