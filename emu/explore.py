@@ -51,7 +51,7 @@ def merge_evidence(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
     return merge(a, b)
 
 STRATEGIES = ("random", "pct", "exhaustive")
-CHUNK = 8  # schedules per job handed to a worker process
+CHUNK = 8  # schedules per job handed to a worker process (Ray: emu.explore_ray.CHUNK)
 
 
 def sub_seed(root: int, index: int) -> int:
@@ -223,6 +223,7 @@ class _ProcessPool:
     def __init__(self, cfg: ExploreConfig, k: int) -> None:
         ctx = multiprocessing.get_context("spawn")  # no Unicorn state inherited by fork
         self.width = cfg.jobs
+        self.chunk = CHUNK
         self.pool = ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_worker_init,
                                         initargs=(cfg, k))
 
@@ -254,7 +255,8 @@ def _parallel(cfg: ExploreConfig, k: int, progress: Progress | None) -> tuple[Fa
         pool: Any = ExplorePool(cfg, k)
     else:
         pool = _ProcessPool(cfg, k)
-    chunks = [(a, min(a + CHUNK, cfg.schedules)) for a in range(0, cfg.schedules, CHUNK)]
+    size = pool.chunk
+    chunks = [(a, min(a + size, cfg.schedules)) for a in range(0, cfg.schedules, size)]
     done = 0
     try:
         pending: dict[Any, tuple[int, int]] = {}

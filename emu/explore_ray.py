@@ -21,6 +21,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# schedules per call to an actor: a Ray call costs milliseconds, a local
+# process's much less, so Ray gets bigger chunks (which schedules a seed
+# gives does not depend on the chunking)
+CHUNK = 32
+
 
 class RayUnavailable(RuntimeError):
     """Ray is not installed (or could not be started): said in one line."""
@@ -75,6 +80,7 @@ class ExplorePool:
         ray = _ray()
         self.ray = ray
         self.width = init(cfg.address, cfg.jobs)
+        self.chunk = CHUNK
         actor = ray.remote(num_cpus=1)(_ExploreWorker)
         self.actors = [actor.remote(cfg, k) for _ in range(self.width)]
         self._next = 0

@@ -48,6 +48,7 @@ import unicorn  # noqa: E402
 from unicorn import s390x_const as us  # noqa: E402
 from unicorn import x86_const as ux  # noqa: E402
 
+from arch import get_arch  # noqa: E402
 from emu import scenario  # noqa: E402
 from emu.check import default_checkers  # noqa: E402
 from emu.explore_machine import ExploreMachine  # noqa: E402
@@ -61,11 +62,13 @@ INSNS = {"x86-pae": (6, 4), "arm": (6, 4), "powerpc": (7, 5), "s390": (5, 3),
 
 
 def sweep_scenario(arch: str, pages: int, rounds: int) -> scenario.Scenario:
+    # as little memory as the heap needs: resets and audits cost per frame
+    mib = pages * get_arch(arch).page_size // (1 << 20) + 16
     return scenario.parse(f"""
 [machine]
 arch = "{arch}"
 cpus = 1
-memory_mib = 160
+memory_mib = {mib}
 [[vma]]
 start = {HEAP:#x}
 size = "{pages} * page_size"
@@ -279,7 +282,7 @@ def bench_arch(arch: str, reps: int, quantum: int, quick: bool) -> dict:
     # (c) stepped and (d) in quanta, under the scheduler with every checker
     for q, key in ((1, "c"), (quantum, "d")):
         # long enough that the end-of-run audit is small against the run
-        pages, rounds = 8, (30 if quick else 300) * (1 if q == 1 else 20)
+        pages, rounds = 8, (30 if quick else 300) * (1 if q == 1 else (4 if quick else 20))
         m = sweep_machine(arch, pages, rounds, explore=True)
         raw = Raw(m, walk=False)
         args = [HEAP, pages, m.arch.page_size, rounds]
