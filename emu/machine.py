@@ -253,7 +253,36 @@ class Machine(KernelHooks):
                 if pages is not None and pages < 0:
                     raise ScenarioError(sc.source, f"vma[{i}].populate", "must be true, false or >= 0")
                 self.populate(vma, pages)
+        self._fast_forward()
         self.frames.step = 0
+
+    def _fast_forward(self) -> None:
+        """Run every program that calls `race_begin` up to that call, free.
+
+        What comes before the marker is the program's set-up: nothing a
+        schedule should interleave. It runs here, before the first step and
+        the snapshot (so once per machine, not once per schedule), at
+        Unicorn speed (`VCpu.run_free`), vCPU after vCPU in index order, as
+        `populate` runs: under the correct model (the variants are switched
+        on after the build), with no checker attached and the trace off.
+        A program without the marker is not touched: its every instruction
+        stays a step, so existing schedules and traces keep their meaning.
+        """
+        nr = abi.by_name()["race_begin"]
+        numbers = abi.by_name()
+        traced = self.trace.enabled
+        self.trace.enabled = False
+        try:
+            for i, spec in enumerate(self.scenario.programs):
+                if spec.calls is not None:
+                    marked = any(call_format.op_number(rec[0], numbers) == nr
+                                 for rec in spec.calls)
+                else:
+                    marked = "SYS_race_begin" in self.programs[i].source
+                if marked:
+                    self.cpus[i].run_free(nr)
+        finally:
+            self.trace.enabled = traced
 
     def _lay_out_calls(self, i: int, records: list[list[Any]], base: int, code: bytes,
                        names: dict[str, int]) -> tuple[bytes, list[int]]:
@@ -443,11 +472,14 @@ class Machine(KernelHooks):
                           self._copy_state((self.kernel.__dict__, self.frames.__dict__)),
                           [(c.pc, c.mode, c.exit_code, c.crash) for c in self.cpus])
 
+    def kept_objects(self) -> tuple[Any, ...]:
+        """What a state copy shares with the live machine instead of copying."""
+        return (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
+                self.kernel.tlb_flush)
+
     def _copy_state(self, state: Any) -> Any:
         import copy
-        keep = (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
-                self.kernel.tlb_flush)
-        return copy.deepcopy(state, {id(x): x for x in keep})
+        return copy.deepcopy(state, {id(x): x for x in self.kept_objects()})
 
     def reset(self) -> None:
         if self._snapshot is None:

@@ -21,10 +21,12 @@ for as long as a checker could care.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import enum
 import hashlib
 import mmap
+import operator
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -328,7 +330,7 @@ class FrameAllocator:
             return [self._free.pop()]
         for attempt in range(2):
             free = set(self._free)
-            for s in sorted(free):
+            for s in reversed(self._free):  # ascending: the list is kept descending
                 pfn = self.frames[s].pfn
                 # contiguous slots are contiguous pfns only inside one bank
                 if pfn % nframes == 0 and all(s + i in free and self.frames[s + i].pfn == pfn + i
@@ -361,9 +363,8 @@ class FrameAllocator:
 
     def _drain_quarantine(self, all_of_it: bool = False) -> None:
         keep = 0 if all_of_it else self.quarantine_len
-        moved = False
+        free = self._free
         while len(self._quarantine) > keep:
-            self._free.append(self._quarantine.popleft())
-            moved = True
-        if moved:
-            self._free.sort(reverse=True)
+            # kept descending (the lowest frame is popped first) by insertion,
+            # not by sorting the whole list at every free
+            bisect.insort(free, self._quarantine.popleft(), key=operator.neg)

@@ -18,6 +18,7 @@ from emu.cli.common import (
     SetupFailure,
     UsageError,
     add_run_options,
+    check_quantum,
     console,
 )
 
@@ -39,8 +40,12 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     sc = scenario.load(args.scenario)
     sc.overrides.extend(o for o in cli_overrides(getattr(args, "override", None))
                         if o not in sc.overrides)
+    quantum = check_quantum(args)
     try:
-        return Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
+        m = Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
+        for c in m.cpus:
+            c.quantum = quantum
+        return m
     except KernelBug as exc:
         raise SetupFailure(f"{sc.source}: kernel model failed during setup: {exc}") from None
     except PhysMemError as exc:
@@ -51,7 +56,7 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
 def make_strategy(args: argparse.Namespace):  # noqa: ANN201
     from emu.sched import RandomStrategy, RoundRobin
     if args.strategy == "rr":
-        return RoundRobin(args.quantum)
+        return RoundRobin()
     return RandomStrategy(args.seed)
 
 
