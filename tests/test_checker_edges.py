@@ -1,0 +1,95 @@
+"""Checker edge cases, each driven by the hooks the machine calls: a value an
+entry held before the first recorded store, full-width and half stores, the
+table-pointer provenance of a reader. Each test fails on a checker that
+forgets one of these (found by tools/mutate.py)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from emu import scenario
+from emu.check import TornRead
+from emu.check.base import Violation
+from emu.kernel import steps as s
+from emu.machine import Machine
+
+BASE = 0x1000_0000
+
+
+def machine(checkers) -> Machine:
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 2
+    memory_mib = 32
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "shmem"
+    populate = 4
+
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    return Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=list(checkers))
+
+
+def first_pte(m: Machine) -> int:
+    """Physical address of the first pte of BASE's (populated) pte table."""
+    k = m.kernel
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    a = m.arch
+    pmdval = m.mem.read_int(pmd_pa, a.level("pmd").entry_size, a.byteorder)
+    return a.table_pa("pmd", pmdval)
+
+
+def store(m: Machine, pa: int, size: int, value: int) -> None:
+    """A kernel store as the kernel makes it: the hook first, then memory."""
+    m.on_kernel_store(0, pa, size, value, "set_pte")
+    m.mem.write_int(pa, size, value, m.arch.byteorder)
+
+
+def observe(m: Machine, pa: int, value: int) -> None:
+    """cpu1's lockless reader concludes `value` for the 8-byte entry at pa."""
+    m.on_observed(1, s.Observed(pa, 8, value, "ptep_get_lockless"))
+
+
+def test_torn_read_accepts_the_value_an_entry_held_before_its_first_store():
+    m = machine([TornRead()])
+    pte = first_pte(m)
+    before = m.mem.read_int(pte, 8, m.arch.byteorder)
+    assert before  # populated
+    store(m, pte, 8, 0)
+    # a reader that loaded the entry before the store concludes its old value
+    observe(m, pte, before)
+
+
+def test_torn_read_remembers_every_full_width_value_and_flags_a_mix():
+    m = machine([TornRead()])
+    pte = first_pte(m)
+    v0 = m.mem.read_int(pte, 8, m.arch.byteorder)
+    v1, v2 = 0x1_2345_6067, 0x2_6543_2067
+    store(m, pte, 8, v1)
+    store(m, pte, 8, v2)
+    observe(m, pte, v1)  # held, if briefly
+    observe(m, pte, v0)
+    torn = (v2 & ~0xFFFF_FFFF) | (v0 & 0xFFFF_FFFF)
+    with pytest.raises(Violation, match="never held") as exc:
+        observe(m, pte, torn)
+    assert exc.value.checker == "torn-read" and exc.value.cpu == 1
+
+
+def test_torn_read_records_a_half_store_as_the_whole_entry_it_makes():
+    m = machine([TornRead()])
+    pte = first_pte(m)
+    v0 = m.mem.read_int(pte, 8, m.arch.byteorder)
+    store(m, pte + 4, 4, 0x7)  # the high half first (set_pte's order)
+    mid = (0x7 << 32) | (v0 & 0xFFFF_FFFF)
+    store(m, pte, 4, 0x1067)
+    observe(m, pte, mid)
+    with pytest.raises(Violation):
+        observe(m, pte, (v0 & ~0xFFFF_FFFF) | 0x1067)
