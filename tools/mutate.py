@@ -695,7 +695,7 @@ class Runner:
             job.saved = (target.read_text(), st.st_atime_ns, st.st_mtime_ns)
             if os.path.exists(pyc):
                 os.replace(pyc, pyc + ".keep")  # the original's bytecode, back after
-            target.write_text(job.text)
+            target.write_text(job.text or apply(job.mutant))
         rfd, wfd = os.pipe()
         job.t0 = time.time()
         pid = os.fork()
@@ -961,9 +961,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     results: list[Result] = []
     todo: list[tuple[Mutant, str, str]] = []
+    file_hash: dict[str, str] = {}
     for m in mutants:
-        text = apply(m)
-        key = hashlib.sha256((m.id + "\0" + text).encode()).hexdigest()
+        # the id and the file's text determine the mutated text
+        if m.file not in file_hash:
+            file_hash[m.file] = hashlib.sha256((ROOT / m.file).read_bytes()).hexdigest()
+        text = ""  # made when the mutant runs
+        key = hashlib.sha256((m.id + "\0" + file_hash[m.file]).encode()).hexdigest()
         hit = cache.get(key)
         # a kill stands; a survivor stands while the sources and its tests do
         if hit and (hit["status"] in ("killed", "timeout") or (
