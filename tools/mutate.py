@@ -3,8 +3,9 @@
 Usage::
 
     python tools/mutate.py [--package emu/kernel|emu/check|emu/sched|arch ...]
-                           [--file PATH ...] [--jobs J] [--limit N] [--seed S]
-                           [--report FILE] [--timeout-factor F] [--list]
+                           [--file PATH ...] [--jobs J] [--budget S] [--limit N]
+                           [--seed S] [--max-tests N] [--report FILE]
+                           [--timeout-factor F] [--reimport] [--list] [--only ID]
 
 Each mutant is one small, meaningful change to one source file, made on the
 AST (so comments and layout never matter):
@@ -20,34 +21,48 @@ AST (so comments and layout never matter):
              `break` or a `continue`
     ret      `return <expr>` -> `return None`
 
-A mutant's id is ``file:line:col:operator`` (e.g.
-``emu/kernel/gup.py:61:15:cmp:Eq->NotEq``); ids are deterministic, so results
-can be cached and compared between runs.
+A mutant's id is ``file::scope::operator::source[#n]`` (e.g.
+``emu/kernel/gup.py::GupMixin.gup_fast::cmp:Eq->NotEq::pte == orig``): scope is
+the enclosing function or class, source the mutated node's text, n the count of
+earlier mutants in that scope with the same operator and text.  No line number
+is in it, so an id survives code moving; the report gives the line.
 
 How a run goes:
 
 1. A coverage map (coverage.py, one context per pytest node id) says which
-   default-suite tests execute each line; it is built once and cached in
-   ``.mutation/covmap.json`` until a source or test file changes.
-2. Each mutant runs only the tests covering its line, fastest first, in a
-   private copy of the tree (``.mutation/work<N>``), with ``pytest -x -p
-   no:cacheprovider``; the first failing test kills it.  A mutant whose line
-   is executed only at import time runs every test that runs its module.
-   ``--max-tests N`` caps the tests per mutant (tests naming the module
-   first, then the fastest, one case per test function before the other
-   parametrized cases); the report says so.
-3. A mutant that runs past its time limit (``--timeout-factor`` times the
-   covering tests' recorded duration, plus 10 s) is *killed by timeout* and
-   counted as killed: the suite noticed (an infinite loop never passes).
-4. A mutant on a line no test executes is *survived (uncovered)*.
-5. Results are cached in ``.mutation/cache.json`` keyed by the hash of the
-   mutated file and the mutant id; a killed mutant is never rerun, a
-   survivor is rerun when any test or source file changed.  A rerun only
-   does new mutants.
+   default-suite tests execute each line.  It is built in ``--jobs`` parallel
+   runs and cached in ``.mutation/covmap.json``; a source change rebuilds it,
+   a test-file change re-measures only the changed test files.
+2. Each mutant runs the tests covering its line, fastest first (one case of
+   each test function before the other parametrized cases), up to
+   ``--budget`` seconds of their recorded time (at least one test; 0: all of
+   them), stopping at the first failure, which kills it.  A mutant whose
+   line runs only at import time runs the tests that run its module.
+3. Speed: the runner imports pytest, Unicorn, Capstone and Hypothesis once,
+   collects the default suite once in one pytest session, and forks a process
+   per mutant from it.  A mutant inside a function body whose lines never run
+   outside a test gives the loaded function object the mutated code object
+   (so every import of the function, every method and subclass sees it) and
+   runs the collected items; any other mutant (module or class level, or code
+   that runs at import or collection) forks a process that forgets the tree
+   and imports it afresh.  Either way the mutated file is also on disk in a
+   private copy of the tree (``.mutation/work<N>``), which the process runs in
+   and puts first on ``sys.path`` and ``PYTHONPATH``, so subprocesses and
+   spawned ``--jobs`` workers run the mutant too.  ``--reimport`` runs every
+   mutant the second way (slower; for checking the first).
+4. A mutant that runs past its time limit (``--timeout-factor`` times its
+   tests' recorded duration, plus 10 s) is *killed by timeout* and counted as
+   killed: the suite noticed (an infinite loop never passes).
+5. A mutant on a line no test executes is *survived (uncovered)*.
+6. Results are cached in ``.mutation/cache.json`` keyed by the mutant id and
+   the hash of its file; a kill stands, a survivor is rerun only when a
+   source file changed or the tests chosen for it (or their files) did.  So a
+   second run with a larger ``--budget`` reruns only the survivors.
 
 Mutants judged equivalent (no behaviour can tell them apart) are listed in
 ``tools/mutation_equivalent.toml`` with a written reason and left out of the
-score.  ``--limit N --seed S`` runs a deterministic sample of at most N mutants
+score; an entry that matches no mutant any more is listed as stale.
+``--limit N --seed S`` runs a deterministic sample of at most N mutants
 per file (the same N and S give the same sample); the report says so.  The
 score is killed / (all mutants run - equivalent).  This tool is not part of
 the default suite or CI: it takes minutes to hours.
@@ -182,9 +197,10 @@ def _skip_subtree(node: ast.AST) -> bool:
         return True
     if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
         return True
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in (
-            "__repr__", "__str__", "describe"):
-        return True
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+            node.name in ("__repr__", "__str__")
+            or node.name.lstrip("_").startswith("describe")):
+        return True  # text for a human reading a trace
     # annotations, asserts and raised messages are not behaviour under test
     return isinstance(node, (ast.arg, ast.Assert, ast.JoinedStr)) or (
         isinstance(node, ast.AnnAssign) and node.value is None)
@@ -906,10 +922,10 @@ def main(argv: list[str] | None = None) -> int:
                          "test file first, then the fastest); the report says so")
     ap.add_argument("--keep-map", action="store_true",
                     help="reuse the coverage map if only tests changed since it was built")
-    ap.add_argument("--budget", type=float, default=5.0,
+    ap.add_argument("--budget", type=float, default=3.0,
                     help="run a mutant's covering tests, fastest first, up to this many "
                          "seconds of their recorded (coverage-run) time, at least one; "
-                         "0: all of them (default 5)")
+                         "0: all of them (default 3)")
     ap.add_argument("--reimport", action="store_true",
                     help="run every mutant in a process that imports the tree afresh "
                          "(slower; by default a mutant inside a function runs by giving "
