@@ -91,7 +91,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("MUTATE_STATE", ROOT / ".mutation"))
 EQUIVALENT = ROOT / "tools" / "mutation_equivalent.toml"
-PACKAGES = ("emu/kernel", "emu/check", "emu/sched", "arch")
+PACKAGES = ("emu/check", "emu/kernel", "emu/sched", "arch")
 TREE = ("emu", "arch", "guest", "tests", "tools", "pyproject.toml")
 
 CMP_SWAP = {
@@ -679,7 +679,9 @@ class Runner:
                 tests = set(self.durations)
         if not tests:
             return []
-        ranked = sorted(tests, key=lambda t: (self.durations.get(t, 1.0), t))
+        def dur(t: str) -> float:
+            return self.durations.get(t, 1.0)
+        ranked = sorted(tests, key=lambda t: (dur(t), t))
         # one case of each test function first (a budget then spans as many
         # different tests as it can), then the other parametrized cases
         seen: set[str] = set()
@@ -689,19 +691,26 @@ class Runner:
             if func not in seen:
                 seen.add(func)
                 first.append(t)
-        rest = [t for t in ranked if t not in set(first)]
-        ranked = first + rest
+        chosen = set(first)
+        ranked = first + [t for t in ranked if t not in chosen]
         if self.max_tests:
             ranked = ranked[:self.max_tests]
-        if self.budget:  # the fastest, up to the budget (at least one)
-            kept, spent = [], 0.0
-            for t in ranked:
-                spent += self.durations.get(t, 1.0)
-                if kept and spent > self.budget:
-                    break
+        if not self.budget:
+            return ranked
+        # within the budget: first the tests named for the module (its test
+        # file, or tests naming it: test_arm.py, test_detached_table_...),
+        # fastest first, then the other fastest; at least one test
+        stem = Path(m.file).stem
+        named = [t for t in ranked if stem in t] if stem not in ("__init__", "base") else []
+        kept: list[str] = []
+        taken: set[str] = set()
+        spent = 0.0
+        for t in named + ranked:
+            if t not in taken and spent + dur(t) <= self.budget:
                 kept.append(t)
-            ranked = kept
-        return ranked
+                taken.add(t)
+                spent += dur(t)
+        return kept or ranked[:1]
 
     def _start(self, job: Job) -> None:
         target = job.work / job.mutant.file
@@ -951,8 +960,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             files.append(str(p.relative_to(ROOT)))
     else:
-        files = sorted(str(p.relative_to(ROOT)) for pkg in (args.package or PACKAGES)
-                       for p in (ROOT / pkg).glob("*.py"))
+        # the checkers and the kernel model first: their survivors matter most
+        files = [str(p.relative_to(ROOT)) for pkg in (args.package or PACKAGES)
+                 for p in sorted((ROOT / pkg).glob("*.py"))]
     mutants = select(files, args.limit, args.seed)
     if args.only:
         wanted = set(args.only)
