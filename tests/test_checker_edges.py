@@ -10,10 +10,13 @@ import textwrap
 import pytest
 
 from emu import scenario
-from emu.check import TornRead
+from emu.check import Accounting, TornRead, UseAfterFree
 from emu.check.base import Violation
 from emu.kernel import steps as s
+from emu.kernel.sync import Spinlock
 from emu.machine import Machine
+from emu.physmem import FrameState
+from emu.sched import RandomStrategy
 
 BASE = 0x1000_0000
 
@@ -93,3 +96,49 @@ def test_torn_read_records_a_half_store_as_the_whole_entry_it_makes():
     observe(m, pte, mid)
     with pytest.raises(Violation):
         observe(m, pte, (v0 & ~0xFFFF_FFFF) | 0x1067)
+
+
+def test_accounting_runs_the_callbacks_a_run_left_queued_then_closes_the_books():
+    acc = Accounting()
+    m = machine([acc])
+    assert m.run(RandomStrategy(0)).violation is None
+    ran = []
+    m.kernel.perform(0, s.CallRcu(lambda: ran.append(True), "test callback"))
+    acc.on_run_end()  # rcu_barrier(): the callback runs, the audit passes
+    assert ran == [True] and not m.kernel.rcu.callbacks
+
+
+
+def test_use_after_free_flags_each_kind_of_touch_of_a_freed_table():
+    uaf = UseAfterFree()
+    m = machine([uaf])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    # a store outside RAM, and touches of the live table, are no use after free
+    uaf.on_kernel_store(0, m.frames.frame_size * 10**7, 8, 0, "set_pte")
+    uaf.on_kernel_store(0, pte, 8, 0, "set_pte")
+    uaf.on_walker_write(0, pte, 8, 0x20, "pte")
+    m.frames.free(frame, 1, "test: pte table freed")
+    lock = Spinlock("ptl", page=frame)
+    touches = [
+        lambda: uaf.on_walker_write(0, pte, 8, 0x20, "pte"),
+        lambda: uaf.on_walker_read(0, pte, 8, 0, "pte"),
+        lambda: uaf.on_kernel_load(0, pte, 8, 0, "ptep_get"),
+        lambda: uaf.on_kernel_store(0, pte, 8, 0, "set_pte"),
+        lambda: uaf.on_kernel_step(0, s.SpinLock(lock)),
+    ]
+    for touch in touches:
+        with pytest.raises(Violation, match="freed frame") as exc:
+            touch()
+        assert exc.value.checker == "use-after-free" and exc.value.frame == frame
+
+
+def test_use_after_free_flags_a_store_into_a_table_waiting_for_its_grace_period():
+    uaf = UseAfterFree()
+    m = machine([uaf])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    m.frames.set_state(frame, FrameState.RCU_PENDING, 1, "test: pte_free_defer")
+    uaf.on_kernel_load(0, pte, 8, 0, "ptep_get")  # a read of it is legal
+    with pytest.raises(Violation, match="waiting for its grace period"):
+        uaf.on_kernel_store(0, pte, 8, 0, "set_pte")
