@@ -379,12 +379,19 @@ def _test_files() -> dict[str, str]:
             for p in sorted((ROOT / "tests").rglob("*.py")) if "__pycache__" not in p.parts}
 
 
-def _measure(test_files: list[str], durations: dict, jobs: int) -> tuple[dict, dict]:
-    # the files in `jobs` groups of about equal recorded duration, run at once
-    cost = {f: sum(d for t, d in durations.items() if t.startswith(f + "::")) or 1.0
-            for f in test_files}
-    groups: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(test_files))))]
-    for f in sorted(test_files, key=lambda f: -cost[f]):
+def _source_files() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in ("emu", "arch", "guest") for p in sorted((ROOT / d).rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+def _measure(targets: list[str], durations: dict, jobs: int) -> tuple[dict, dict]:
+    """Coverage of `targets` (test files or node ids), in `jobs` groups of
+    about equal recorded duration run at once."""
+    cost = {f: durations.get(f) or sum(d for t, d in durations.items() if t.startswith(f + "::"))
+            or 1.0 for f in targets}
+    groups: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(targets))))]
+    for f in sorted(targets, key=lambda f: -cost[f]):
         min(groups, key=lambda g: sum(cost[x] for x in g)).append(f)
     procs = []
     for i, g in enumerate(groups):
@@ -416,44 +423,70 @@ def _measure(test_files: list[str], durations: dict, jobs: int) -> tuple[dict, d
     return lines, got
 
 
+def _update(data: dict, sources: dict, tests: dict, jobs: int) -> tuple[dict, dict] | None:
+    """The cached map brought up to date by measuring again only what a change
+    can have moved: the changed test files, and every test that ran a changed
+    source file (a test that ran none runs the same code as before). None
+    when only a full rebuild will do."""
+    old_src, old_tests = data.get("source_files"), data.get("tests", {})
+    conftest = "tests/conftest.py"
+    if old_src is None or old_tests.get(conftest) != tests.get(conftest):
+        return None
+    changed_src = sorted(f for f in set(sources) | set(old_src)
+                         if sources.get(f) != old_src.get(f))
+    if any(not f.endswith(".py") for f in changed_src):
+        return None  # a guest program: which tests run it is not in the map
+    changed_tests = sorted(f for f in tests if old_tests.get(f) != tests[f] and f != conftest)
+    drop = tuple(f + "::" for f in changed_tests + [f for f in old_tests if f not in tests])
+    stale: set[str] = set()
+    for rel in changed_src:
+        ctxs = {c for cs in data["lines"].get(rel, {}).values() for c in cs}
+        if ctxs == {""}:
+            return None  # run only at import: no test to measure it again with
+        stale |= {c for c in ctxs if c and not c.startswith(drop)}
+    print(f"measuring {len(changed_tests)} changed test files and {len(stale)} tests of "
+          f"{len(changed_src)} changed source files under coverage...",
+          file=sys.stderr, flush=True)
+    lines = {rel: {ln: [c for c in cs if c not in stale and not c.startswith(drop)]
+                   for ln, cs in by.items()}
+             for rel, by in data["lines"].items() if rel not in changed_src}
+    durations = {t: d for t, d in data["durations"].items()
+                 if t not in stale and not t.startswith(drop)}
+    targets = changed_tests + sorted(stale)
+    if targets:
+        new_lines, new_dur = _measure(targets, data["durations"], jobs)
+        for rel, by in new_lines.items():
+            for ln, cs in by.items():
+                lines.setdefault(rel, {}).setdefault(ln, []).extend(cs)
+        durations.update(new_dur)
+    return lines, durations
+
+
 def coverage_map(keep: bool = False, jobs: int = 2) -> tuple[dict, dict]:
     """{file: {line: [node ids]}} and {node id: seconds} for the default suite.
 
-    Built in `jobs` parallel coverage runs. When only test files changed since
-    the cached map, only those files are measured again and merged in; with
-    `keep`, the cached map is used as it stands."""
+    Built in `jobs` parallel coverage runs, then kept up to date by measuring
+    only what a change can have moved (see _update); with `keep`, a map whose
+    sources are current is used even if tests changed."""
     STATE.mkdir(exist_ok=True)
     cache = STATE / "covmap.json"
-    sources = tree_digest(("emu", "arch", "guest"))
+    sources = _source_files()
     tests = _test_files()
     data = json.loads(cache.read_text()) if cache.exists() else {}
-    if data.get("sources") == sources and (keep or data.get("tests") == tests):
+    if "source_files" not in data and data.get("sources") == tree_digest(("emu", "arch", "guest")):
+        data["source_files"] = sources  # a map from before per-file hashes, still current
+    if data.get("source_files") == sources and (keep or data.get("tests") == tests):
         return data["lines"], data["durations"]
     t0 = time.time()
-    old = data.get("tests", {})
-    if (data.get("sources") == sources and old.get("tests/conftest.py")
-            == tests.get("tests/conftest.py")):
-        changed = sorted(f for f in tests if old.get(f) != tests[f] and f != "tests/conftest.py")
-        gone = [f for f in old if f not in tests]
-        print(f"measuring {len(changed)} changed test files under coverage...",
-              file=sys.stderr, flush=True)
-        drop = tuple(f + "::" for f in changed + gone)
-        lines = {rel: {ln: [c for c in cs if not c.startswith(drop)] for ln, cs in by.items()}
-                 for rel, by in data["lines"].items()}
-        durations = {t: d for t, d in data["durations"].items() if not t.startswith(drop)}
-        if changed:
-            new_lines, new_dur = _measure(changed, data["durations"], jobs)
-            for rel, by in new_lines.items():
-                for ln, cs in by.items():
-                    lines.setdefault(rel, {}).setdefault(ln, []).extend(cs)
-            durations.update(new_dur)
-    else:
+    got = _update(data, sources, tests, jobs) if data else None
+    if got is None:
         print("building the coverage map (the whole default suite under coverage)...",
               file=sys.stderr, flush=True)
         files = [f for f in tests if Path(f).name.startswith("test_")]
-        lines, durations = _measure(files, data.get("durations", {}), jobs)
+        got = _measure(files, data.get("durations", {}), jobs)
+    lines, durations = got
     lines = {rel: {ln: sorted(set(cs)) for ln, cs in by.items()} for rel, by in lines.items()}
-    cache.write_text(json.dumps({"sources": sources, "tests": tests, "lines": lines,
+    cache.write_text(json.dumps({"source_files": sources, "tests": tests, "lines": lines,
                                  "durations": durations}))
     print(f"coverage map ready in {time.time() - t0:.0f} s", file=sys.stderr)
     return lines, durations
@@ -849,12 +882,46 @@ def load_equivalent() -> dict[str, str]:
     return {e["id"]: e["reason"] for e in data.get("equivalent", [])}
 
 
-def selection_digest(tests: list[str], test_files: dict[str, str]) -> str:
-    """What a survivor's verdict depends on besides the source tree: the tests
-    chosen for it and the text of the files they are in."""
-    files = sorted({t.split("::")[0] for t in tests})
-    return hashlib.sha256(json.dumps([tests, [test_files.get(f, "") for f in files]])
-                          .encode()).hexdigest()
+@dataclass
+class Verdicts:
+    """What a survivor's verdict depends on besides its own file: the tests
+    chosen for it, the text of their files, and every source file those tests
+    run (a test that runs none of the changed files behaves as before), plus
+    the guest programs and the tools the tests import."""
+    lines: dict
+    test_files: dict
+    sources: dict
+    fixed: str = ""
+    tree: str = ""
+    runs: dict = field(default_factory=dict)  # test -> files it executes
+
+    def __post_init__(self) -> None:
+        for rel, by in self.lines.items():
+            for cs in by.values():
+                for c in cs:
+                    if c:
+                        self.runs.setdefault(c, set()).add(rel)
+        tools = sorted(p for p in (ROOT / "tools").glob("*.py") if p.name != "mutate.py")
+        self.fixed = hashlib.sha256(json.dumps(
+            [[v for k, v in sorted(self.sources.items()) if k.startswith("guest/")],
+             [hashlib.sha256(p.read_bytes()).hexdigest() for p in tools]]).encode()).hexdigest()
+
+    def legacy(self, hit: dict, tests: list[str]) -> bool:
+        """An entry cached before `depends` that still holds: same source tree,
+        same tests and test files."""
+        files = sorted({t.split("::")[0] for t in tests})
+        old = hashlib.sha256(json.dumps([tests, [self.test_files.get(f, "") for f in files]])
+                             .encode()).hexdigest()
+        if not self.tree:
+            self.tree = tree_digest(("emu", "arch", "guest"))
+        return hit.get("selection") == old and hit.get("sources") == self.tree
+
+    def digest(self, tests: list[str]) -> str:
+        files = sorted({t.split("::")[0] for t in tests})
+        ran = sorted(set().union(*(self.runs.get(t, set()) for t in tests)))
+        return hashlib.sha256(json.dumps(
+            [tests, [self.test_files.get(f, "") for f in files],
+             [self.sources.get(f, "") for f in ran], self.fixed]).encode()).hexdigest()
 
 
 def select(files: list[str], limit: int | None, seed: int) -> list[Mutant]:
@@ -974,8 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     lines, durations = coverage_map(args.keep_map, args.jobs)
-    digest = tree_digest(("emu", "arch", "guest"))
-    test_files = _test_files()
+    verdicts = Verdicts(lines, _test_files(), _source_files())
     cache_file = STATE / "cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     equivalent = load_equivalent()
@@ -997,9 +1063,11 @@ def main(argv: list[str] | None = None) -> int:
         hit = cache.get(key)
         # a kill stands; a survivor stands while the sources and its tests do
         if hit and (hit["status"] in ("killed", "timeout") or (
-                hit["status"] in ("survived", "uncovered") and hit.get("sources") == digest
-                and hit.get("selection") == selection_digest(runner.tests_for(m),
-                                                               test_files))):
+                hit["status"] in ("survived", "uncovered")
+                and (hit.get("depends") == verdicts.digest(runner.tests_for(m))
+                     or verdicts.legacy(hit, runner.tests_for(m))))):
+            if "depends" not in hit:
+                hit["depends"] = verdicts.digest(runner.tests_for(m))
             results.append(Result(m, hit["status"], hit.get("tests", 0), 0.0,
                                   hit.get("killer", ""), cached=True))
         else:
@@ -1021,8 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
             done += 1
             results.append(r)
             cache[key] = {"status": r.status, "tests": r.tests_run, "killer": r.killer,
-                          "sources": digest,
-                          "selection": selection_digest(runner.tests_for(r.mutant), test_files)}
+                          "depends": verdicts.digest(runner.tests_for(r.mutant))}
             if done % 10 == 0 or done == len(todo):
                 cache_file.write_text(json.dumps(cache))
             print(f"[{done}/{len(todo)}] {r.status:9} {r.seconds:5.1f}s {r.mutant.id}",
