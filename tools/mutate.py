@@ -50,9 +50,11 @@ How a run goes:
    and puts first on ``sys.path`` and ``PYTHONPATH``, so subprocesses and
    spawned ``--jobs`` workers run the mutant too.  ``--reimport`` runs every
    mutant the second way (slower; for checking the first).
-4. A mutant that runs past its time limit (``--timeout-factor`` times its
-   tests' recorded duration, plus 10 s) is *killed by timeout* and counted as
-   killed: the suite noticed (an infinite loop never passes).
+4. A mutant whose process uses more CPU time than its limit
+   (``--timeout-factor`` times its tests' recorded duration, plus 10 s), or
+   runs ten times that long, is *killed by timeout* and counted as killed:
+   the suite noticed (an endless loop never passes).  CPU time, so that a
+   loaded machine makes no timeouts.
 5. A mutant on a line no test executes is *survived (uncovered)*.
 6. Results are cached in ``.mutation/cache.json`` keyed by the mutant id and
    the hash of its file; a kill stands, a survivor is rerun only when a
@@ -835,7 +837,9 @@ class Runner:
             if pid and pid in running:
                 done.append((running.pop(pid), False))
             for p, job in list(running.items()):
-                if now - job.t0 > job.limit:
+                # CPU time, not wall time: on a loaded machine a fork may wait
+                # long for a core, and that is no endless loop
+                if _cpu_seconds(p) > job.limit or now - job.t0 > 10 * job.limit:
                     os.killpg(p, signal.SIGKILL)
                     os.waitpid(p, 0)
                     done.append((running.pop(p), True))
@@ -853,6 +857,15 @@ class Runner:
                 else:
                     free.append(job.work)
                     yield job.key, r
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a running process and of the children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def make_workdirs(n: int) -> list[Path]:
