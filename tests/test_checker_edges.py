@@ -142,3 +142,69 @@ def test_use_after_free_flags_a_store_into_a_table_waiting_for_its_grace_period(
     uaf.on_kernel_load(0, pte, 8, 0, "ptep_get")  # a read of it is legal
     with pytest.raises(Violation, match="waiting for its grace period"):
         uaf.on_kernel_store(0, pte, 8, 0, "set_pte")
+
+
+def lockless_sync_machine(arch: str = "x86-pae"):
+    from emu.check import LocklessSync
+    text = f"""
+    [machine]
+    arch = "{arch}"
+    cpus = 2
+    memory_mib = 32
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "shmem"
+    populate = 1
+
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    chk = LocklessSync()
+    m = Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=[chk])
+    pmd_pa = m.run_kernel_now(m.kernel.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    return m, chk, pmd_pa
+
+
+def lockless_race(m, pmd_pa, *, reader_leaves=False, sync=False, same_cpu=False,
+                  other_entry=False):
+    """cpu1 opens an IRQs-off pmdp_get_lockless() window on the pmd; cpu0 (or
+    cpu1 itself) clears it with pmdp_collapse_flush() and drops the pmd lock."""
+    k = m.kernel
+    lock = Spinlock("pmd lock")
+    k.cpus[1].irq_off = 1
+    m.trace_kernel(1, "reader", s.IrqDisable())
+    m.trace_kernel(1, "reader", s.Load(pmd_pa + 4, 4, "pmdp_get_lockless high"))
+    if reader_leaves:
+        k.cpus[1].irq_off = 0
+        m.trace_kernel(1, "reader", s.IrqEnable())
+    writer = 1 if same_cpu else 0
+    target = pmd_pa + 8 if other_entry else pmd_pa
+    m.trace_kernel(writer, "collapse", s.Store(target, 4, 0, "pmdp_collapse_flush low"))
+    if sync:
+        m.trace_kernel(writer, "collapse", s.TlbRemoveTableSyncOne())
+    m.trace_kernel(writer, "collapse", s.SpinUnlock(lock))
+
+
+def test_lockless_sync_flags_a_pmd_clear_left_while_a_reader_is_inside_its_window():
+    m, chk, pmd_pa = lockless_sync_machine()
+    assert chk.active
+    with pytest.raises(Violation, match="rule: cpu0 cleared a pmd"):
+        lockless_race(m, pmd_pa)
+
+
+@pytest.mark.parametrize("how", ["reader_leaves", "sync", "same_cpu", "other_entry"])
+def test_lockless_sync_is_quiet_when_the_reader_cannot_pair_halves(how):
+    m, chk, pmd_pa = lockless_sync_machine()
+    lockless_race(m, pmd_pa, **{how: True})
+    # the writer owes nothing afterwards: a later unlock is quiet too
+    m.trace_kernel(0, "collapse", s.SpinUnlock(Spinlock("pmd lock")))
+
+
+@pytest.mark.parametrize("arch", ["arm", "s390"])
+def test_lockless_sync_is_off_where_pmd_reads_do_not_tear(arch):
+    m, chk, pmd_pa = lockless_sync_machine(arch)
+    assert not chk.active
+    lockless_race(m, pmd_pa)
