@@ -1061,7 +1061,10 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(lines, durations, args.timeout_factor, args.max_tests, not args.reimport,
                     args.budget or None)
 
+    stopped: list[int] = []
+
     def stop(signum, frame):
+        stopped.append(signum)
         raise SystemExit(f"mutate: stopped by signal {signum}")
     signal.signal(signal.SIGTERM, stop)
     results: list[Result] = []
@@ -1133,6 +1136,8 @@ def main(argv: list[str] | None = None) -> int:
                                  plugins=[SessionLoop(body)])
             finally:
                 os.dup2(saved, 1)
+            if stopped:  # pytest turned the SystemExit into an internal error
+                sys.exit(f"mutate: stopped by signal {stopped[0]}")
             if rc not in (0, 5):
                 sys.exit(f"mutate: collecting the default suite fails (pytest exit {int(rc)})")
         if later:
