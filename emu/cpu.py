@@ -161,7 +161,8 @@ class VCpu:
         self.uc = uc
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
         uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
-        uc.mem_map_ptr(0, machine.mem.size, unicorn.UC_PROT_ALL, machine.mem.address)
+        for base, size in machine.mem.banks:  # the buffer is indexed by physical address
+            uc.mem_map_ptr(base, size, unicorn.UC_PROT_ALL, machine.mem.address + base)
         # `until` is never reached: exits list empty, slices bounded by count
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
@@ -475,7 +476,7 @@ class VCpu:
             self.mode = Mode.GUEST
             return
         self.m.trace_note(self, f"walk fault: {acc.name.lower()} {va:#x} at {res.level} ({res.reason})")
-        self.start_kernel(self.m.kernel.handle_mm_fault(va, acc), "fault")
+        self.start_kernel(self.m.kernel.handle_mm_fault(va, acc, self.m.mm_of(self)), "fault")
 
     # ---- kernel ------------------------------------------------------------------------
     def start_kernel(self, gen: Any, kind: str, name: str = "") -> None:

@@ -21,10 +21,10 @@ import pickle
 import types
 from typing import Any
 
-from arch.base import PERM_W, Access, MemoryImage
+from arch.base import PERM_W, Access
 from emu.cpu import TlbEntry, VCpu
 from emu.machine import Machine
-from emu.physmem import FrameAllocator, PhysMem
+from emu.physmem import FrameAllocator, PhysMem, RamImage
 
 PAGE_SHIFT = 12  # granule of dirty-page tracking (bytes are restored 4 KiB at a time)
 
@@ -82,10 +82,17 @@ class TrackingPhysMem(PhysMem):
         else:
             view = memoryview(image)
             buf = self.buf
+            low = self.size
             for page in sorted(self.dirty):
                 a = page << PAGE_SHIFT
-                b = min(a + (1 << PAGE_SHIFT), self.size)
-                buf[a:b] = view[a:b]
+                if a < low:
+                    b = min(a + (1 << PAGE_SHIFT), low)
+                    buf[a:b] = view[a:b]
+                else:  # a high bank: its bytes sit further down the image
+                    base, size = self.bank_of(a)
+                    b = min(a + (1 << PAGE_SHIFT), base + size)
+                    at = self.image_offset(a)
+                    buf[a:b] = view[at:at + b - a]
         self.dirty.clear()
 
 
@@ -97,50 +104,49 @@ class TrackingFrameAllocator(FrameAllocator):
         self._tmem = mem
         self.after_free: Any = None  # called with the pa of every frame freed
 
-    def _note(self, pfn: int, nframes: int = 1, kind: str = "alloc") -> None:
-        self.touched.update(range(pfn, pfn + nframes))
+    def _note(self, pa: int, nframes: int = 1, kind: str = "alloc") -> None:
+        # touched: slots (indexes into `frames`); the log names frames by pfn
+        slot = self.slot_of(pa)
+        self.touched.update(range(slot, slot + nframes))
         log = self._tmem.log
         if log is not None:
-            log.append((kind, pfn, nframes))
+            log.append((kind, pa // self.frame_size, nframes))
 
     def alloc(self, purpose: str, cpu: int | None, *args: Any, **kw: Any) -> int:
         pa = super().alloc(purpose, cpu, *args, **kw)
         nframes = kw.get("nframes", args[3] if len(args) > 3 else 1)
-        self._note(pa // self.frame_size, nframes)
+        self._note(pa, nframes)
         return pa
 
     def free(self, pa: int, cpu: int | None, why: str = "freed") -> None:
-        if 0 <= pa // self.frame_size < self.nframes:
-            self._note(pa // self.frame_size, 1)
+        if self._tmem.contains(pa, 1):
+            self._note(pa, 1)
         super().free(pa, cpu, why)
         if self.after_free is not None:
             self.after_free(pa)
 
     def set_state(self, pa: int, *args: Any, **kw: Any) -> None:
-        self._note(pa // self.frame_size, 1, "set")
+        self._note(pa, 1, "set")
         super().set_state(pa, *args, **kw)
 
     def info(self, pa: int) -> Any:
         fi = super().info(pa)
         # callers may change what they get (sub-table states): count it as touched
-        self.touched.add(fi.pfn)
+        pfn = fi.pfn
+        self.touched.add(pfn if pfn < self.low_frames else self.slot_of(pa))
         log = self._tmem.log
         if log is not None:
             log.append(("meta", fi.pfn, 1))
         return fi
 
 
-class _LoggedImage(MemoryImage):
-    """The raw RAM buffer seen through the access log (functional translations)."""
-
-    def __init__(self, mem: TrackingPhysMem) -> None:
-        super().__init__(mem.buf)
-        self.mem = mem
+class _LoggedImage(RamImage):
+    """RAM seen through the access log (functional translations)."""
 
     def read(self, pa: int, size: int) -> bytes:
-        if pa < 0 or pa + size > self.mem.size:
-            raise IndexError(pa)
-        return self.mem.read(pa, size)
+        if not self.mem.contains(pa, size):
+            raise IndexError(pa)  # what translate_functional takes for outside RAM
+        return self.mem.read(pa, size)  # TrackingPhysMem.read logs it
 
 
 def _copy_info(saved: Any) -> Any:

@@ -42,8 +42,10 @@ class ServiceHost(Protocol):
     arch: Arch
     kernel: Kernel
     mem: PhysMem
-    mm: MM
-    root: int
+
+    def mm_of(self, cpu: Caller) -> MM:
+        """current->mm of the calling vCPU: the process it runs."""
+        ...
 
     def trace_note(self, cpu: Caller, text: str) -> None: ...
     def request_exit(self, cpu: Caller, code: int) -> None: ...

@@ -358,7 +358,8 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
         description="Explore schedules of a scenario with a strategy: random, PCT "
                     "(probabilistic concurrency testing, bug depth --depth) or exhaustive "
                     "(depth-first over every interleaving, with partial-order reduction; "
-                    "--depth bounds preemptions). Every checker is on. The first failure "
+                    "--depth bounds preemptions). Every checker is on but those the "
+                    "scenario's [checkers] off names. The first failure "
                     "is minimised (fewest context switches), reported and saved under "
                     ".ptemu/failures/.",
         epilog="Exit status: 0 clean, 1 failure found, 2 bad input.")
