@@ -435,7 +435,7 @@ class VCpu:
                     va, acc = self._miss
                     self._miss = None
                     self.m.trace_note(self, f"walk fault: {acc.name.lower()} {va:#x}")
-                    self.start_kernel(self.m.kernel.handle_mm_fault(va, acc), "fault")
+                    self.start_kernel(self.m.kernel.handle_mm_fault(va, acc, self.m.mm_of(self)), "fault")
                 elif err is not None:
                     self._crash(f"guest exception at {self.pc:#x}: {err}")
                     break
