@@ -70,9 +70,9 @@ def test_calls_program_performs_its_records(arch):
     assert m.mm.rss["anon"] - stack == 3
     for k in range(3):
         va = 20 * a.pmd_size + (1 + 2 * k) * a.page_size
-        pa = user_page_pa(m, va)
+        pa = user_page_pa(m, m.cpus[0], va)
         assert pa is not None and m.mem.read_int(pa, a.word_size, a.byteorder) == va
-    assert user_page_pa(m, 20 * a.pmd_size) is None  # never touched
+    assert user_page_pa(m, m.cpus[0], 20 * a.pmd_size) is None  # never touched
     # cpu1's loads faulted five shmem pages in, then it zapped the first one
     assert m.mm.rss["shmem"] == 4
     notes = "\n".join(m.trace_lines())

@@ -122,7 +122,7 @@ class FreeBeforeFlush:
             yield from self.policy.free_defer(self, mm, table, "pte")
         else:
             yield from self.tlb_remove_table(mm, table)
-        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
+        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size, mm)
 
 
 @variant("plain_two_load_read",

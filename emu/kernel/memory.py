@@ -73,7 +73,7 @@ class MemoryMixin:
                 tlb.append(folio)
                 return
             start = addr - addr % a.pmd_size
-            yield s.TlbFlushRange(start, start + a.pmd_size)
+            yield s.TlbFlushRange(start, start + a.pmd_size, mm)
             self.put_folio(folio)
 
     def zap_pte_range(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, start: int,
@@ -110,7 +110,7 @@ class MemoryMixin:
             tlb.extend(released)
             return
         # tlb_finish_mmu(): flush before the pages can be reused
-        yield s.TlbFlushRange(start, end)
+        yield s.TlbFlushRange(start, end, mm)
         for folio in released:
             self.put_folio(folio)
 
@@ -155,7 +155,7 @@ class MemoryMixin:
         RCU table freeing), its IPI is what waits out walks still in flight.
         `rcu` forces an RCU-deferred free whatever the arch's mmu_gather does.
         """
-        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size)
+        yield s.TlbFlushRange(addr, addr + self.arch.pmd_size, mm)
         if rcu:
             yield from self.policy.free_defer(self, mm, table, "pte")
         else:
@@ -196,7 +196,7 @@ class MemoryMixin:
         for v in victims:
             yield from self.free_pgtables(mm, v)
         if tlb:
-            yield s.TlbFlushRange(min(v.start for v in victims), max(v.end for v in victims))
+            yield s.TlbFlushRange(min(v.start for v in victims), max(v.end for v in victims), mm)
         for folio in tlb:
             self.put_folio(folio)
         yield s.UpRead(mm.mmap_lock)
