@@ -175,6 +175,24 @@ def sys_khugepaged_scan(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
     return m.kernel.khugepaged_scan_file(m.mm, addr)
 
 
+@service("mincore")
+def sys_mincore(m: ServiceHost, cpu: Caller, addr: int, length: int, vec: int) -> s.KernelGen:
+    """Validate and run `mincore` (the call itself is described in emu.abi)."""
+    ps = m.arch.page_size
+    check_user_range(m, addr, length)
+    pages = -(-length // ps)
+    check_user_range(m, vec, pages)  # access_ok(vec, pages)
+
+    def copy_out(offset: int, data: bytes) -> bool:
+        try:
+            copy_to_user(m, vec + offset, list(data), 1)
+        except HypercallError:
+            return False
+        return True
+
+    return m.kernel.mincore(m.mm, addr, length, copy_out)
+
+
 @service("rcu_barrier")
 def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
     """Validate and run `rcu_barrier` (the call itself is described in emu.abi)."""
