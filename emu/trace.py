@@ -34,9 +34,9 @@ def describe_op(op: Any) -> str:
         return f"spin_lock{'_nested' if op.nested else ''}({op.lock.name})"
     if t is s.SpinUnlock:
         return f"spin_unlock({op.lock.name})"
-    if t in (s.DownRead, s.UpRead, s.DownWrite, s.UpWrite):
+    if t in (s.DownRead, s.UpRead, s.DownWrite, s.UpWrite, s.DowngradeWrite):
         name = {s.DownRead: "down_read", s.UpRead: "up_read", s.DownWrite: "down_write",
-                s.UpWrite: "up_write"}[t]
+                s.UpWrite: "up_write", s.DowngradeWrite: "downgrade_write"}[t]
         return f"{name}({op.sem.name})"
     if t is s.CallRcu:
         return f"call_rcu  ; {op.what}"

@@ -891,3 +891,24 @@ def test_madvise_dontneed_where_no_table_exists_allocates_none(arch):
     assert [fi.state for fi in m.frames.frames] == before
     il.pass_grace_period()
     assert audit(k) == []
+
+
+def test_make_coherent_makes_the_faulting_mapping_uncached_when_it_has_an_alias():
+    """Linux's make_coherent(): `if (aliases) do_adjust_pte(vma, addr, pfn, ptep)` — the
+    new mapping goes uncached with its present alias, or the two still alias in the cache."""
+    from arch import x86_pae
+    from arch.base import Access
+    m = two_mappings()
+    k = m.kernel
+    b = BASE + 2 * m.arch.pmd_size
+    il = Interleaving(m)
+    il.start(0, k.handle_mm_fault(BASE, Access.READ))
+    il.finish()
+
+    def pte_at(addr: int) -> int:
+        table = m.arch.table_pa("pmd", k.read_entry_now(pmd_of(m, addr), 8))
+        return k.read_entry_now(table + m.arch.level("pte").index(addr) * 8, 8)
+
+    a_pte, b_pte = pte_at(BASE), pte_at(b)
+    assert m.arch.pte_present(a_pte) and m.arch.pte_pa(a_pte) == m.arch.pte_pa(b_pte)
+    assert b_pte & x86_pae.PCD and a_pte & x86_pae.PCD

@@ -203,6 +203,13 @@ class KernelCore:
             op.sem.writer = None
             st.held.remove((op.sem, "write"))
             return None
+        if t is s.DowngradeWrite:
+            if op.sem.writer != cpu:
+                raise KernelBug(f"cpu{cpu} downgrade_write({op.sem.name}) without down_write")
+            op.sem.writer = None
+            op.sem.readers.append(cpu)
+            st.held[st.held.index((op.sem, "write"))] = (op.sem, "read")
+            return None
         if t is s.RcuReadLock:
             if st.rcu_nesting == 0:
                 st.rcu_start_step = self.step

@@ -28,24 +28,33 @@ if TYPE_CHECKING:
 
 class FaultArmvMixin:
     def update_mmu_cache(self: Kernel, vmf: Vmf, folio: Folio, page_pa: int,
-                         ptl: Spinlock) -> s.KernelGen:
-        """arm's update_mmu_cache() (v6.13); called with the new pte set and vmf's ptl held."""
+                         ptl: Spinlock, ptep: int) -> s.KernelGen:
+        """arm's update_mmu_cache() (v6.13); called with the new pte at `ptep` set and vmf's
+        ptl held.
+        """
         if not self.arch.vivt_cache_aliasing or vmf.vma.file is None:
             return
-        yield from self.make_coherent(vmf, page_pa, ptl)
+        yield from self.make_coherent(vmf, page_pa, ptl, ptep)
 
-    def make_coherent(self: Kernel, vmf: Vmf, page_pa: int, fault_ptl: Spinlock) -> s.KernelGen:
-        """make_coherent() (v6.13): adjust every other user mapping of the page in this mm."""
+    def make_coherent(self: Kernel, vmf: Vmf, page_pa: int, fault_ptl: Spinlock,
+                      ptep: int) -> s.KernelGen:
+        """make_coherent() (v6.13): adjust every other user mapping of the page in this mm;
+        if any was present, make the faulting mapping at `ptep` uncached too.
+        """
         vma = vmf.vma
         ps = self.arch.page_size
         index = self.vma_index(vma, vmf.addr)
+        aliases = 0
         for other in list(vma.file.vmas):
             if other is vma:
                 continue
             alias = other.start + (index - other.pgoff) * ps
             if not other.contains(alias):
                 continue
-            yield from self.adjust_pte(other, alias, page_pa, fault_ptl)
+            aliases += yield from self.adjust_pte(other, alias, page_pa, fault_ptl)
+        if aliases:
+            # two live mappings of one page in a VIVT cache: both go uncached
+            yield from self.do_adjust_pte(vma, vmf.addr, page_pa, ptep)
 
     def adjust_pte(self: Kernel, vma, address: int, page_pa: int,
                    fault_ptl: Spinlock) -> s.KernelGen:
@@ -76,17 +85,16 @@ class FaultArmvMixin:
         return ret
 
     def do_adjust_pte(self: Kernel, vma, address: int, page_pa: int, ptep: int) -> s.KernelGen:
-        """do_adjust_pte() (v6.13): make an alias mapping of the page uncached (flush its cache
-        line, set, flush TLB).
+        """do_adjust_pte() (v6.13): make a present mapping of the page uncached (flush its
+        cache line, set, flush TLB) unless it already is; 1 if it was present (a real alias).
         """
         a = self.arch
         pte = yield from self.read_entry("pte", ptep, "do_adjust_pte")
-        if not a.pte_present(pte) or a.pte_pa(pte) != page_pa:
+        if not a.pte_present(pte):
             return 0
         new = a.pte_mkuncached(pte)
-        if new == pte:
-            return 0
-        yield from self.set_entry("pte", ptep, new, "do_adjust_pte: set uncached")
-        start = address - address % a.page_size
-        yield s.TlbFlushRange(start, start + a.page_size)
+        if new != pte:
+            yield from self.set_entry("pte", ptep, new, "do_adjust_pte: set uncached")
+            start = address - address % a.page_size
+            yield s.TlbFlushRange(start, start + a.page_size)
         return 1

@@ -179,7 +179,7 @@ class FilemapMixin:
             folio.map()
             mm.rss[folio.kind] += 1
             yield from self.set_entry("pte", ptep, pte, "set_pte_range (file page)")
-            yield from self.update_mmu_cache(vmf, folio, page, ptl)
+            yield from self.update_mmu_cache(vmf, folio, page, ptl, ptep)
         yield from self.pte_unmap_unlock(ptep, ptl)
         return VM_FAULT_RETRY_ACCESS
 

@@ -154,13 +154,15 @@ class MemoryMixin:
         yield from self.policy.tlb_remove_table(self, mm, table, "pte")
 
     def do_munmap(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """munmap() of whole VMAs (v6.12 vms_gather_munmap_vmas / vms_clear_ptes).
+        """munmap() of whole VMAs (v6.12 vms_gather_munmap_vmas / vms_complete_munmap_vmas;
+        v6.6 do_vmi_align_munmap is the same in what ptemu can see).
 
         Under mmap_write_lock: detach the VMAs from the mm (lockless walkers
-        starting later find nothing), zap them (unmap_vmas), then
-        free_pgtables(), which unlinks each file VMA from i_mmap before
-        freeing its tables. (Linux downgrades to the read lock before the zap;
-        ptemu keeps the write lock, which only excludes more.)
+        starting later find nothing). Then mmap_write_downgrade(), as munmap()
+        has done since 4.20: the zap (unmap_vmas) and free_pgtables(), which
+        unlinks each file VMA from i_mmap before freeing its tables, run under
+        the read lock, concurrently with faults and khugepaged in the VMAs
+        that remain.
         """
         yield s.DownWrite(mm.mmap_lock)
         victims = [v for v in mm.vmas if v.start < end and start < v.end and v.kind != "text"]
@@ -169,9 +171,10 @@ class MemoryMixin:
             return -22  # partial VMA unmap (split) is not modelled: -EINVAL
         for v in victims:
             mm.vmas.remove(v)
+        yield s.DowngradeWrite(mm.mmap_lock)
         for v in victims:
             yield from self.zap_page_range(mm, v, v.start, v.end)
         for v in victims:
             yield from self.free_pgtables(mm, v)
-        yield s.UpWrite(mm.mmap_lock)
+        yield s.UpRead(mm.mmap_lock)
         return 0

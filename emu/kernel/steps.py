@@ -102,6 +102,13 @@ class UpWrite:
     sem: Any
 
 
+@dataclass(frozen=True)
+class DowngradeWrite:
+    """downgrade_write(): the writer becomes a reader without letting go."""
+
+    sem: Any
+
+
 # ---- RCU, IRQs, IPIs, TLB ---------------------------------------------------
 
 

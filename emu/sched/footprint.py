@@ -209,7 +209,8 @@ class FootprintRecorder(Checker):
             merge(fp, ("sem", op.sem.name), "c")
         elif t is ks.DownWrite:
             merge(fp, ("sem", op.sem.name), "w")
-        elif t in (ks.SpinUnlock, ks.UpRead, ks.UpWrite):
+        elif t in (ks.SpinUnlock, ks.UpRead, ks.UpWrite, ks.DowngradeWrite):
+            # downgrade_write() only lets waiting readers in: a release
             pass
         elif t is ks.IrqDisable:
             # Like a lock: turning IRQs off holds the other CPUs' IPIs back;
