@@ -42,6 +42,13 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                            "written to vec, 1 if resident (mapped, or in the page cache of a "
                            "shmem/file mapping), else 0; 0, or -ENOMEM if the range is not "
                            "all mapped."),
+    Call(21, "secondary_attach", 0, "secondary_attach(): give the caller's mm a secondary MMU (a "
+                                    "device-like shadow TLB and page-walk cache, an mmu notifier "
+                                    "subscriber); -EEXIST if it has one."),
+    Call(22, "secondary_read", 3, "secondary_read(addr, count, rounds): the secondary MMU reads "
+                                  "count pages from addr, rounds times, through its own "
+                                  "translations (filled by its own walk, faulting pages in); "
+                                  "returns the reads that got one."),
 )}
 
 

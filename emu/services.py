@@ -193,6 +193,27 @@ def sys_mincore(m: ServiceHost, cpu: Caller, addr: int, length: int, vec: int) -
     return m.kernel.mincore(m.mm, addr, length, copy_out)
 
 
+@service("secondary_attach")
+def sys_secondary_attach(m: ServiceHost, cpu: Caller) -> s.KernelGen:
+    """Validate and run `secondary_attach` (the call itself is described in emu.abi)."""
+    return m.kernel.secondary_attach(m.mm)
+
+
+SECONDARY_MAX_READS = 4096
+
+
+@service("secondary_read")
+def sys_secondary_read(m: ServiceHost, cpu: Caller, addr: int, count: int,
+                       rounds: int) -> s.KernelGen:
+    """Validate and run `secondary_read` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, max(count, 1) * m.arch.page_size)
+    if not 0 < count * rounds <= SECONDARY_MAX_READS:
+        raise HypercallError(EINVAL, f"count {count} x rounds {rounds} not in 1..{SECONDARY_MAX_READS}")
+    if m.kernel.secondary_of(m.mm) is None:
+        raise HypercallError(EINVAL, "no secondary MMU attached (secondary_attach first)")
+    return m.kernel.secondary_read(m.mm, addr, count, rounds)
+
+
 @service("rcu_barrier")
 def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
     """Validate and run `rcu_barrier` (the call itself is described in emu.abi)."""

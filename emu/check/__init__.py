@@ -9,6 +9,7 @@ from emu.check.base import Checker, Violation
 from emu.check.detached import DetachedTable
 from emu.check.lockless_sync import LocklessSync
 from emu.check.reuse import StalePointer
+from emu.check.secondary import SecondaryStale
 from emu.check.stale_tlb import StaleTlb
 from emu.check.torn import TornRead
 from emu.check.uaf import UseAfterFree
@@ -17,8 +18,8 @@ from emu.check.uaf import UseAfterFree
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
     return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), TornRead(), LocklessSync(),
-            Accounting()]
+            SecondaryStale(), Accounting()]
 
 
-__all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "StalePointer", "StaleTlb",
-           "TornRead", "UseAfterFree", "Violation", "default_checkers"]
+__all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "SecondaryStale",
+           "StalePointer", "StaleTlb", "TornRead", "UseAfterFree", "Violation", "default_checkers"]

@@ -55,6 +55,8 @@ class MM:
     rss: dict[str, int] = field(default_factory=lambda: {"anon": 0, "file": 0, "shmem": 0})
     # arch allocation state (powerpc pte_frag cache, s390 pgtable_list)
     context: dict[str, object] = field(default_factory=dict)
+    # mm->notifier_subscriptions: the secondary MMUs told of changes (emu.kernel.mmu_notifier)
+    mmu_notifiers: list = field(default_factory=list)
 
     def find_vma(self, addr: int) -> VMA | None:
         for vma in self.vmas:
