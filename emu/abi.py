@@ -49,6 +49,11 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                                   "count pages from addr, rounds times, through its own "
                                   "translations (filled by its own walk, faulting pages in); "
                                   "returns the reads that got one."),
+    Call(23, "uffdio_register", 3, "uffdio_register(addr, len, mode): UFFDIO_REGISTER whole VMAs "
+                                   "of the range; mode 1 MISSING, 2 WP, 3 both."),
+    Call(24, "uffdio_copy", 3, "uffdio_copy(dst, src, len): UFFDIO_COPY len bytes from src into "
+                               "the registered anon/shmem range at dst (mfill_atomic); bytes "
+                               "copied, or -EAGAIN / -EEXIST / -ENOENT / -EFAULT if none."),
 )}
 
 

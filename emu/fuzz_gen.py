@@ -377,8 +377,8 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
 
 def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
                                regions: list[Region]) -> list[list]:
-    """mincore() (the page walker) and the secondary MMU (mmu notifiers): a few calls a
-    vCPU makes after its others, over the same regions. The vector goes to the GUP-fast
+    """mincore() (the page walker), the secondary MMU (mmu notifiers) and userfaultfd: a
+    few calls a vCPU makes after its others, over the same regions. The vector goes to the GUP-fast
     output buffer (one byte a page, within its word a page); a hostile mincore is
     misaligned or writes to an unmapped vector."""
     page = plan.page
@@ -397,6 +397,12 @@ def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
         out.append(["secondary_attach"])
         out.append(["secondary_read", _at(plan, addr), max(1, min(8, length // page)),
                     rng.randint(1, 3)])
+    if rng.random() < 0.25:  # userfaultfd: register a whole region, fill one of its pages
+        r = _pick(rng, regions)
+        out.append(["uffdio_register", _at(plan, r.start_b), plan.expr(r.size_b),
+                    rng.choice([1, 1, 2, 3])])
+        dst = r.start_b + rng.randrange(0, r.size_b, page)
+        out.append(["uffdio_copy", _at(plan, dst), plan.expr(OUT_PMD * plan.pmd), plan.expr(page)])
     return out
 
 

@@ -30,12 +30,13 @@ MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
 
 
-def user_page_pa(m: ServiceHost, va: int) -> int | None:
-    """Where a user write to `va` lands, by Linux's view of the tables (pte_write,
-    not the hardware's dirty-tracking bits), or None if it would not be allowed."""
+def user_page_pa(m: ServiceHost, va: int, write: bool = True) -> int | None:
+    """Where a user write (or read) of `va` lands, by Linux's view of the tables
+    (pte_write, not the hardware's dirty-tracking bits), or None if it would not be
+    allowed."""
     a, k = m.arch, m.kernel
     vma = m.mm.find_vma(va)
-    if vma is None or not vma.prot.write:
+    if vma is None or (write and not vma.prot.write):
         return None
     table = m.root
     names = [lv.name for lv in a.levels]
@@ -50,7 +51,7 @@ def user_page_pa(m: ServiceHost, va: int) -> int | None:
     if a.pmd_trans_huge(pmd):
         return a.pmd_huge_pa(pmd) + va % a.pmd_size
     pte = k.read_entry_now(k.entry_addr("pte", a.table_pa("pmd", pmd), va), a.level("pte").entry_size)
-    if not a.pte_present(pte) or a.pte_none(pte) or not a.pte_write(pte):
+    if not a.pte_present(pte) or a.pte_none(pte) or (write and not a.pte_write(pte)):
         return None
     return a.pte_pa(pte) + va % a.page_size
 
@@ -212,6 +213,35 @@ def sys_secondary_read(m: ServiceHost, cpu: Caller, addr: int, count: int,
     if m.kernel.secondary_of(m.mm) is None:
         raise HypercallError(EINVAL, "no secondary MMU attached (secondary_attach first)")
     return m.kernel.secondary_read(m.mm, addr, count, rounds)
+
+
+UFFD_MODES = (1, 2, 3)  # UFFDIO_REGISTER_MODE_MISSING | _WP
+
+
+@service("uffdio_register")
+def sys_uffdio_register(m: ServiceHost, cpu: Caller, addr: int, length: int,
+                        mode: int) -> s.KernelGen:
+    """Validate and run `uffdio_register` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, length, m.arch.page_size)
+    if mode not in UFFD_MODES:
+        raise HypercallError(EINVAL, f"mode {mode} is not 1 (MISSING), 2 (WP) or 3")
+    return m.kernel.userfaultfd_register(m.mm, addr, addr + length, mode)
+
+
+@service("uffdio_copy")
+def sys_uffdio_copy(m: ServiceHost, cpu: Caller, dst: int, src: int, length: int) -> s.KernelGen:
+    """Validate and run `uffdio_copy` (the call itself is described in emu.abi)."""
+    ps = m.arch.page_size
+    check_user_range(m, dst, length, ps)
+    check_user_range(m, src, length, ps)
+
+    def copy_from_user(offset: int) -> bytes | None:
+        pa = user_page_pa(m, src + offset, write=False)
+        if pa is None or pa + ps > m.mem.size:
+            return None
+        return m.mem.read(pa, ps)
+
+    return m.kernel.mfill_atomic_copy(m.mm, dst, length, copy_from_user)
 
 
 @service("rcu_barrier")

@@ -23,9 +23,10 @@ from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
 from emu.kernel.secondary_mmu import SecondaryMmuMixin
+from emu.kernel.userfaultfd import UserfaultfdMixin
 
 
-class Kernel(SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin, KhugepagedMixin,
+class Kernel(UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin, KhugepagedMixin,
              PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin, MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 

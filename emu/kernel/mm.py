@@ -29,7 +29,8 @@ class VMA:
     pgoff: int = 0
     anon_vma: bool = False  # set once an anon page is mapped (khugepaged skips those)
     pmd_mapping: bool = True  # may faults map a PMD-sized folio with one PMD?
-    uffd_wp: bool = False
+    uffd_wp: bool = False  # VM_UFFD_WP (UFFDIO_REGISTER_MODE_WP)
+    uffd_missing: bool = False  # VM_UFFD_MISSING (UFFDIO_REGISTER_MODE_MISSING)
 
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
