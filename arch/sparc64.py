@@ -253,10 +253,11 @@ class Sparc64(Arch):
     software_walker: ClassVar[bool] = True
 
     def __init__(self) -> None:
-        # The root the vCPUs run on (setup_cpu) and the guest's instruction
-        # words by address, for delay-slot decoding. Guest text is never
-        # written, so a word read once stays right.
-        self._fetch_root: int | None = None
+        # The root each vCPU runs on (setup_cpu, by Unicorn instance: each
+        # process has its own) and the guest's instruction words by address,
+        # for delay-slot decoding. Guest text is never written and each vCPU's
+        # text has its own addresses, so a word read once stays right.
+        self._fetch_roots: dict[int, int] = {}
         self._insns: dict[int, int] = {}
 
     # ---- root -------------------------------------------------------------------
@@ -467,7 +468,7 @@ class Sparc64(Arch):
     def setup_cpu(self, uc: unicorn.Uc, cpu_index: int, root: int) -> None:
         # Unicorn starts sparc64 in a state that runs user code as is; the
         # MMU is ours. Remember the root to read instruction words.
-        self._fetch_root = root
+        self._fetch_roots[id(uc)] = root
 
     def get_pc(self, uc: unicorn.Uc) -> int:
         return uc.reg_read(us.UC_SPARC_REG_PC)
@@ -496,9 +497,10 @@ class Sparc64(Arch):
     def _insn_at(self, uc: unicorn.Uc, va: int) -> int | None:
         """The instruction word at `va`, read through the guest's own tables, or None."""
         word = self._insns.get(va)
-        if word is not None or self._fetch_root is None:
+        root = self._fetch_roots.get(id(uc))
+        if word is not None or root is None:
             return word
-        tr = self.translate_functional(_UcPhys(uc), self._fetch_root, va, Access.FETCH)
+        tr = self.translate_functional(_UcPhys(uc), root, va, Access.FETCH)
         if not isinstance(tr, Translation):
             return None
         try:

@@ -38,6 +38,10 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(9, "khugepaged_scan", 1, "khugepaged_scan(addr): one khugepaged pass over the PMD range "
                                   "at addr (no mmap_lock)."),
     Call(10, "rcu_barrier", 0, "rcu_barrier(): wait until every queued RCU callback has run."),
+    Call(11, "race_begin", 0, "race_begin(): the end of this vCPU's set-up. A program that calls "
+                              "it runs free up to it when the machine is built, at Unicorn "
+                              "speed and before any schedule; only what follows is "
+                              "interleaved. Returns 0."),
     Call(20, "mincore", 3, "mincore(addr, len, vec): one byte per page of [addr, addr+len) "
                            "written to vec, 1 if resident (mapped, or in the page cache of a "
                            "shmem/file mapping), else 0; 0, or -ENOMEM if the range is not "

@@ -42,8 +42,10 @@ class ServiceHost(Protocol):
     arch: Arch
     kernel: Kernel
     mem: PhysMem
-    mm: MM
-    root: int
+
+    def mm_of(self, cpu: Caller) -> MM:
+        """current->mm of the calling vCPU: the process it runs."""
+        ...
 
     def trace_note(self, cpu: Caller, text: str) -> None: ...
     def request_exit(self, cpu: Caller, code: int) -> None: ...
@@ -142,6 +144,16 @@ def sys_exit(m: ServiceHost, cpu: Caller, code: int) -> int:
 def sys_log(m: ServiceHost, cpu: Caller, value: int) -> int:
     """Validate and run `log` (the call itself is described in emu.abi)."""
     m.trace_note(cpu, f"guest log {value:#x}")
+    return 0
+
+
+@service("race_begin")
+def sys_race_begin(m: ServiceHost, cpu: Caller) -> int:
+    """Validate and run `race_begin` (the call itself is described in emu.abi).
+
+    Reached under a schedule only when it is called again after the first
+    time (Machine fast-forwards every program up to its first call): a no-op.
+    """
     return 0
 
 

@@ -10,7 +10,6 @@ Tasks: vCPU i is task i; the RCU callback runner is task `RCU_TASK`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +87,9 @@ class Machine(KernelHooks):
                 raise
             raise ScenarioError(scenario.source, "arch_options", str(exc)) from None
         self.ncpus = scenario.cpus
-        self.mem = PhysMem(scenario.memory_mib << 20)
-        self.frames = FrameAllocator(self.mem, self.arch.page_size)
+        self.mem = self._physmem(scenario)
+        self.frames = FrameAllocator(self.mem, self.arch.page_size,
+                                     pte_placement=scenario.pte_placement)
         # The machine is built (and VMAs populated) by the correct model; the
         # variants are switched on when it is done, so a variant's bug shows
         # in the run it is about, not as a broken initial state.
@@ -112,11 +112,51 @@ class Machine(KernelHooks):
             policy = self.kernel.make_policy()
             policy.__dict__.update(self.kernel.policy.__dict__)
             self.kernel.policy = policy
+        self._checkers_off(scenario)
         for c in checkers or []:
             self.add_checker(c)
         self._snapshot: Any = None
 
+    # ---- processes -------------------------------------------------------------
+    @property
+    def mm(self) -> MM:
+        """The first process's mm (the only one unless the scenario declares several)."""
+        return self.kernel.mms[0]
+
+    @property
+    def root(self) -> int:
+        """The first process's top-level table."""
+        return self.kernel.mms[0].root
+
+    def mm_of(self, cpu: VCpu | int) -> MM:
+        """current->mm of a vCPU: the process it runs."""
+        return self.kernel.cpus[cpu if isinstance(cpu, int) else cpu.index].mm or self.mm
+
+    def mm_named(self, name: str) -> MM:
+        """A process's mm by its `[[process]]` name (KeyError if there is none)."""
+        return self.process[name]
+
     # ---- building -----------------------------------------------------------
+    def _physmem(self, sc: Scenario) -> PhysMem:
+        """RAM as the scenario lays it out: the bank at 0 and any `[machine] highmem`."""
+        for i, (base, size) in enumerate(sc.highmem):
+            try:
+                limit = self.arch.ram_limit()
+            except ValueError as exc:
+                raise ScenarioError(sc.source, "machine.highmem", str(exc)) from None
+            if base + size > limit:
+                raise ScenarioError(sc.source, f"machine.highmem[{i}]",
+                                    f"[{base:#x}, {base + size:#x}) reaches beyond the "
+                                    f"{limit.bit_length() - 1}-bit physical address space "
+                                    f"(ends at {limit:#x}; x86-pae: arch option maxphyaddr)")
+            if base % self.arch.page_size:
+                raise ScenarioError(sc.source, f"machine.highmem[{i}].base",
+                                    f"{base:#x} is not aligned to the {self.arch.page_size:#x} frame")
+        try:
+            return PhysMem(sc.memory_mib << 20, sc.highmem)
+        except PhysMemError as exc:
+            raise ScenarioError(sc.source, "machine.highmem", str(exc)) from None
+
     def names(self) -> dict[str, int]:
         return {"page_size": self.arch.page_size, "pmd_size": self.arch.pmd_size,
                 "cpus": self.ncpus}
@@ -133,20 +173,27 @@ class Machine(KernelHooks):
             k.init_table(pa, level)
             return pa
 
-        root = a.alloc_root(alloc_table, lambda pa, size, v: self.mem.write_int(pa, size, v, a.byteorder))
-        self.mm = k.mm = MM(root)
-        self.root = root
+        # one mm per process, its root allocated (pgd_alloc) in the scenario's order
+        several = len(sc.processes) > 1
+        for name in sc.processes:
+            root = a.alloc_root(alloc_table,
+                                lambda pa, size, v: self.mem.write_int(pa, size, v, a.byteorder))
+            k.mms.append(MM(root, name, lock_tag=name if several else ""))
+        self.process = {mm.name: mm for mm in k.mms}
+        for st in k.cpus:
+            st.mm = k.mms[0]  # idle CPUs count as the first process's
         names = self.names()
         named: dict[str, VMA] = {}
         for i, v in enumerate(sc.vmas):
+            mm = self.process[v.process or sc.processes[0]]
             start = eval_int(v.start, names, sc.source, f"vma[{i}].start")
             size = eval_int(v.size, names, sc.source, f"vma[{i}].size")
-            self._check_vma(start, size, f"vma[{i}]")
+            self._check_vma(start, size, f"vma[{i}]", mm)
             if v.thp and not a.supports_huge_pmd():
                 raise ScenarioError(sc.source, f"vma[{i}].thp",
                                     f"{a.name} has no PMD-sized pages (no THP)")
-            k.mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
-            vma = k.mm.find_vma(start)
+            mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
+            vma = mm.find_vma(start)
             named[vma.name] = vma
             if v.share:
                 v = _with_shares(v, named[v.share])
@@ -172,16 +219,20 @@ class Machine(KernelHooks):
             if len(image) > CODE_SLOT:
                 raise ScenarioError(sc.source, f"cpu[{i}].program", "program larger than 64 KiB")
             self.programs[i] = prog
+            mm = self.process[spec.process or sc.processes[0]]
             pages = -(-len(image) // a.page_size) * a.page_size
-            self._check_vma(base, pages, f"cpu[{i}] text")
-            k.mm.insert_vma(VMA(base, base + pages, "text", Prot(write=False, exec=True),
-                                f"cpu{i} text", image=image))
+            self._check_vma(base, pages, f"cpu[{i}] text", mm)
+            mm.insert_vma(VMA(base, base + pages, "text", Prot(write=False, exec=True),
+                              f"cpu{i} text", image=image))
             stack_top = a.stack_top - i * 2 * STACK_SIZE
-            self._check_vma(stack_top - STACK_SIZE, STACK_SIZE, f"cpu[{i}] stack")
-            k.mm.insert_vma(VMA(stack_top - STACK_SIZE, stack_top, "anon", Prot(), f"cpu{i} stack"))
+            self._check_vma(stack_top - STACK_SIZE, STACK_SIZE, f"cpu[{i}] stack", mm)
+            mm.insert_vma(VMA(stack_top - STACK_SIZE, stack_top, "anon", Prot(), f"cpu{i} stack"))
             cpu = self.cpus[i]
-            a.setup_cpu(cpu.uc, i, root)
-            cpu.load_root(a.hw_root(root))
+            k.cpus[i].mm = mm
+            # the process's root register: CR3 / TTBR0 / ASCE / PGD. A vCPU
+            # runs one process for its life, so this load is its only switch.
+            a.setup_cpu(cpu.uc, i, mm.root)
+            cpu.load_root(a.hw_root(mm.root))
             a.set_pc(cpu.uc, base)
             a.set_sp(cpu.uc, stack_top - 64)
             args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(args_src)]
@@ -196,12 +247,42 @@ class Machine(KernelHooks):
         # populate = fault every page of the VMA in, before any CPU runs
         for i, v in enumerate(sc.vmas):
             if v.populate is not False and v.populate != 0:
-                vma = k.mm.find_vma(eval_int(v.start, names, sc.source, f"vma[{i}].start"))
+                mm = self.process[v.process or sc.processes[0]]
+                vma = mm.find_vma(eval_int(v.start, names, sc.source, f"vma[{i}].start"))
                 pages = None if v.populate is True else v.populate
                 if pages is not None and pages < 0:
                     raise ScenarioError(sc.source, f"vma[{i}].populate", "must be true, false or >= 0")
                 self.populate(vma, pages)
+        self._fast_forward()
         self.frames.step = 0
+
+    def _fast_forward(self) -> None:
+        """Run every program that calls `race_begin` up to that call, free.
+
+        What comes before the marker is the program's set-up: nothing a
+        schedule should interleave. It runs here, before the first step and
+        the snapshot (so once per machine, not once per schedule), at
+        Unicorn speed (`VCpu.run_free`), vCPU after vCPU in index order, as
+        `populate` runs: under the correct model (the variants are switched
+        on after the build), with no checker attached and the trace off.
+        A program without the marker is not touched: its every instruction
+        stays a step, so existing schedules and traces keep their meaning.
+        """
+        nr = abi.by_name()["race_begin"]
+        numbers = abi.by_name()
+        traced = self.trace.enabled
+        self.trace.enabled = False
+        try:
+            for i, spec in enumerate(self.scenario.programs):
+                if spec.calls is not None:
+                    marked = any(call_format.op_number(rec[0], numbers) == nr
+                                 for rec in spec.calls)
+                else:
+                    marked = "SYS_race_begin" in self.programs[i].source
+                if marked:
+                    self.cpus[i].run_free(nr)
+        finally:
+            self.trace.enabled = traced
 
     def _lay_out_calls(self, i: int, records: list[list[Any]], base: int, code: bytes,
                        names: dict[str, int]) -> tuple[bytes, list[int]]:
@@ -218,7 +299,7 @@ class Machine(KernelHooks):
         blob = call_format.encode(words, a.word_size, a.byteorder)
         return code + bytes(offset - len(code)) + blob, [base + offset, len(words)]
 
-    def _check_vma(self, start: int, size: int, key: str) -> None:
+    def _check_vma(self, start: int, size: int, key: str, mm: MM) -> None:
         a = self.arch
         src = self.scenario.source
         if size <= 0 or start % a.page_size or size % a.page_size:
@@ -227,7 +308,7 @@ class Machine(KernelHooks):
         if start < a.page_size or start + size > (1 << a.va_bits):
             raise ScenarioError(src, key, f"[{start:#x}, {start + size:#x}) outside the "
                                 f"{a.va_bits}-bit user address space")
-        other = self.kernel.mm.overlaps(start, start + size)
+        other = mm.overlaps(start, start + size)
         if other is not None:
             raise ScenarioError(src, key, f"[{start:#x}, {start + size:#x}) overlaps {other}")
 
@@ -235,7 +316,8 @@ class Machine(KernelHooks):
         end = vma.end if pages is None else min(vma.end, vma.start + pages * self.arch.page_size)
         for addr in range(vma.start, end, self.arch.page_size):
             acc = Access.WRITE if vma.prot.write else Access.READ
-            self.run_kernel_now(self.kernel.handle_mm_fault(addr, acc), f"populate {addr:#x}")
+            self.run_kernel_now(self.kernel.handle_mm_fault(addr, acc, vma.mm),
+                                f"populate {addr:#x}")
 
     def run_kernel_now(self, gen: Any, name: str) -> Any:
         """Run a kernel routine to completion outside the schedule (setup, tools)."""
@@ -375,7 +457,7 @@ class Machine(KernelHooks):
         return "deadlock: " + "; ".join(parts)
 
     def memory_digest(self) -> str:
-        return hashlib.sha256(self.mem.buf).hexdigest()[:16]
+        return self.mem.digest()
 
     # ---- snapshot / restore ----------------------------------------------------------
     def snapshot(self) -> None:
@@ -390,11 +472,14 @@ class Machine(KernelHooks):
                           self._copy_state((self.kernel.__dict__, self.frames.__dict__)),
                           [(c.pc, c.mode, c.exit_code, c.crash) for c in self.cpus])
 
+    def kept_objects(self) -> tuple[Any, ...]:
+        """What a state copy shares with the live machine instead of copying."""
+        return (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
+                self.kernel.tlb_flush)
+
     def _copy_state(self, state: Any) -> Any:
         import copy
-        keep = (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
-                self.kernel.tlb_flush)
-        return copy.deepcopy(state, {id(x): x for x in keep})
+        return copy.deepcopy(state, {id(x): x for x in self.kept_objects()})
 
     def reset(self) -> None:
         if self._snapshot is None:
@@ -405,7 +490,7 @@ class Machine(KernelHooks):
         self.kernel.__dict__.update(kstate)
         self.kernel.tlb_flush = self.tlb_flush
         self.frames.__dict__.update(fstate)
-        self.mm = self.kernel.mm
+        self.process = {mm.name: mm for mm in self.kernel.mms}
         for c, ctx, (pc, mode, code, crash) in zip(self.cpus, ctxs, cpus, strict=True):
             c.restore(ctx)
             c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
@@ -419,7 +504,17 @@ class Machine(KernelHooks):
         for ch in self.checkers:
             ch.attach(self)
 
+    def _checkers_off(self, sc: Scenario) -> None:
+        from emu.check import default_checkers
+        known = [c.name for c in default_checkers()]
+        for j, name in enumerate(sc.checkers_off):
+            if name not in known:
+                raise ScenarioError(sc.source, f"checkers.off[{j}]",
+                                    f"no checker {name!r} (known: {', '.join(known)})")
+
     def add_checker(self, c: Checker) -> None:
+        if c.name in self.scenario.checkers_off:
+            return  # the scenario's `[checkers] off`
         c.attach(self)
         self.checkers.append(c)
 
@@ -445,6 +540,8 @@ class Machine(KernelHooks):
             value = self.mem.read_int(msg.pa, msg.size, bo)
         except PhysMemError:
             self.trace.add(self.step, f"cpu{idx}", "walk", f"{msg.level} read {msg.pa:#x} outside RAM")
+            self.on_outside_ram(idx, msg.pa, msg.size, f"the page-table walker reading a "
+                                f"{msg.level} entry")
             return 0
         if type(msg) is PteWrite:
             # a software refill storing into its translation cache (sparc64 TSB)
@@ -527,10 +624,14 @@ class Machine(KernelHooks):
         what = f"exit({cpu.exit_code})" if cpu.mode is Mode.DONE else f"crashed: {cpu.crash}"
         self.trace.add(self.step, f"cpu{cpu.index}", "note", what)
 
-    def tlb_flush(self, start: int, end: int) -> None:
-        self.arch.flush_tsb(self.root, start, end, self._tsb_read, self._tsb_write)
+    def tlb_flush(self, start: int, end: int, mm: MM | None = None) -> None:
+        """flush_tlb_range() of `mm` (None: every mm) on the CPUs running it."""
+        for each in self.kernel.mms if mm is None else [mm]:
+            self.arch.flush_tsb(each.root, start, end, self._tsb_read, self._tsb_write)
+        cpus = self.kernel.mm_cpus(mm)
         for c in self.cpus:
-            c.flush_range(start, end)
+            if c.index in cpus:
+                c.flush_range(start, end)
 
     def _tsb_read(self, pa: int, size: int) -> int:
         return self.mem.read_int(pa, size, self.arch.byteorder)
@@ -565,6 +666,10 @@ class Machine(KernelHooks):
         # Unicorn may cache a translation through this frame: make the next
         # use come back through our TLB model, where checkers see it.
         self.flush_uc_tlbs()
+
+    def on_outside_ram(self, cpu: int, pa: int, size: int, who: str) -> None:
+        for c in self.checkers:
+            c.on_outside_ram(cpu, pa, size, who)
 
     def on_observed(self, cpu: int, obs: ks.Observed) -> None:
         self.trace.add(self.step, f"cpu{cpu}", "note", f"{obs.what} [{obs.pa:#x}] = {obs.value:#x}")

@@ -4,14 +4,20 @@
 [machine]
 arch = "x86-pae"        # overridable with --arch
 cpus = 2
-memory_mib = 64
+memory_mib = 64         # RAM at physical address 0
+# highmem = [{ base = 0x1_0000_0000, mib = 16 }]  # x86-pae: more RAM banks, above 4 GiB
+# pte_placement = "highmem"  # where PTE tables go: low | highmem | interleave
 
 [kernel]
 version = "6.14"        # the Linux release to follow (default: the newest modelled)
 variants = []           # named bug variants, see `ptemu variants`
 override = ""           # "file.py:Class" (or a list of them): your own mixin or policy
 
+[[process]]             # optional: processes, each its own mm (default: one, "main")
+name = "main"
+
 [[vma]]
+process = "main"        # whose address space (default: the first process)
 start = 0x10000000      # integers, or expressions over page_size/pmd_size
 size = "4 * pmd_size"
 kind = "anon"           # anon | shmem | file
@@ -19,6 +25,7 @@ prot = "rw"             # r, rw, rx, rwx
 populate = false        # fault every page in at setup (or an integer: the first N pages)
 
 [[cpu]]
+process = "main"        # the process this vCPU runs (default: the first)
 program = "touch"       # guest/programs/<arch>/<program>.S, or "my_prog.S" (a path
 args = [0x10000000, 512, "page_size"]   # relative to this file); or inline:
 # asm = '''
@@ -31,6 +38,9 @@ calls = [["mmap", "16 * pmd_size", "pmd_size", 0],        # a hypercall by name 
          ["touch_write", "16 * pmd_size", 8, "page_size"], # guest stores: addr, count, stride
          ["touch_read", "16 * pmd_size", 8, "page_size"],  # guest loads
          ["madvise", "16 * pmd_size", "pmd_size", 4]]      # up to five arguments each
+
+[checkers]
+off = []                # checkers not to run here, by the name their reports start with
 
 [expect]                # for tools/results_table.py
 arches = ["x86-pae"]    # the arches this scenario is meant for
@@ -60,6 +70,7 @@ from typing import Any
 
 from emu.kernel.mm import VMA_KINDS
 from emu.kernel.version import NEWEST, Version, parse_version
+from emu.physmem import BANK_ALIGN, PTE_PLACEMENTS
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "guest" / "scenarios"
 
@@ -85,6 +96,7 @@ class VmaSpec:
     pmd_mapping: bool = True
     name: str = ""
     share: str = ""  # name of an earlier shmem/file VMA whose file this one maps too
+    process: str = ""  # the [[process]] whose address space it is in ("": the first)
 
 
 @dataclass
@@ -96,6 +108,7 @@ class CpuSpec:
     path: Path | None = None  # a user's own .S file, resolved against the scenario's directory
     asm: str = ""  # inline program text
     asm_line: int = 1  # the scenario file's line on which the inline text starts
+    process: str = ""  # the [[process]] this vCPU runs ("": the first)
 
 
 def is_program_path(program: str) -> bool:
@@ -120,6 +133,11 @@ class Scenario:
     description: str = ""
     version: Version = NEWEST
     version_given: bool = False  # said in the file (so an arch option may conflict with it)
+    # the [[process]] names in order; one implicit "main" when none is declared
+    processes: list[str] = field(default_factory=lambda: ["main"])
+    highmem: tuple[tuple[int, int], ...] = ()  # RAM banks beyond the one at 0: (base, bytes)
+    pte_placement: str = "low"  # low | highmem | interleave (emu.physmem.FrameAllocator)
+    checkers_off: list[str] = field(default_factory=list)  # `[checkers] off`: names not to run
 
     @property
     def override(self) -> list[str]:
@@ -192,10 +210,11 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(source, "<toml>", str(exc)) from None
-    _check_keys(doc, {"machine", "kernel", "vma", "cpu", "explore", "expect", "description",
-                      "arch_options"}, source, "")
+    _check_keys(doc, {"machine", "kernel", "process", "vma", "cpu", "explore", "expect",
+                      "description", "arch_options", "checkers"}, source, "")
     mach = _get(doc, "machine", dict, source, "")
-    _check_keys(mach, {"arch", "cpus", "memory_mib"}, source, "machine")
+    _check_keys(mach, {"arch", "cpus", "memory_mib", "highmem", "pte_placement"}, source,
+                "machine")
     arch = _get(mach, "arch", str, source, "machine")
     cpus = _get(mach, "cpus", int, source, "machine")
     if not 1 <= cpus <= 16:
@@ -203,6 +222,14 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
     mem = _get(mach, "memory_mib", int, source, "machine", 64)
     if not 1 <= mem <= 2048:
         raise ScenarioError(source, "machine.memory_mib", f"must be 1..2048, got {mem}")
+    highmem = _highmem(mach, mem, source)
+    placement = _get(mach, "pte_placement", str, source, "machine", "low")
+    if placement not in PTE_PLACEMENTS:
+        raise ScenarioError(source, "machine.pte_placement",
+                            f"must be one of {', '.join(PTE_PLACEMENTS)}, got {placement!r}")
+    if placement != "low" and not highmem:
+        raise ScenarioError(source, "machine.pte_placement",
+                            f"{placement!r} needs machine.highmem banks to place PTE tables in")
     kern = _get(doc, "kernel", dict, source, "", {})
     _check_keys(kern, {"version", "variants", "override"}, source, "kernel")
     version_text = _get(kern, "version", str, source, "kernel", None)
@@ -223,13 +250,14 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
             raise ScenarioError(source, f"kernel.override[{i}]" if isinstance(override, list)
                                 else "kernel.override", f"expected 'file.py:Class', got {o!r}")
     overrides = [o for o in overrides if o]
+    processes = _processes(doc, source)
     vmas = []
     for i, v in enumerate(_get(doc, "vma", list, source, "", [])):
         path = f"vma[{i}]"
         if not isinstance(v, dict):
             raise ScenarioError(source, path, "expected a table")
         _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "pmd_mapping", "name",
-                        "share"}, source, path)
+                        "share", "process"}, source, path)
         kind = _get(v, "kind", str, source, path, "anon")
         if kind not in VMA_KINDS or kind == "text":
             raise ScenarioError(source, f"{path}.kind", f"must be anon, shmem or file, got {kind!r}")
@@ -242,7 +270,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                             _get(v, "thp", bool, source, path, False),
                             _get(v, "pmd_mapping", bool, source, path, True),
                             _get(v, "name", str, source, path, ""),
-                            _get(v, "share", str, source, path, "")))
+                            _get(v, "share", str, source, path, ""),
+                            _process_of(v, processes, source, path)))
         if vmas[-1].share:
             earlier = {x.name: x for x in vmas[:-1] if x.name}
             target = earlier.get(vmas[-1].share)
@@ -256,7 +285,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"cpu[{i}]"
         if not isinstance(c, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(c, {"program", "args", "asm", "calls"}, source, path)
+        _check_keys(c, {"program", "args", "asm", "calls", "process"}, source, path)
         args = _get(c, "args", list, source, path, [])
         for j, a in enumerate(args):
             if isinstance(a, bool) or not isinstance(a, (int, str)):
@@ -267,10 +296,17 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
             programs.append(_call_list(c, source, path))
         else:
             programs.append(_program(c, i, args, text, source, base_dir or Path.cwd()))
+        programs[-1].process = _process_of(c, processes, source, path)
     if len(programs) > cpus:
         raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
     if not programs:
         raise ScenarioError(source, "cpu", "no [[cpu]] program given")
+    checks = _get(doc, "checkers", dict, source, "", {})
+    _check_keys(checks, {"off"}, source, "checkers")
+    checkers_off = _get(checks, "off", list, source, "checkers", [])
+    for j, item in enumerate(checkers_off):
+        if not isinstance(item, str):
+            raise ScenarioError(source, f"checkers.off[{j}]", "expected a checker name")
     expect = _get(doc, "expect", dict, source, "", {})
     _check_keys(expect, {"arches", "caught"}, source, "expect")
     for key in ("arches", "caught"):
@@ -284,7 +320,65 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                     explore=_get(doc, "explore", dict, source, "", {}),
                     expect=expect,
                     description=_get(doc, "description", str, source, "", ""),
-                    version=version, version_given=version_text is not None)
+                    version=version, version_given=version_text is not None,
+                    processes=processes, highmem=highmem, pte_placement=placement,
+                    checkers_off=list(checkers_off))
+
+
+def _processes(doc: dict[str, Any], source: str) -> list[str]:
+    """The `[[process]]` names, in order (each its own mm); ["main"] if none is declared."""
+    tables = _get(doc, "process", list, source, "", [])
+    if not tables:
+        return ["main"]
+    names: list[str] = []
+    for i, p in enumerate(tables):
+        path = f"process[{i}]"
+        if not isinstance(p, dict):
+            raise ScenarioError(source, path, "expected a table")
+        _check_keys(p, {"name"}, source, path)
+        name = _get(p, "name", str, source, path)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+            raise ScenarioError(source, f"{path}.name", f"{name!r} is not a name "
+                                "(letters, digits, _ and -, not starting with a digit)")
+        if name in names:
+            raise ScenarioError(source, f"{path}.name", f"{name!r} declared twice")
+        names.append(name)
+    return names
+
+
+def _process_of(tbl: dict[str, Any], processes: list[str], source: str, path: str) -> str:
+    """The process a [[vma]] or [[cpu]] belongs to: its `process` key, else the first."""
+    name = _get(tbl, "process", str, source, path, processes[0])
+    if name not in processes:
+        raise ScenarioError(source, f"{path}.process",
+                            f"no [[process]] named {name!r} (declared: {', '.join(processes)})")
+    return name
+
+
+def _highmem(mach: dict[str, Any], low_mib: int, source: str) -> tuple[tuple[int, int], ...]:
+    """`[machine] highmem`: RAM banks beyond the one at 0, each { base, mib }, checked
+    for alignment and overlap here (the arch's physical-address limit when it is built)."""
+    banks = []
+    for i, b in enumerate(_get(mach, "highmem", list, source, "machine", [])):
+        key = f"machine.highmem[{i}]"
+        if not isinstance(b, dict):
+            raise ScenarioError(source, key, "expected a table { base = ..., mib = ... }")
+        _check_keys(b, {"base", "mib"}, source, key)
+        base = eval_int(_get(b, "base", (int, str), source, key), {}, source, f"{key}.base")
+        mib = _get(b, "mib", int, source, key)
+        if not 1 <= mib <= 2048:
+            raise ScenarioError(source, f"{key}.mib", f"must be 1..2048, got {mib}")
+        if base % BANK_ALIGN:
+            raise ScenarioError(source, f"{key}.base",
+                                f"{base:#x} is not a multiple of 64 KiB (frame aligned)")
+        banks.append((base, mib << 20, key))
+    end, owner = low_mib << 20, "the memory_mib bank at 0"
+    for base, size, key in sorted(banks):
+        if base < end:
+            raise ScenarioError(source, f"{key}.base", f"[{base:#x}, {base + size:#x}) overlaps "
+                                f"{owner} (which ends at {end:#x})")
+        end, owner = base + size, key
+    return tuple((base, size) for base, size, _key in banks)
 
 
 def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:

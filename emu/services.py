@@ -22,7 +22,7 @@ from emu.hypercall import (
 )
 from emu.kernel import steps as s
 from emu.kernel.filemap import PageCache
-from emu.kernel.mm import VMA
+from emu.kernel.mm import MM, VMA
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
@@ -30,15 +30,16 @@ MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
 
 
-def user_page_pa(m: ServiceHost, va: int, write: bool = True) -> int | None:
+def user_page_pa(m: ServiceHost, cpu: Caller, va: int, write: bool = True) -> int | None:
     """Where a user write (or read) of `va` lands, by Linux's view of the tables
     (pte_write, not the hardware's dirty-tracking bits), or None if it would not be
     allowed."""
     a, k = m.arch, m.kernel
-    vma = m.mm.find_vma(va)
+    mm = m.mm_of(cpu)
+    vma = mm.find_vma(va)
     if vma is None or (write and not vma.prot.write):
         return None
-    table = m.root
+    table = mm.root
     names = [lv.name for lv in a.levels]
     for name in names[: names.index("pmd")]:
         val = k.read_entry_now(k.entry_addr(name, table, va), a.level(name).entry_size)
@@ -56,7 +57,7 @@ def user_page_pa(m: ServiceHost, va: int, write: bool = True) -> int | None:
     return a.pte_pa(pte) + va % a.page_size
 
 
-def copy_to_user(m: ServiceHost, addr: int, values: list[int], width: int) -> None:
+def copy_to_user(m: ServiceHost, cpu: Caller, addr: int, values: list[int], width: int) -> None:
     """Write words to guest memory through the guest's own mapping, or -EFAULT."""
     a = m.arch
     data = b"".join(v.to_bytes(width, a.byteorder) for v in values)
@@ -64,8 +65,8 @@ def copy_to_user(m: ServiceHost, addr: int, values: list[int], width: int) -> No
     off = 0
     while off < len(data):
         va = addr + off
-        pa = user_page_pa(m, va)
-        if pa is None or pa + min(len(data) - off, a.page_size) > m.mem.size:
+        pa = user_page_pa(m, cpu, va)
+        if pa is None or not m.mem.contains(pa, min(len(data) - off, a.page_size)):
             raise HypercallError(EFAULT, f"output buffer {va:#x} not mapped writable")
         chunk = min(len(data) - off, a.page_size - va % a.page_size)
         m.mem.write(pa, data[off: off + chunk])
@@ -78,11 +79,10 @@ def sys_mmap(m: ServiceHost, cpu: Caller, addr: int, length: int, kind: int) -> 
     check_user_range(m, addr, length, m.arch.page_size)
     if kind not in MAP_KINDS:
         raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem) or 2 (file)")
-    return _mmap(m, addr, length, MAP_KINDS[kind])
+    return _mmap(m, m.mm_of(cpu), addr, length, MAP_KINDS[kind])
 
 
-def _mmap(m: ServiceHost, addr: int, length: int, kind: str) -> s.KernelGen:
-    mm = m.mm
+def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str) -> s.KernelGen:
     yield s.DownWrite(mm.mmap_lock)
     if mm.overlaps(addr, addr + length):
         yield s.UpWrite(mm.mmap_lock)
@@ -101,13 +101,13 @@ def _mmap(m: ServiceHost, addr: int, length: int, kind: str) -> s.KernelGen:
 def sys_munmap(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
     """Validate and run `munmap` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
-    return m.kernel.do_munmap(m.mm, addr, addr + length)
+    return m.kernel.do_munmap(m.mm_of(cpu), addr, addr + length)
 
 
 @service("truncate")
 def sys_truncate(m: ServiceHost, cpu: Caller, addr: int, new_size: int) -> s.KernelGen:
     """Validate and run `truncate` (the call itself is described in emu.abi)."""
-    cache = m.kernel.cache_of(m.mm, addr)
+    cache = m.kernel.cache_of(m.mm_of(cpu), addr)
     if cache is None:
         raise HypercallError(EINVAL, f"{addr:#x} is not in a shmem or file mapping")
     if new_size < 0 or new_size % m.arch.page_size:
@@ -119,9 +119,9 @@ def sys_truncate(m: ServiceHost, cpu: Caller, addr: int, new_size: int) -> s.Ker
 def sys_fault_around(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
     """Validate and run `fault_around` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, 1)
-    if m.kernel.cache_of(m.mm, addr) is None:
+    if m.kernel.cache_of(m.mm_of(cpu), addr) is None:
         raise HypercallError(EINVAL, f"{addr:#x} is not in a shmem or file mapping")
-    return m.kernel.handle_mm_fault(addr, Access.READ)
+    return m.kernel.handle_mm_fault(addr, Access.READ, m.mm_of(cpu))
 
 
 @service("madvise")
@@ -129,11 +129,11 @@ def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int
     """Validate and run `madvise` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
     if advice == MADV_DONTNEED:
-        return m.kernel.madvise_dontneed(m.mm, addr, addr + length)
+        return m.kernel.madvise_dontneed(m.mm_of(cpu), addr, addr + length)
     if advice != MADV_COLLAPSE:
         raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, MADV_COLLAPSE=25)")
     require_thp(m, "MADV_COLLAPSE")
-    return m.kernel.madvise_collapse(m.mm, addr, addr + length)
+    return m.kernel.madvise_collapse(m.mm_of(cpu), addr, addr + length)
 
 
 def require_thp(m: ServiceHost, what: str) -> None:
@@ -152,14 +152,14 @@ def sys_gup_fast(m: ServiceHost, cpu: Caller, addr: int, nr_pages: int, out: int
     if not 0 < nr_pages <= GUP_MAX_PAGES:
         raise HypercallError(EINVAL, f"nr_pages {nr_pages} not in 1..{GUP_MAX_PAGES}")
     check_user_range(m, out, nr_pages * m.arch.word_size)
-    return _gup(m, addr, nr_pages, out, bool(write))
+    return _gup(m, cpu, addr, nr_pages, out, bool(write))
 
 
-def _gup(m: ServiceHost, addr: int, nr: int, out: int, write: bool) -> s.KernelGen:
-    pinned = yield from m.kernel.gup_fast(m.mm, addr, nr, write)
+def _gup(m: ServiceHost, cpu: Caller, addr: int, nr: int, out: int, write: bool) -> s.KernelGen:
+    pinned = yield from m.kernel.gup_fast(m.mm_of(cpu), addr, nr, write)
     try:
         if pinned:
-            copy_to_user(m, out, [pa for pa, _ in pinned], m.arch.word_size)
+            copy_to_user(m, cpu, out, [pa for pa, _ in pinned], m.arch.word_size)
     except HypercallError as exc:
         m.kernel.unpin_user_pages(pinned)
         yield s.Note(f"gup_fast: -{exc.errno} ({exc.why})")
@@ -173,7 +173,7 @@ def sys_khugepaged_scan(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
     """Validate and run `khugepaged_scan` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, 1)
     require_thp(m, "khugepaged")
-    return m.kernel.khugepaged_scan_file(m.mm, addr)
+    return m.kernel.khugepaged_scan_file(m.mm_of(cpu), addr)
 
 
 @service("mincore")
@@ -186,18 +186,18 @@ def sys_mincore(m: ServiceHost, cpu: Caller, addr: int, length: int, vec: int) -
 
     def copy_out(offset: int, data: bytes) -> bool:
         try:
-            copy_to_user(m, vec + offset, list(data), 1)
+            copy_to_user(m, cpu, vec + offset, list(data), 1)
         except HypercallError:
             return False
         return True
 
-    return m.kernel.mincore(m.mm, addr, length, copy_out)
+    return m.kernel.mincore(m.mm_of(cpu), addr, length, copy_out)
 
 
 @service("secondary_attach")
 def sys_secondary_attach(m: ServiceHost, cpu: Caller) -> s.KernelGen:
     """Validate and run `secondary_attach` (the call itself is described in emu.abi)."""
-    return m.kernel.secondary_attach(m.mm)
+    return m.kernel.secondary_attach(m.mm_of(cpu))
 
 
 SECONDARY_MAX_READS = 4096
@@ -210,9 +210,9 @@ def sys_secondary_read(m: ServiceHost, cpu: Caller, addr: int, count: int,
     check_user_range(m, addr, max(count, 1) * m.arch.page_size)
     if not 0 < count * rounds <= SECONDARY_MAX_READS:
         raise HypercallError(EINVAL, f"count {count} x rounds {rounds} not in 1..{SECONDARY_MAX_READS}")
-    if m.kernel.secondary_of(m.mm) is None:
+    if m.kernel.secondary_of(m.mm_of(cpu)) is None:
         raise HypercallError(EINVAL, "no secondary MMU attached (secondary_attach first)")
-    return m.kernel.secondary_read(m.mm, addr, count, rounds)
+    return m.kernel.secondary_read(m.mm_of(cpu), addr, count, rounds)
 
 
 UFFD_MODES = (1, 2, 3)  # UFFDIO_REGISTER_MODE_MISSING | _WP
@@ -225,7 +225,7 @@ def sys_uffdio_register(m: ServiceHost, cpu: Caller, addr: int, length: int,
     check_user_range(m, addr, length, m.arch.page_size)
     if mode not in UFFD_MODES:
         raise HypercallError(EINVAL, f"mode {mode} is not 1 (MISSING), 2 (WP) or 3")
-    return m.kernel.userfaultfd_register(m.mm, addr, addr + length, mode)
+    return m.kernel.userfaultfd_register(m.mm_of(cpu), addr, addr + length, mode)
 
 
 @service("uffdio_copy")
@@ -236,12 +236,12 @@ def sys_uffdio_copy(m: ServiceHost, cpu: Caller, dst: int, src: int, length: int
     check_user_range(m, src, length, ps)
 
     def copy_from_user(offset: int) -> bytes | None:
-        pa = user_page_pa(m, src + offset, write=False)
+        pa = user_page_pa(m, cpu, src + offset, write=False)
         if pa is None or pa + ps > m.mem.size:
             return None
         return m.mem.read(pa, ps)
 
-    return m.kernel.mfill_atomic_copy(m.mm, dst, length, copy_from_user)
+    return m.kernel.mfill_atomic_copy(m.mm_of(cpu), dst, length, copy_from_user)
 
 
 @service("rcu_barrier")

@@ -19,8 +19,17 @@ PGTABLE_LIMIT = 2000  # rows; a populated scenario has thousands of ptes
 
 
 def pgtable_lines(m: Any, limit: int = PGTABLE_LIMIT) -> list[str]:
-    rows = dump_rows(m.arch, m.mem, m.frames, m.root, 0, 1 << m.arch.va_bits)
-    out = [f"{m.arch.name} page tables, root {m.root:#x}",
+    """Every process's tables (one section each when the machine has several)."""
+    mms = m.kernel.mms
+    out: list[str] = []
+    for mm in mms:
+        out += _mm_lines(m, mm, f" of process {mm.name}" if len(mms) > 1 else "", limit)
+    return out
+
+
+def _mm_lines(m: Any, mm: Any, who: str, limit: int) -> list[str]:
+    rows = dump_rows(m.arch, m.mem, m.frames, mm.root, 0, 1 << m.arch.va_bits)
+    out = [f"{m.arch.name} page tables{who}, root {mm.root:#x}",
            f"{'level':<6} {'table':>10} {'idx':>5} {'entry pa':>10} {'va':>12} "
            f"{'raw':>16}  decoded  frame"]
     for row in rows[:limit]:
@@ -40,7 +49,8 @@ def tlb_lines(m: Any) -> list[str]:
     out = []
     for c in m.cpus:
         entries = sorted(c.tlb.items())
-        out.append(f"cpu{c.index} TLB: {len(entries)} entries")
+        who = f" (process {m.mm_of(c).name})" if len(m.kernel.mms) > 1 else ""
+        out.append(f"cpu{c.index}{who} TLB: {len(entries)} entries")
         for va, e in entries:
             tr = e.tr
             stale = m.frame_gens(tr) != e.gens

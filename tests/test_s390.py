@@ -397,7 +397,7 @@ def bare_kernel(pgtable: str = "halves") -> Kernel:
     k = Kernel(arch, mem, frames, 2)
     root = frames.alloc("pud table", None, FrameState.PGTABLE, level="pud", nframes=4)
     k.init_table(root, "pud")
-    k.mm = MM(root)
+    k.mms = [MM(root)]
     return k
 
 

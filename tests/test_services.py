@@ -88,7 +88,7 @@ def test_copy_to_user_follows_linux_write_permission_not_hardware_dirty_bits():
     m = Machine(scenario.parse(textwrap.dedent(text), "<test>"))
     m.run_kernel_now(m.kernel.handle_mm_fault(BASE_SHM, Access.READ), "read fault")
     assert isinstance(m.arch.translate_functional(m.mem.buf, m.root, BASE_SHM, Access.WRITE), Fault)
-    assert user_page_pa(m, BASE_SHM) is not None
+    assert user_page_pa(m, m.cpus[0], BASE_SHM) is not None
 
 
 def test_arch_options_for_another_arch_are_one_line_errors(capsys):

@@ -37,7 +37,7 @@ def test_uffdio_copy_maps_a_copy_of_the_source_page(arch):
     assert m.run_kernel_now(k.userfaultfd_register(m.mm, 8 * pmd, 8 * pmd + ps, 1), "r") == EINVAL
     assert m.run_kernel_now(k.userfaultfd_register(m.mm, 8 * pmd, 9 * pmd, 1), "r") == 0
     assert copy(8 * pmd + ps) == ps
-    pa = user_page_pa(m, 8 * pmd + ps, write=False)
+    pa = user_page_pa(m, m.cpus[0], 8 * pmd + ps, write=False)
     assert pa is not None and m.mem.read(pa, ps) == src
     assert copy(8 * pmd + ps) == EEXIST  # a pte is there now
     assert copy(8 * pmd) == EEXIST  # populated at setup

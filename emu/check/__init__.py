@@ -13,13 +13,15 @@ from emu.check.secondary import SecondaryStale
 from emu.check.stale_tlb import StaleTlb
 from emu.check.torn import TornRead
 from emu.check.uaf import UseAfterFree
+from emu.check.wild import WildPointer
 
 
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
-    return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), TornRead(), LocklessSync(),
-            SecondaryStale(), Accounting()]
+    return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), WildPointer(), TornRead(),
+            LocklessSync(), SecondaryStale(), Accounting()]
 
 
 __all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "SecondaryStale",
-           "StalePointer", "StaleTlb", "TornRead", "UseAfterFree", "Violation", "default_checkers"]
+           "StalePointer", "StaleTlb", "TornRead", "UseAfterFree", "Violation", "WildPointer",
+           "default_checkers"]

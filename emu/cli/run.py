@@ -18,6 +18,7 @@ from emu.cli.common import (
     SetupFailure,
     UsageError,
     add_run_options,
+    check_quantum,
     console,
 )
 
@@ -39,8 +40,12 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     sc = scenario.load(args.scenario)
     sc.overrides.extend(o for o in cli_overrides(getattr(args, "override", None))
                         if o not in sc.overrides)
+    quantum = check_quantum(args)
     try:
-        return Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
+        m = Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
+        for c in m.cpus:
+            c.quantum = quantum
+        return m
     except KernelBug as exc:
         raise SetupFailure(f"{sc.source}: kernel model failed during setup: {exc}") from None
     except PhysMemError as exc:
@@ -51,7 +56,7 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
 def make_strategy(args: argparse.Namespace):  # noqa: ANN201
     from emu.sched import RandomStrategy, RoundRobin
     if args.strategy == "rr":
-        return RoundRobin(args.quantum)
+        return RoundRobin()
     return RandomStrategy(args.seed)
 
 
@@ -67,6 +72,8 @@ def run_json(m, r) -> dict:  # noqa: ANN001
             "violation": str(r.violation) if r.violation else None,
             "deadlock": r.deadlock or None, "step_limit": bool(r.step_limit),
             "nr_ptes": m.mm.nr_ptes, "rss": dict(m.mm.rss),
+            **({"processes": {mm.name: {"nr_ptes": mm.nr_ptes, "rss": dict(mm.rss)}
+                              for mm in m.kernel.mms}} if len(m.kernel.mms) > 1 else {}),
             "trace_hash": r.trace_digest, "memory_hash": r.memory_digest,
             "schedule": r.schedule}
 
@@ -85,8 +92,11 @@ def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
             signed = code - (1 << bits) if code >= 1 << (bits - 1) else code
             shown = f"exit({code}): the call returned {signed}"
         t.add_row(f"cpu{cpu}", r.crashes.get(cpu) or shown)
-    t.add_row("nr_ptes", str(m.mm.nr_ptes))
-    t.add_row("rss", ", ".join(f"{k}={v}" for k, v in m.mm.rss.items()))
+    several = len(m.kernel.mms) > 1
+    for mm in m.kernel.mms:
+        who = f" [{mm.name}]" if several else ""
+        t.add_row(f"nr_ptes{who}", str(mm.nr_ptes))
+        t.add_row(f"rss{who}", ", ".join(f"{k}={v}" for k, v in mm.rss.items()))
     t.add_row("trace hash", r.trace_digest)
     t.add_row("memory hash", r.memory_digest)
     console.print(t)
@@ -173,8 +183,16 @@ def cmd_pgtable_dump(args: argparse.Namespace) -> int:
     end = eval_int(args.end, names, "--end", "--end") if args.end else 1 << m.arch.va_bits
     if start >= end:
         raise UsageError(f"--start {start:#x} is not below --end {end:#x}")
-    rows = dump_rows(m.arch, m.mem, m.frames, m.root, start, end)
-    t = Table(title=f"{m.arch.name} page tables [{start:#x}, {end:#x}) root {m.root:#x}")
+    if args.process is None:
+        mm = m.mm
+    elif args.process in m.process:
+        mm = m.mm_named(args.process)
+    else:
+        raise UsageError(f"--process {args.process}: the scenario has no such process "
+                         f"(its processes: {', '.join(m.process)})")
+    rows = dump_rows(m.arch, m.mem, m.frames, mm.root, start, end)
+    who = f" of process {mm.name}" if len(m.process) > 1 else ""
+    t = Table(title=f"{m.arch.name} page tables{who} [{start:#x}, {end:#x}) root {mm.root:#x}")
     for col in ("level", "table", "idx", "entry pa", "va", "raw", "decoded", "frame"):
         t.add_column(col)
     shown = 0
@@ -228,7 +246,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run a scenario once under one schedule",
                        description="Run a scenario once: real guest code on every vCPU, "
                                    "our MMU, the kernel model; prints the outcome, the "
-                                   "trace hash and the schedule string.")
+                                   "trace hash and the schedule string. The scenario's "
+                                   "[machine] gives RAM: memory_mib at 0, and on x86-pae "
+                                   "highmem banks above 4 GiB with pte_placement low, "
+                                   "highmem or interleave (docs/scenario-format.md).")
     add_run_options(r)
     r.add_argument("--trace", type=int, default=0, metavar="N", help="print the last N trace lines")
     r.add_argument("--json", metavar="FILE", help="write the outcome as JSON (- for stdout)")
@@ -258,6 +279,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     dump.add_argument("--end", help="end virtual address, exclusive")
     dump.add_argument("--limit", type=int, default=200, help="print at most this many rows (0: all)")
     dump.add_argument("--no-run", action="store_true", help="dump the tables as set up, before running")
+    dump.add_argument("--process", metavar="NAME",
+                      help="whose tables: a [[process]] name of the scenario (default: the first)")
     dump.set_defaults(func=cmd_pgtable_dump)
 
     ls = sub.add_parser("list", help="list arches, scenarios, variants, hypercalls or the "

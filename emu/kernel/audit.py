@@ -1,9 +1,10 @@
 """Accounting truth: recount everything from the page tables themselves.
 
-`audit()` walks the live tables from the mm's root (Linux's view, through
-the arch) and compares what it finds with the kernel model's books: nr_ptes,
-rss per kind, every folio's mapcount and refcount (page cache reference +
-mappings + pins), and the state of every page-table frame. Used by tests and
+`audit()` walks the live tables from every process's root (Linux's view,
+through the arch) and compares what it finds with the kernel model's books:
+each mm's nr_ptes and rss per kind, every folio's mapcount and refcount
+(page cache reference + mappings in every mm + pins), and the state of
+every page-table frame. Used by tests and
 by the accounting checker at quiescence.
 """
 
@@ -18,6 +19,7 @@ from emu.physmem import FrameState, PhysMemError
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
+    from emu.kernel.mm import MM
 
 
 def table_entries(k: Kernel, table: int, lv: Level) -> tuple[int, ...]:
@@ -34,11 +36,14 @@ def table_entries(k: Kernel, table: int, lv: Level) -> tuple[int, ...]:
 def used_entries(k: Kernel, table: int, lv: Level) -> list[int]:
     """The entries of one table that are not the arch's empty entry (which is none)."""
     empty = k.arch.empty_entry(lv.name)
+    if empty == 0:
+        return list(filter(None, table_entries(k, table, lv)))  # the same, at C speed
     return [v for v in table_entries(k, table, lv) if v != empty]
 
 
-def reachable_tables(k: Kernel) -> dict[str, list[int]]:
-    """Physical addresses of every live table, by level (root included)."""
+def reachable_tables(k: Kernel, mm: MM | None = None) -> dict[str, list[int]]:
+    """Physical addresses of every live table of `mm` (None: of every mm), by level
+    (roots included)."""
     a = k.arch
     out: dict[str, list[int]] = {lv.name: [] for lv in a.levels}
 
@@ -54,16 +59,20 @@ def reachable_tables(k: Kernel) -> dict[str, list[int]]:
                 continue
             visit(depth + 1, a.table_pa(lv.name, val))
 
-    visit(0, k.mm.root)
+    for each in k.mms if mm is None else [mm]:
+        visit(0, each.root)
     return out
 
 
-def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
-    """(mappings per folio, pages mapped per rss kind) found in the tables."""
+def count_mappings(k: Kernel, mm: MM | None = None,
+                   tables: dict[str, list[int]] | None = None) -> tuple[Counter, Counter]:
+    """(mappings per folio, pages mapped per rss kind) found in the tables of `mm`
+    (None: of every mm); `tables`: `reachable_tables(k, mm)`, if the caller has it."""
     a = k.arch
     maps: Counter = Counter()
     rss: Counter = Counter()
-    tables = reachable_tables(k)
+    if tables is None:
+        tables = reachable_tables(k, mm)
     lv = a.level("pmd")
     for t in tables["pmd"]:
         for val in used_entries(k, t, lv):
@@ -86,16 +95,26 @@ def count_mappings(k: Kernel) -> tuple[Counter, Counter]:
 def audit(k: Kernel, pins: int = 0) -> list[str]:
     """Every discrepancy between the books and the tables (empty: all exact)."""
     problems: list[str] = []
-    tables = reachable_tables(k)
-    nr_ptes = len(set(tables["pte"]))
-    if nr_ptes != k.mm.nr_ptes:
-        problems.append(f"mm.nr_ptes is {k.mm.nr_ptes} but {nr_ptes} PTE tables are reachable")
-    maps, rss = count_mappings(k)
+    several = len(k.mms) > 1
+    maps: Counter = Counter()  # mappings of each folio, over every mm
+    tables: dict[str, list[int]] = {}  # every mm's, for the frame checks below
+    for mm in k.mms:
+        # "mm" alone in a single-process machine, as the reports always said
+        who = f"mm[{mm.name}]" if several else "mm"
+        mm_tables = reachable_tables(k, mm)
+        for level, lst in mm_tables.items():
+            tables.setdefault(level, []).extend(lst)
+        nr_ptes = len(set(mm_tables["pte"]))
+        if nr_ptes != mm.nr_ptes:
+            problems.append(f"{who}.nr_ptes is {mm.nr_ptes} but {nr_ptes} PTE tables are reachable")
+        mm_maps, rss = count_mappings(k, mm, mm_tables)
+        maps.update(mm_maps)
+        for kind in sorted(mm.rss):
+            if mm.rss[kind] != rss.get(kind, 0):
+                problems.append(f"{who + ' ' if several else ''}rss[{kind}] is {mm.rss[kind]} "
+                                f"but {rss.get(kind, 0)} pages are mapped")
     if maps.get(id(None)):
         problems.append(f"{maps[id(None)]} entries map pages that belong to no folio")
-    for kind in sorted(k.mm.rss):
-        if k.mm.rss[kind] != rss.get(kind, 0):
-            problems.append(f"rss[{kind}] is {k.mm.rss[kind]} but {rss.get(kind, 0)} pages are mapped")
     seen: set[int] = set()
     for pa in sorted(k.folios):
         folio = k.folios[pa]
@@ -117,19 +136,33 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
         nbytes = k.arch.level(name).table_bytes
         for t in lst:
             live.update(range(k.frames.frame_base(t), t + nbytes, fs))
-    # what alloc_root allocated beside the top table (sparc64's TSBs)
-    root = k.mm.root
-    live.update(range(k.frames.frame_base(root), root + k.arch.root_block_bytes(), fs))
+    # what alloc_root allocated beside each top table (sparc64's TSBs)
+    for mm in k.mms:
+        live.update(range(k.frames.frame_base(mm.root), mm.root + k.arch.root_block_bytes(), fs))
+    # Frame by frame in frame order; only table frames and reachable ones can be
+    # wrong, so the loop over every frame does no more than compare a state.
+    pgtable = FrameState.PGTABLE
+    wrong: list[tuple[int, str]] = []
     for fi in k.frames.frames:
+        if fi.state is not pgtable:
+            continue
         pa = fi.pfn * fs
         # A frame shared by sub-tables may be held by its allocator with no live
         # table in it (powerpc's current pte_frag page): only whole-frame tables
         # and frames whose every sub-table is live must be reachable.
         managed = fi.subtables and any(st != "live" for st in fi.subtables.values())
-        if fi.state is FrameState.PGTABLE and pa not in live and not managed:
-            problems.append(f"frame {pa:#x} is a {fi.level} table but unreachable and not RCU-pending")
-        if pa in live and fi.state not in (FrameState.PGTABLE,):
-            problems.append(f"frame {pa:#x} is reachable as a table but is {fi.state.value}")
+        if pa not in live and not managed:
+            wrong.append((fi.pfn, f"frame {pa:#x} is a {fi.level} table but unreachable and "
+                                  "not RCU-pending"))
+    for pa in live:
+        try:
+            fi = k.frames.info(pa)
+        except PhysMemError:
+            continue  # outside RAM: the walk and wild-pointer checkers say so
+        if fi.state is not pgtable:
+            wrong.append((fi.pfn, f"frame {pa:#x} is reachable as a table but is "
+                                  f"{fi.state.value}"))
+    problems.extend(msg for _pfn, msg in sorted(wrong))
     return problems
 
 

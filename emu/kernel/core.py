@@ -18,7 +18,7 @@ from emu.kernel import steps as s
 from emu.kernel.mm import MM
 from emu.kernel.sync import Rcu, RcuCallback, RwSem, Spinlock
 from emu.kernel.version import NEWEST, Version
-from emu.physmem import FrameAllocator, PhysMem
+from emu.physmem import FrameAllocator, PhysMem, PhysMemError
 
 if TYPE_CHECKING:
     pass
@@ -41,6 +41,9 @@ class CpuKernelState:
     online: bool = True
     in_walk: bool = False  # mid-walk: an instruction in flight, no interrupt taken
     walk_start_step: int | None = None
+    # current->mm: the address space of the process this CPU runs (its bit
+    # in mm_cpumask); idle CPUs count as the first process's
+    mm: MM | None = None
 
     @property
     def preempt_count(self) -> int:
@@ -69,6 +72,7 @@ class KernelHooks:
     def on_table_free(self, cpu: int | None, pa: int, size: int, deferred: bool) -> None: ...
     def on_note(self, cpu: int | None, text: str) -> None: ...
     def on_observed(self, cpu: int, obs: s.Observed) -> None: ...
+    def on_outside_ram(self, cpu: int, pa: int, size: int, who: str) -> None: ...
 
 
 class KernelCore:
@@ -84,12 +88,33 @@ class KernelCore:
         self.cpus = [CpuKernelState(i) for i in range(ncpus)]
         self.rcu = Rcu(ncpus)
         self.ptlocks: dict[int, Spinlock] = {}  # split PTE/PMD locks keyed by table page
-        self.mm: MM | None = None
+        # every process's mm_struct, in the scenario's order (one unless it
+        # declares [[process]] tables)
+        self.mms: list[MM] = []
         self.hooks: KernelHooks = KernelHooks()
         self.step = 0  # kept current by the machine
         self.cpu = 0  # the CPU whose routine is being advanced right now
-        # set by the machine: flush translations in [start, end) on all CPUs
-        self.tlb_flush: Callable[[int, int], None] = lambda start, end: None
+        # set by the machine: flush translations in [start, end) on the CPUs
+        # running `mm` (None: on every CPU)
+        self.tlb_flush: Callable[[int, int, MM | None], None] = lambda start, end, mm: None
+
+    @property
+    def mm(self) -> MM:
+        """The first process's mm: the only one unless the scenario declares several.
+
+        For tests and tools; kernel routines take the mm they work on from
+        the VMA (vma->vm_mm) or the calling CPU (`current_mm`).
+        """
+        return self.mms[0]
+
+    def current_mm(self) -> MM:
+        """current->mm of the CPU whose routine is being advanced."""
+        mm = self.cpus[self.cpu].mm
+        return mm if mm is not None else self.mms[0]
+
+    def mm_cpus(self, mm: MM | None) -> list[int]:
+        """mm_cpumask(mm): the CPUs running `mm` (every CPU for None)."""
+        return [c.cpu for c in self.cpus if mm is None or (c.mm or self.mms[0]) is mm]
 
     # ---- helpers --------------------------------------------------------------
     def setup_vma(self, vma: Any, spec: Any) -> None:
@@ -123,7 +148,10 @@ class KernelCore:
         if t in (s.TlbFlushRange, s.TlbRemoveTableSyncOne):
             if t is s.TlbFlushRange and self.arch.tlb_flush_kind != "ipi":
                 return True
-            return all(c.takes_ipi() for c in self.cpus if c.cpu != cpu and c.online)
+            # flush_tlb_range() IPIs mm_cpumask(mm); tlb_remove_table_sync_one() every CPU
+            targets = self.mm_cpus(op.mm) if t is s.TlbFlushRange else range(self.ncpus)
+            return all(self.cpus[c].takes_ipi() for c in targets
+                       if c != cpu and self.cpus[c].online)
         return True
 
     def blocked_on(self, cpu: int, op: Any) -> str:
@@ -135,7 +163,8 @@ class KernelCore:
                 f"readers {[f'cpu{r}' for r in op.sem.readers]}"
             return f"{type(op).__name__}({op.sem.name}) held by {who}"
         if isinstance(op, (s.TlbFlushRange, s.TlbRemoveTableSyncOne)):
-            offs = [f"cpu{c.cpu}" for c in self.cpus if not c.takes_ipi() and c.cpu != cpu]
+            targets = self.mm_cpus(op.mm) if isinstance(op, s.TlbFlushRange) else range(self.ncpus)
+            offs = [f"cpu{c}" for c in targets if not self.cpus[c].takes_ipi() and c != cpu]
             return f"{type(op).__name__} IPI waiting for IRQs on at {', '.join(offs)}"
         if isinstance(op, _WaitGp):
             return f"synchronize_rcu waiting for grace period {op.target}"
@@ -149,7 +178,11 @@ class KernelCore:
         t = type(op)
         bo = self.arch.byteorder
         if t is s.Load:
-            value = self.mem.read_int(op.pa, op.size, bo)
+            try:
+                value = self.mem.read_int(op.pa, op.size, bo)
+            except PhysMemError:
+                self.hooks.on_outside_ram(cpu, op.pa, op.size, f"a kernel load ({op.what})")
+                raise
             self.hooks.on_kernel_load(cpu, op, value)
             return value
         if t is s.Store:
@@ -252,7 +285,7 @@ class KernelCore:
         if t is _WaitGp or t is s.RcuBarrier:
             return None
         if t is s.TlbFlushRange:
-            self.tlb_flush(op.start, op.end)
+            self.tlb_flush(op.start, op.end, op.mm)
             return None
         if t is s.TlbRemoveTableSyncOne:
             return None

@@ -39,9 +39,15 @@ class Vmf:
 
 
 class FaultMixin:
-    def handle_mm_fault(self: Kernel, addr: int, access: Access) -> s.KernelGen:
-        """handle_mm_fault() (v6.12): a guest access missed: fix it up or say SIGSEGV."""
-        mm = self.mm
+    def handle_mm_fault(self: Kernel, addr: int, access: Access,
+                        mm: MM | None = None) -> s.KernelGen:
+        """handle_mm_fault() (v6.12): a guest access missed: fix it up or say SIGSEGV.
+
+        `mm` is the faulting task's (current->mm); None: the mm of the CPU
+        running the routine.
+        """
+        if mm is None:
+            mm = self.current_mm()
         yield s.DownRead(mm.mmap_lock)
         vma = mm.find_vma(addr)
         if vma is None or not vma.allows(access):
@@ -78,7 +84,7 @@ class FaultMixin:
         """handle_pte_fault() (v6.13; 6.6-6.12's _nolock makes the same steps): map with
         _rw_nolock; a present pte is rechecked with pte_same under the ptl.
         """
-        mm = self.mm
+        mm = vmf.vma.mm
         a = self.arch
         r = yield from self.pte_offset_map_rw_nolock(mm, vmf.pmd_pa, vmf.addr)
         if r is None:
@@ -122,7 +128,8 @@ class FaultMixin:
     def flush_after_access_flags(self: Kernel, vmf: Vmf) -> s.KernelGen:
         """update_mmu_cache / local flush (v6.12) so the CPU re-walks the changed entry."""
         yield s.TlbFlushRange(vmf.addr & ~(self.arch.page_size - 1),
-                              (vmf.addr & ~(self.arch.page_size - 1)) + self.arch.page_size)
+                              (vmf.addr & ~(self.arch.page_size - 1)) + self.arch.page_size,
+                              vmf.vma.mm)
 
     def do_pte_missing(self: Kernel, vmf: Vmf) -> s.KernelGen:
         """do_pte_missing() (v6.6+): anonymous, text or file-backed fault on an empty pte."""
@@ -147,7 +154,7 @@ class FaultMixin:
         """do_anonymous_page() (v6.12): pte_alloc, new folio, pte_offset_map_lock, pte_none recheck,
         set_pte_at.
         """
-        mm = self.mm
+        mm = vmf.vma.mm
         folio = self.new_private_folio(vmf)
         r = yield from self.pte_offset_map_lock(mm, vmf.pmd_pa, vmf.addr)
         if r is None:

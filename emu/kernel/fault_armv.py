@@ -46,8 +46,8 @@ class FaultArmvMixin:
         index = self.vma_index(vma, vmf.addr)
         aliases = 0
         for other in list(vma.file.vmas):
-            if other is vma:
-                continue
+            if other is vma or other.mm is not vma.mm:
+                continue  # make_coherent(): only this mm's other mappings alias
             alias = other.start + (index - other.pgoff) * ps
             if not other.contains(alias):
                 continue
@@ -61,7 +61,7 @@ class FaultArmvMixin:
         """adjust_pte() (v6.13 pte_offset_map_rw_nolock + pmd_same; 6.6-6.12 pte_offset_map_nolock,
         no recheck).
         """
-        mm = self.mm
+        mm = vma.mm
         pmd_pa = yield from self.pmd_offset_alloc(mm, address, alloc=False)
         if pmd_pa is None:
             return 0
@@ -96,5 +96,5 @@ class FaultArmvMixin:
         if new != pte:
             yield from self.set_entry("pte", ptep, new, "do_adjust_pte: set uncached")
             start = address - address % a.page_size
-            yield s.TlbFlushRange(start, start + a.page_size)
+            yield s.TlbFlushRange(start, start + a.page_size, vma.mm)
         return 1

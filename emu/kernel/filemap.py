@@ -127,7 +127,7 @@ class FilemapMixin:
         """do_set_pmd() (v6.12): map a locked PMD-sized folio with one PMD entry if the pmd is still
         none.
         """
-        mm = self.mm
+        mm = vmf.vma.mm
         if not folio.in_cache:
             return False
         ptl = yield from self.pmd_lock(mm, vmf.pmd_pa, vmf.addr)
@@ -163,7 +163,7 @@ class FilemapMixin:
         """finish_fault() (v6.12): pte_offset_map_lock, pte_none recheck, set_pte_range,
         update_mmu_cache.
         """
-        mm = self.mm
+        mm = vmf.vma.mm
         if not folio.in_cache:
             return VM_FAULT_RETRY_ACCESS  # truncated or replaced while we slept
         r = yield from self.pte_offset_map_lock(mm, vmf.pmd_pa, vmf.addr)
@@ -220,7 +220,7 @@ class FilemapMixin:
 
     def unmap_mapping_range(self: Kernel, cache: PageCache, first: int, end: int) -> s.KernelGen:
         """unmap_mapping_range() (v6.12): zap the file's range in every VMA under i_mmap_rwsem
-        (read).
+        (read), whichever mm each belongs to.
         """
         yield s.DownRead(cache.i_mmap_rwsem)
         ps = self.arch.page_size
@@ -228,7 +228,7 @@ class FilemapMixin:
             lo = max(vma.start, vma.start + (first - vma.pgoff) * ps)
             hi = min(vma.end, vma.start + (end - vma.pgoff) * ps)
             if lo < hi:
-                yield from self.zap_page_range(self.mm, vma, lo, hi)
+                yield from self.zap_page_range(vma.mm, vma, lo, hi)
         yield s.UpRead(cache.i_mmap_rwsem)
 
     def cache_of(self: Kernel, mm: MM, addr: int) -> PageCache | None:

@@ -74,15 +74,17 @@ class KhugepagedMixin:
             return SCAN_PMD_NULL, pmd_pa
         return SCAN_SUCCEED, pmd_pa
 
-    def pmdp_collapse_flush(self: Kernel, haddr: int, pmd_pa: int) -> s.KernelGen:
+    def pmdp_collapse_flush(self: Kernel, haddr: int, pmd_pa: int,
+                            mm: MM | None = None) -> s.KernelGen:
         """Clear a pmd that points to a page table and flush the range; returns the old pmd.
 
         mm/pgtable-generic.c (all modelled versions): pmdp_huge_get_and_clear(),
-        then flush_tlb_range(); the old value is the get-and-clear's.
+        then flush_tlb_range() of the VMA's mm (`mm`; None: every CPU); the
+        old value is the get-and-clear's.
         """
         old = yield from self.get_and_clear_entry("pmd", pmd_pa,
                                                   "pmdp_collapse_flush: pmdp_huge_get_and_clear")
-        yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size)
+        yield s.TlbFlushRange(haddr, haddr + self.arch.pmd_size, mm)
         if self.arch.collapse_flush_serializes:
             # book3s64 hash: serialize_against_pte_lookup() IPIs every CPU and
             # waits for IRQs-off hash_page() walks still using the old table
@@ -126,7 +128,7 @@ class KhugepagedMixin:
                 continue
             if vma.anon_vma or vma.uffd_wp:
                 continue
-            mm = self.mm
+            mm = vma.mm  # i_mmap holds every process's VMAs of the file
             result, pmd_pa = yield from self.find_pmd_or_thp_or_none(mm, addr)
             if result != SCAN_SUCCEED:
                 continue
@@ -146,7 +148,7 @@ class KhugepagedMixin:
             # fault may have added an anon_vma or userfaultfd may have armed.
             success = False
             if not vma.anon_vma and not vma.uffd_wp:
-                pgt_pmd = yield from self.pmdp_collapse_flush(addr, pmd_pa)
+                pgt_pmd = yield from self.pmdp_collapse_flush(addr, pmd_pa, mm)
                 yield from self.pmdp_get_lockless_sync()
                 success = True
             if ptl is not pml:
@@ -269,11 +271,11 @@ class KhugepagedMixin:
             yield s.SpinLock(ptl, nested=True)
             same = yield from self.rw_nolock_pmd_same(pmd_pa, pgt_pmd)
             if not same:
-                yield s.TlbFlushRange(0, 1 << self.arch.va_bits)  # flush_tlb_mm()
+                yield s.TlbFlushRange(0, 1 << self.arch.va_bits, mm)  # flush_tlb_mm()
                 yield from self._collapse_step4_unlock(start_pte, ptl, pml, keep_mapped)
                 yield from self.collapse_notifier_end(rng)
                 return (yield from self._collapse_drop(folio, SCAN_FAIL))
-        old = yield from self.pmdp_collapse_flush(haddr, pmd_pa)
+        old = yield from self.pmdp_collapse_flush(haddr, pmd_pa, mm)
         yield from self.pmdp_get_lockless_sync()
         yield from self._collapse_step4_unlock(start_pte, ptl, pml, keep_mapped)
         yield from self.collapse_notifier_end(rng)
@@ -319,7 +321,7 @@ class KhugepagedMixin:
         the folio.
         """
         if nr_ptes:
-            yield s.TlbFlushRange(0, 1 << self.arch.va_bits)  # flush_tlb_mm()
+            yield s.TlbFlushRange(0, 1 << self.arch.va_bits, mm)  # flush_tlb_mm()
             folio.put(nr_ptes)
             mm.rss[self.mm_counter_kind(folio)] -= nr_ptes
         if start_pte is not None:

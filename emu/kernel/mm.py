@@ -15,8 +15,11 @@ from emu.kernel.sync import RwSem, Spinlock
 VMA_KINDS = ("anon", "shmem", "file", "text")
 
 
-@dataclass
+@dataclass(eq=False)
 class VMA:
+    """vm_area_struct. Compared by identity: two processes may map the same
+    range of the same file, and they are still two VMAs (i_mmap holds both)."""
+
     start: int
     end: int
     kind: str
@@ -31,6 +34,8 @@ class VMA:
     pmd_mapping: bool = True  # may faults map a PMD-sized folio with one PMD?
     uffd_wp: bool = False  # VM_UFFD_WP (UFFDIO_REGISTER_MODE_WP)
     uffd_missing: bool = False  # VM_UFFD_MISSING (UFFDIO_REGISTER_MODE_MISSING)
+    # vm_mm: the address space this VMA belongs to (set by MM.insert_vma)
+    mm: MM | None = field(default=None, repr=False)
 
     def contains(self, addr: int) -> bool:
         return self.start <= addr < self.end
@@ -46,18 +51,30 @@ class VMA:
         return f"{self.kind} vma [{self.start:#x}, {self.end:#x}){' ' + self.name if self.name else ''}"
 
 
-@dataclass
+@dataclass(eq=False)
 class MM:
+    """mm_struct: one process's address space."""
+
     root: int
+    # the process's name in the scenario (`[[process]]`); "main" when it declares none
+    name: str = "main"
+    # a suffix for the names of this mm's locks in traces: "" keeps a
+    # single-process trace as it always was; several processes name theirs
+    lock_tag: str = ""
     vmas: list[VMA] = field(default_factory=list)
-    mmap_lock: RwSem = field(default_factory=lambda: RwSem("mmap_lock"))
-    page_table_lock: Spinlock = field(default_factory=lambda: Spinlock("page_table_lock"))
+    mmap_lock: RwSem = field(init=False)
+    page_table_lock: Spinlock = field(init=False)
     nr_ptes: int = 0
     rss: dict[str, int] = field(default_factory=lambda: {"anon": 0, "file": 0, "shmem": 0})
     # arch allocation state (powerpc pte_frag cache, s390 pgtable_list)
     context: dict[str, object] = field(default_factory=dict)
     # mm->notifier_subscriptions: the secondary MMUs told of changes (emu.kernel.mmu_notifier)
     mmu_notifiers: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        tag = f"[{self.lock_tag}]" if self.lock_tag else ""
+        self.mmap_lock = RwSem(f"mmap_lock{tag}")
+        self.page_table_lock = Spinlock(f"page_table_lock{tag}")
 
     def find_vma(self, addr: int) -> VMA | None:
         for vma in self.vmas:
@@ -72,5 +89,6 @@ class MM:
         return None
 
     def insert_vma(self, vma: VMA) -> None:
+        vma.mm = self
         self.vmas.append(vma)
         self.vmas.sort(key=lambda v: v.start)

@@ -158,14 +158,16 @@ class RcuBarrier:
 
 @dataclass(frozen=True)
 class TlbFlushRange:
-    """flush_tlb_range(): every CPU drops translations in [start, end).
+    """flush_tlb_range(): the CPUs running `mm` drop translations in [start, end).
 
-    Delivered by IPI, so it waits for each other CPU to have IRQs enabled
-    (unless the arch's invalidation is a hardware broadcast).
+    Delivered by IPI to mm_cpumask(mm), so it waits for each of those CPUs
+    to have IRQs enabled (unless the arch's invalidation is a hardware
+    broadcast). `mm` None: every CPU (callers that do not say whose range).
     """
 
     start: int
     end: int
+    mm: Any = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
