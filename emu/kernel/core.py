@@ -204,6 +204,8 @@ class KernelCore:
             return cur
         if t is s.KernelAtomic:
             return op.fn()
+        if t is s.SecondaryLoad:
+            return self.mem.read_int(op.pa, op.size, bo)
         if t is s.SpinLock:
             if op.lock.owner == cpu:
                 raise KernelBug(f"cpu{cpu} takes {op.lock.name} it already holds (recursive spinlock)")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
 from emu.kernel.folio import Folio
+from emu.kernel.mmu_notifier import MMU_NOTIFY_CLEAR, MmuNotifierRange
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
@@ -31,13 +32,29 @@ class MemoryMixin:
     def zap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int,
                        tlb: list[Folio] | None = None) -> s.KernelGen:
         """zap_page_range_single() -> unmap_page_range() (v6.12): remove every mapping in [start,
-        end) of `vma`; leaves the page tables.
+        end) of `vma`, inside an mmu notifier range; leaves the page tables.
 
         `tlb`: the caller's mmu_gather (munmap's, which spans the table frees
         too): the folios go there, to be put after its tlb_finish_mmu()
         flush, and no flush is made here. None: this zap is its own gather
         (zap_page_range_single), flushed before the pages are put.
         """
+        rng = MmuNotifierRange(mm, start, end, MMU_NOTIFY_CLEAR, "zap_page_range_single")
+        yield from self.zap_notifier_start(rng)
+        yield from self.unmap_page_range(mm, vma, start, end, tlb)
+        yield from self.zap_notifier_end(rng)
+
+    def zap_notifier_start(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """zap_page_range_single()'s mmu_notifier_invalidate_range_start() (v6.12)."""
+        yield from self.mmu_notifier_invalidate_range_start(rng)
+
+    def zap_notifier_end(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """zap_page_range_single()'s mmu_notifier_invalidate_range_end() (v6.12)."""
+        yield from self.mmu_notifier_invalidate_range_end(rng)
+
+    def unmap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int,
+                         tlb: list[Folio] | None = None) -> s.KernelGen:
+        """unmap_page_range() (v6.12): per pmd, zap a huge pmd or the ptes of its table."""
         a = self.arch
         pmd_size = a.pmd_size
         addr = start
