@@ -38,6 +38,9 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(9, "khugepaged_scan", 1, "khugepaged_scan(addr): one khugepaged pass over the PMD range "
                                   "at addr (no mmap_lock)."),
     Call(10, "rcu_barrier", 0, "rcu_barrier(): wait until every queued RCU callback has run."),
+    Call(11, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
+                              "with code (the others at their next return to user mode); "
+                              "the last one tears the mm down (exit_mmap)."),
 )}
 
 

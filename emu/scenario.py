@@ -129,6 +129,7 @@ class Scenario:
     version_given: bool = False  # said in the file (so an arch option may conflict with it)
     # the [[process]] names in order; one implicit "main" when none is declared
     processes: list[str] = field(default_factory=lambda: ["main"])
+    processes_declared: bool = False  # [[process]] tables given: each is torn down at exit
 
     @property
     def override(self) -> list[str]:
@@ -297,7 +298,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                     expect=expect,
                     description=_get(doc, "description", str, source, "", ""),
                     version=version, version_given=version_text is not None,
-                    processes=processes)
+                    processes=processes, processes_declared="process" in doc)
 
 
 def _processes(doc: dict[str, Any], source: str) -> list[str]:

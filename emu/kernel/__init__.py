@@ -9,6 +9,7 @@ put in front of these by `emu.kernel.variants.build_kernel_class`.
 from __future__ import annotations
 
 from emu.kernel.core import KernelCore
+from emu.kernel.exit import ExitMixin
 from emu.kernel.fault import FaultMixin
 from emu.kernel.fault_armv import FaultArmvMixin
 from emu.kernel.filemap import FilemapMixin
@@ -21,7 +22,7 @@ from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
 
 
-class Kernel(KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
+class Kernel(ExitMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
