@@ -216,6 +216,11 @@ class Arm(Arch):
         self.dacr = dacr
 
     # ---- root -------------------------------------------------------------
+    def ram_limit(self) -> int:
+        raise ValueError("arm: short-descriptor tables and TTBR0 carry 32-bit physical "
+                         "addresses (LPAE, which reaches 40 bits, is not modelled): no RAM "
+                         "above 4 GiB")
+
     def alloc_root(self, alloc_table: Callable[[str, int], int],
                    store: Callable[[int, int, int], None]) -> int:
         # pgd_alloc(): 16 KiB, 16 KiB-aligned (TTBR0 needs it with TTBCR.N=0);

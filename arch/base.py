@@ -474,6 +474,15 @@ class Arch(ABC):
         live as long as the mm (sparc64 keeps its TSBs after the pgd)."""
         return self.levels[0].table_bytes
 
+    def ram_limit(self) -> int:
+        """The end of the physical address space RAM banks above the first may use.
+
+        Raises ValueError saying why when the arch models no memory beyond
+        its first bank (the scenario's `[machine] highmem`).
+        """
+        raise ValueError(f"{self.name}: RAM above the bank at 0 is modelled on x86-pae only "
+                         "(whose entries reach MAXPHYADDR bits)")
+
     # Does a lockless read of a pmd need two loads (x86-PAE's 64-bit entries
     # on a 32-bit CPU)? None: decide from entry and word size.
     pmd_read_tears: ClassVar[bool | None] = None

@@ -140,6 +140,10 @@ class X86Pae(Arch):
         self._pdpte_rsvd = above | PDPTE_RSVD_LOW  # XD is reserved in a PDPTE
         self._rsvd = (above & ~NX) | (0 if self.nxe else NX)
 
+    def ram_limit(self) -> int:
+        """RAM may reach MAXPHYADDR: every table, PDPTE, PDE and PTE address field does."""
+        return 1 << self.maxphyaddr
+
     # ---- root -------------------------------------------------------------
     def alloc_root(self, alloc_table: Callable[[str, int], int],
                    store: Callable[[int, int, int], None]) -> int:

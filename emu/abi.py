@@ -38,7 +38,11 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(9, "khugepaged_scan", 1, "khugepaged_scan(addr): one khugepaged pass over the PMD range "
                                   "at addr (no mmap_lock)."),
     Call(10, "rcu_barrier", 0, "rcu_barrier(): wait until every queued RCU callback has run."),
-    Call(11, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
+    Call(11, "race_begin", 0, "race_begin(): the end of this vCPU's set-up. A program that calls "
+                              "it runs free up to it when the machine is built, at Unicorn "
+                              "speed and before any schedule; only what follows is "
+                              "interleaved. Returns 0."),
+    Call(12, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
                               "with code (the others at their next return to user mode); "
                               "the last one tears the mm down (exit_mmap)."),
 )}

@@ -170,7 +170,7 @@ def replay(target: str | Path, schedule: str | None = None, *, arch: str | None 
                       if Path(str(o.get("spec", "")).rpartition(":")[0]).is_absolute())
         cfg = ExploreConfig(scenario=rec.scenario, arch=arch or rec.arch,
                             variants=tuple(rec.variants), overrides=given + extra,
-                            max_steps=max_steps)
+                            max_steps=max_steps, quantum=rec.quantum)
         schedule = rec.schedule
     else:
         if schedule is None:

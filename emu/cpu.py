@@ -16,6 +16,7 @@ come from our model.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,7 +24,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 import unicorn
 from unicorn import UcError
 
-from arch.base import Access, Fault, PteRead, PteSetBits, PteWrite, Translation, Walk, perm_allows
+from arch.base import (
+    PERM_X,
+    Access,
+    Fault,
+    PteRead,
+    PteSetBits,
+    PteWrite,
+    Translation,
+    Walk,
+    perm_allows,
+)
 from emu.kernel.task import KernelTask
 
 if TYPE_CHECKING:
@@ -61,6 +72,60 @@ class CpuHost(Protocol):
 TCG_BUFFER = 32 << 20  # per instance; Unicorn's default is 1 GiB of address space
 
 
+class _RegSpy:
+    """Stands in for a Uc to learn which register an arch's `get_pc` reads."""
+
+    def __init__(self) -> None:
+        self.regs: list[int] = []
+
+    def reg_read(self, reg_id: int, aux: Any = None) -> int:
+        self.regs.append(reg_id)
+        return 0
+
+
+class _FastUc:
+    """`emu_start` and the PC read of one Uc straight through ctypes.
+
+    They are the two calls of every guest step; the binding's own wrappers
+    cost more than Unicorn does for one instruction (a `reg_read` picks a
+    register class through a generator on every call). Same calls, same
+    results: the PC register is the one the arch's `get_pc` reads (asked
+    of a stand-in Uc, so the register stays the arch's fact), read into a
+    zeroed 64-bit buffer as the binding does.
+    """
+
+    def __init__(self, uc: unicorn.Uc, arch: Any) -> None:
+        from unicorn.unicorn_py3.unicorn import uclib
+        self.uc = uc
+        self._uch = uc._uch
+        self._start = uclib.uc_emu_start
+        self._read = uclib.uc_reg_read
+        self._buf = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._buf)
+        spy = _RegSpy()
+        arch.get_pc(spy)
+        self._pc_reg = spy.regs[0] if len(spy.regs) == 1 else None
+        self._arch = arch
+
+    def emu_start(self, begin: int, count: int) -> None:
+        uc = self.uc
+        uc._hook_exception = None
+        status = self._start(self._uch, begin, 0, 0, count)
+        if status != unicorn.UC_ERR_OK:
+            raise UcError(status)
+        if uc._hook_exception is not None:
+            raise uc._hook_exception
+
+    def pc(self) -> int:
+        if self._pc_reg is None:
+            return self._arch.get_pc(self.uc)
+        self._buf.value = 0
+        status = self._read(self._uch, self._pc_reg, self._ref)
+        if status != unicorn.UC_ERR_OK:
+            raise UcError(status, self._pc_reg)
+        return self._buf.value
+
+
 class Mode(enum.Enum):
     GUEST = "guest"
     WALK = "walk"
@@ -94,12 +159,14 @@ class VCpu:
         self.uc = uc
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
         uc.ctl_set_tlb_mode(unicorn.UC_TLB_VIRTUAL)
-        uc.mem_map_ptr(0, machine.mem.size, unicorn.UC_PROT_ALL, machine.mem.address)
+        for base, size in machine.mem.banks:  # the buffer is indexed by physical address
+            uc.mem_map_ptr(base, size, unicorn.UC_PROT_ALL, machine.mem.address + base)
         # `until` is never reached: exits list empty, slices bounded by count
         uc.ctl_exits_enabled(True)
         uc.ctl_set_exits([])
         uc.hook_add(unicorn.UC_HOOK_TLB_FILL, self._fill)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._intr)
+        self.fast = _FastUc(uc, arch)
         self.tlb: dict[int, TlbEntry] = {}
         self._tlb_sizes = sorted({arch.uc_page_size, arch.page_size, arch.pmd_size,
                                   *arch.extra_tlb_sizes})
@@ -116,7 +183,10 @@ class VCpu:
         self._trap: int | None = None
         self._hook_error: BaseException | None = None
         self.sync_walks = False  # walk inside the hook (no interleaving): fast mode
-        self.quantum = 1
+        self.quantum = 1  # > 1: guest slices of up to this many instructions (see _slice)
+        self._slicing = False  # inside a slice: a data access stops it
+        self._data_stop = False  # the slice stopped before a data access
+        self._uc_data = True  # Unicorn's TLB may hold data translations
         self.hw_root = 0
         self.mmu_root: Any = None  # the root register and what the MMU latched with it
         self.killed: int | None = None  # exit_group() of its process: exit at user mode
@@ -163,11 +233,17 @@ class VCpu:
     def _fill(self, uc: unicorn.Uc, va: int, access: int, entry: Any, _ud: Any) -> bool:
         try:
             acc = Access(access - unicorn.UC_MEM_READ)
+            if self._slicing and acc is not Access.FETCH:
+                self._data_stop = True  # nothing of this instruction is committed
+                uc.emu_stop()
+                return False
             e = self.tlb_lookup(va)
             if e is not None and perm_allows(e.tr.perms, acc):
                 self.m.on_tlb_use(self, e, va, acc)
                 entry.paddr = e.tr.pa(va)
-                entry.perms = e.tr.perms
+                # in a slice, a fetch fill lets Unicorn fetch only: a load or
+                # store to the same page comes back here and ends the slice
+                entry.perms = e.tr.perms & PERM_X if self._slicing else e.tr.perms
                 return True
             if e is not None:
                 # An entry that does not allow the access faults, and a fault
@@ -224,19 +300,21 @@ class VCpu:
         uc = self.uc
         pc = self.pc
         m.trace_guest(self, pc)
-        count = self.arch.step_count(uc, pc) if self.quantum == 1 else \
-            self.arch.slice_count(uc, pc, self.quantum)
-        self._miss = None
-        self._trap = None
-        try:
-            uc.emu_start(pc, 0, 0, count)
-            err = None
-        except UcError as exc:
-            err = exc
+        if self.quantum > 1:
+            err = self._slice(pc)
+            if self._data_stop:
+                self._data_stop = False
+                if self.pc == pc:  # its first instruction loads or stores: run just that
+                    err = self._single(pc)
+                elif self._hook_error is None:
+                    # the slice ran up to a load or store: that is the next step
+                    m.guest_quiescent(self)
+                    return
+        else:
+            err = self._single(pc)
         if self._hook_error is not None:
             exc, self._hook_error = self._hook_error, None
             raise exc
-        self.pc = self.arch.get_pc(uc)
         if self._trap is not None:
             intno, self._trap = self._trap, None
             if intno == self.arch.callconv.intno:
@@ -255,6 +333,122 @@ class VCpu:
             self._crash(f"guest exception at {self.pc:#x}: {err}")
             return
         m.guest_quiescent(self)
+
+    def _single(self, pc: int) -> UcError | None:
+        """Run the one instruction at `pc` (with a sparc64 delay slot: two)."""
+        uc = self.uc
+        self._miss = None
+        self._trap = None
+        self._uc_data = True  # its loads and stores may leave translations in Unicorn's TLB
+        try:
+            self.fast.emu_start(pc, self.arch.step_count(uc, pc))
+            err = None
+        except UcError as exc:
+            err = exc
+        self.pc = self.fast.pc()
+        return err
+
+    def _slice(self, pc: int) -> UcError | None:
+        """Run guest code from `pc` as one step: up to `quantum` instructions,
+        ending before the first that loads or stores (or at a trap, or at a
+        fetch that misses our TLB model).
+
+        Why this loses no interleaving a checker can see. What a slice runs
+        is register arithmetic and instruction fetches that hit this CPU's
+        TLB model. Neither reads nor writes anything another task can read
+        or write: registers are the CPU's own, and a fetch reads a text
+        page, which no guest store can reach (text VMAs are mapped without
+        write permission, and a slice lets Unicorn fetch, never load or
+        store, through what it fills: `_fill`). So each instruction of a
+        slice commutes with every step of every other task (guest
+        instruction, walker entry read, kernel step, RCU callback) but
+        those that take the translation it fetches through away, and
+        running the slice as one step only moves other tasks' steps from
+        inside it to before or after it. A step that takes a translation
+        away is a TLB flush or a free of the frame (the kernel model flushes
+        Unicorn's TLBs on both): moved before the slice, the slice's first
+        fetch comes back through `_fill`, where the stale-TLB checker sees
+        the use exactly as it would have seen it mid-slice; moved after it,
+        the fetches used a translation the TLB still held, as a CPU may
+        before the shootdown reaches it. Every load and store, every walk,
+        every trap is still a step of its own, at its own place in every
+        schedule, which is all the checkers observe of a guest.
+        """
+        uc = self.uc
+        if self._uc_data:
+            # Unicorn must hold no data translation, or a load or store
+            # would hit it without `_fill` seeing it
+            self.flush_uc_tlb()
+            self._uc_data = False
+        self._miss = None
+        self._trap = None
+        self._slicing = True
+        try:
+            self.fast.emu_start(pc, self.arch.slice_count(uc, pc, self.quantum))
+            err = None
+        except UcError as exc:
+            err = exc
+        finally:
+            self._slicing = False
+        self.pc = self.fast.pc()
+        return err
+
+    # ---- free running (fast-forward) ----------------------------------------------
+    def run_free(self, marker: int | None) -> str:
+        """Run this vCPU's guest code at Unicorn speed, outside the schedule.
+
+        One `emu_start` with no instruction count (a count makes Unicorn
+        instrument every translated block, shared/reference/unicorn_facts.md
+        section 8) runs until a hook stops it: the fill hook walks inside
+        itself (`sync_walks`), so only a walk that faults, or a trap, comes
+        back here. A fault or a hypercall runs its kernel routine to
+        completion on this CPU (nothing else runs meanwhile: this is set-up
+        time, like `populate`), then the guest goes on. Stops at the
+        hypercall numbered `marker` (returning 0 to the guest, which
+        continues after it), or when the program exits or crashes. Returns
+        "marker", "exit" or "crash".
+        """
+        uc = self.uc
+        arch = self.arch
+        self.sync_walks = True
+        try:
+            while self.mode is Mode.GUEST:
+                self._miss = self._trap = None
+                try:
+                    uc.emu_start(self.pc, 0, 0, 0)
+                    err = None
+                except UcError as exc:
+                    err = exc
+                if self._hook_error is not None:
+                    exc, self._hook_error = self._hook_error, None
+                    raise exc
+                self.pc = arch.get_pc(uc)
+                if self._trap is not None:
+                    intno, self._trap = self._trap, None
+                    if intno != arch.callconv.intno:
+                        self._crash(f"unexpected interrupt {intno:#x} at {self.pc:#x}")
+                        break
+                    arch.after_trap(uc)
+                    self.pc = arch.get_pc(uc)
+                    if marker is not None and arch.hypercall_args(uc)[0] == marker:
+                        arch.set_return(uc, 0)
+                        return "marker"
+                    self.m.hypercall(self)
+                elif err is not None and self._miss is not None:
+                    va, acc = self._miss
+                    self._miss = None
+                    self.m.trace_note(self, f"walk fault: {acc.name.lower()} {va:#x}")
+                    self.start_kernel(self.m.kernel.handle_mm_fault(va, acc, self.m.mm_of(self)),
+                                      "fault")
+                elif err is not None:
+                    self._crash(f"guest exception at {self.pc:#x}: {err}")
+                    break
+                if self.mode is Mode.KERNEL:
+                    self.task.run_to_completion()
+                    self._kernel_done()
+        finally:
+            self.sync_walks = False
+        return "exit" if self.mode is Mode.DONE else "crash"
 
     # ---- walks -------------------------------------------------------------------------
     def start_walk(self, va: int, acc: Access) -> None:

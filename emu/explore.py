@@ -51,7 +51,7 @@ def merge_evidence(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
     return merge(a, b)
 
 STRATEGIES = ("random", "pct", "exhaustive")
-CHUNK = 8  # schedules per job handed to a worker process
+CHUNK = 8  # schedules per job handed to a worker process (Ray: emu.explore_ray.CHUNK)
 
 
 def sub_seed(root: int, index: int) -> int:
@@ -101,6 +101,8 @@ def build_machine(cfg: ExploreConfig, trace: bool = False) -> ExploreMachine:
     m = ExploreMachine(load_scenario(cfg), arch=cfg.arch, trace=trace,
                        checkers=default_checkers())
     m.digests = False
+    for c in m.cpus:
+        c.quantum = cfg.quantum
     if cfg.evidence:
         from emu.evidence import Evidence
         ev = Evidence()
@@ -215,28 +217,62 @@ def _worker_run(start: int, stop: int) -> tuple[Failure | None, Stats]:
     return run_range(m, cfg, k, start, stop)
 
 
+class _ProcessPool:
+    """Chunks of schedules on spawned worker processes, each with its own machine."""
+
+    def __init__(self, cfg: ExploreConfig, k: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no Unicorn state inherited by fork
+        self.width = cfg.jobs
+        self.chunk = CHUNK
+        self.pool = ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_worker_init,
+                                        initargs=(cfg, k))
+
+    def submit(self, start: int, stop: int) -> Future:
+        return self.pool.submit(_worker_run, start, stop)
+
+    def wait(self, pending: Any) -> Any:
+        return wait(pending, return_when=FIRST_COMPLETED)[0]
+
+    def result(self, handle: Future) -> Any:
+        return handle.result()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 def _parallel(cfg: ExploreConfig, k: int, progress: Progress | None) -> tuple[Failure | None, Stats]:
+    """Schedule chunks on a pool (worker processes, or Ray actors for --backend ray).
+
+    Chunks are handed out in index order, at most two per worker ahead, and
+    none above a failure already found; the failure kept is the one with
+    the lowest index. So the result does not depend on the pool's width or
+    on which worker finishes first.
+    """
     total = Stats()
     best: Failure | None = None
-    ctx = multiprocessing.get_context("spawn")  # no Unicorn state inherited by fork
-    chunks = [(a, min(a + CHUNK, cfg.schedules)) for a in range(0, cfg.schedules, CHUNK)]
+    if cfg.backend == "ray":
+        from emu.explore_ray import ExplorePool
+        pool: Any = ExplorePool(cfg, k)
+    else:
+        pool = _ProcessPool(cfg, k)
+    size = pool.chunk
+    chunks = [(a, min(a + size, cfg.schedules)) for a in range(0, cfg.schedules, size)]
     done = 0
-    with ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_worker_init,
-                             initargs=(cfg, k)) as pool:
-        pending: dict[Future, tuple[int, int]] = {}
+    try:
+        pending: dict[Any, tuple[int, int]] = {}
         nxt = 0
         while nxt < len(chunks) or pending:
-            while nxt < len(chunks) and len(pending) < 2 * cfg.jobs \
+            while nxt < len(chunks) and len(pending) < 2 * pool.width \
                     and (best is None or chunks[nxt][0] < best.index):
                 a, b = chunks[nxt]
-                pending[pool.submit(_worker_run, a, b)] = (a, b)
+                pending[pool.submit(a, b)] = (a, b)
                 nxt += 1
             if not pending:
                 break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished = pool.wait(pending)
             for fut in sorted(finished, key=lambda f: pending[f][0]):
                 a, b = pending.pop(fut)
-                fail, st = fut.result()
+                fail, st = pool.result(fut)
                 total.steps += st.steps
                 total.step_limited += st.step_limited
                 total.failures += st.failures
@@ -248,6 +284,8 @@ def _parallel(cfg: ExploreConfig, k: int, progress: Progress | None) -> tuple[Fa
                     progress(done, cfg.schedules, total.failures)
             if best is not None and nxt < len(chunks) and chunks[nxt][0] >= best.index:
                 nxt = len(chunks)  # nothing below the failure is left to hand out
+    finally:
+        pool.close()
     total.schedules = best.index + 1 if best is not None else cfg.schedules
     return best, total
 
@@ -404,7 +442,7 @@ def explore(cfg: ExploreConfig, progress: Progress | None = None) -> ExploreResu
         fail, st = _exhaustive(cfg, m, progress)
     else:
         k = pct_k(cfg, m) if cfg.strategy == "pct" else 0
-        if cfg.jobs > 1:
+        if cfg.jobs > 1 or cfg.backend == "ray":
             fail, st = _parallel(cfg, k, progress)
         else:
             done = [0, 0]

@@ -26,6 +26,9 @@ class ExploreConfig:
     minimize_budget: int = 400  # runs the minimiser may spend
     pct_k: int | None = None  # PCT run-length estimate (None: measured)
     evidence: bool = False  # count routines run and table-free orders (emu.evidence)
+    quantum: int = 1  # guest instructions per guest step at most (emu.cpu.VCpu._slice)
+    backend: str = "process"  # where --jobs workers run: "process" (local) or "ray" (emu.explore_ray)
+    address: str | None = None  # ray: the cluster to use (None: start a local instance)
 
     def pct_depth(self) -> int:
         return self.depth if self.depth is not None else 2

@@ -16,12 +16,15 @@ trace and memory hashes that exploration never looks at.
 from __future__ import annotations
 
 import copy
+import io
+import pickle
+import types
 from typing import Any
 
-from arch.base import PERM_W, Access, MemoryImage
+from arch.base import PERM_W, Access
 from emu.cpu import TlbEntry, VCpu
 from emu.machine import Machine
-from emu.physmem import FrameAllocator, PhysMem
+from emu.physmem import FrameAllocator, PhysMem, RamImage
 
 PAGE_SHIFT = 12  # granule of dirty-page tracking (bytes are restored 4 KiB at a time)
 
@@ -79,10 +82,17 @@ class TrackingPhysMem(PhysMem):
         else:
             view = memoryview(image)
             buf = self.buf
+            low = self.size
             for page in sorted(self.dirty):
                 a = page << PAGE_SHIFT
-                b = min(a + (1 << PAGE_SHIFT), self.size)
-                buf[a:b] = view[a:b]
+                if a < low:
+                    b = min(a + (1 << PAGE_SHIFT), low)
+                    buf[a:b] = view[a:b]
+                else:  # a high bank: its bytes sit further down the image
+                    base, size = self.bank_of(a)
+                    b = min(a + (1 << PAGE_SHIFT), base + size)
+                    at = self.image_offset(a)
+                    buf[a:b] = view[at:at + b - a]
         self.dirty.clear()
 
 
@@ -94,50 +104,49 @@ class TrackingFrameAllocator(FrameAllocator):
         self._tmem = mem
         self.after_free: Any = None  # called with the pa of every frame freed
 
-    def _note(self, pfn: int, nframes: int = 1, kind: str = "alloc") -> None:
-        self.touched.update(range(pfn, pfn + nframes))
+    def _note(self, pa: int, nframes: int = 1, kind: str = "alloc") -> None:
+        # touched: slots (indexes into `frames`); the log names frames by pfn
+        slot = self.slot_of(pa)
+        self.touched.update(range(slot, slot + nframes))
         log = self._tmem.log
         if log is not None:
-            log.append((kind, pfn, nframes))
+            log.append((kind, pa // self.frame_size, nframes))
 
     def alloc(self, purpose: str, cpu: int | None, *args: Any, **kw: Any) -> int:
         pa = super().alloc(purpose, cpu, *args, **kw)
         nframes = kw.get("nframes", args[3] if len(args) > 3 else 1)
-        self._note(pa // self.frame_size, nframes)
+        self._note(pa, nframes)
         return pa
 
     def free(self, pa: int, cpu: int | None, why: str = "freed") -> None:
-        if 0 <= pa // self.frame_size < self.nframes:
-            self._note(pa // self.frame_size, 1)
+        if self._tmem.contains(pa, 1):
+            self._note(pa, 1)
         super().free(pa, cpu, why)
         if self.after_free is not None:
             self.after_free(pa)
 
     def set_state(self, pa: int, *args: Any, **kw: Any) -> None:
-        self._note(pa // self.frame_size, 1, "set")
+        self._note(pa, 1, "set")
         super().set_state(pa, *args, **kw)
 
     def info(self, pa: int) -> Any:
         fi = super().info(pa)
         # callers may change what they get (sub-table states): count it as touched
-        self.touched.add(fi.pfn)
+        pfn = fi.pfn
+        self.touched.add(pfn if pfn < self.low_frames else self.slot_of(pa))
         log = self._tmem.log
         if log is not None:
             log.append(("meta", fi.pfn, 1))
         return fi
 
 
-class _LoggedImage(MemoryImage):
-    """The raw RAM buffer seen through the access log (functional translations)."""
-
-    def __init__(self, mem: TrackingPhysMem) -> None:
-        super().__init__(mem.buf)
-        self.mem = mem
+class _LoggedImage(RamImage):
+    """RAM seen through the access log (functional translations)."""
 
     def read(self, pa: int, size: int) -> bytes:
-        if pa < 0 or pa + size > self.mem.size:
-            raise IndexError(pa)
-        return self.mem.read(pa, size)
+        if not self.mem.contains(pa, size):
+            raise IndexError(pa)  # what translate_functional takes for outside RAM
+        return self.mem.read(pa, size)  # TrackingPhysMem.read logs it
 
 
 def _copy_info(saved: Any) -> Any:
@@ -153,6 +162,40 @@ def _copy_info(saved: Any) -> Any:
 
 
 _CONTAINERS = (list, dict, set)
+
+
+class _StatePickler(pickle.Pickler):
+    """Pickles a kernel-model state, sharing what deepcopy would share.
+
+    The machine's kept objects, and every object deepcopy treats as atomic
+    (functions, methods of builtins, classes: the model's variant classes
+    are made at run time and have no importable name), are written as
+    references into `shared` instead of being serialised.
+    """
+
+    ATOMIC = (types.FunctionType, types.BuiltinFunctionType, type, types.ModuleType,
+              types.MethodWrapperType, types.WrapperDescriptorType)
+
+    def __init__(self, file: io.BytesIO, kept: tuple[Any, ...]) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.shared: list[Any] = list(kept)
+        self._ids = {id(x): i for i, x in enumerate(kept)}
+
+    def persistent_id(self, obj: Any) -> int | None:
+        i = self._ids.get(id(obj))
+        if i is None and isinstance(obj, self.ATOMIC):
+            i = self._ids[id(obj)] = len(self.shared)
+            self.shared.append(obj)
+        return i
+
+
+class _StateUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, shared: list[Any]) -> None:
+        super().__init__(io.BytesIO(data))
+        self.shared = shared
+
+    def persistent_load(self, pid: int) -> Any:
+        return self.shared[pid]
 
 
 class ExploreMachine(Machine):
@@ -203,6 +246,25 @@ class ExploreMachine(Machine):
         self._lists = {k: type(v)(v) for k, v in lists.items()}
         self.mem.dirty.clear()
         self.frames.touched.clear()
+        # The kernel model's state comes back from bytes at every reset: an
+        # unpickle is some 20x cheaper than Machine's deepcopy (a few ms per
+        # schedule on the shipped scenarios) and builds the same objects.
+        self._pickled = self._pickle(self._snapshot[2])
+
+    def _pickle(self, state: Any) -> tuple[bytes, list[Any]] | None:
+        buf = io.BytesIO()
+        p = _StatePickler(buf, self.kept_objects())
+        try:
+            p.dump(state)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return None  # something only deepcopy can copy: reset() uses it
+        return buf.getvalue(), p.shared
+
+    def _copy_state(self, state: Any) -> Any:
+        saved = getattr(self, "_pickled", None)
+        if saved is not None and self._snapshot is not None and state is self._snapshot[2]:
+            return _StateUnpickler(*saved).load()
+        return super()._copy_state(state)
 
     def reset(self) -> None:
         if any(c.sync_walks for c in self.cpus):

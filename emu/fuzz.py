@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from arch import get_arch
 from emu.explore import ExploreConfig, explore
@@ -43,6 +44,9 @@ class FuzzConfig:
     schedules: int = 50
     seed: int = 0
     jobs: int = 1
+    quantum: int = 1  # guest instructions per guest step at most (emu.cpu.VCpu._slice)
+    backend: str = "process"  # where the workers run: "process" (local) or "ray" (emu.explore_ray)
+    address: str | None = None  # ray: the cluster (None: a local instance)
     variants: tuple[str, ...] = ()
     overrides: tuple[str, ...] = ()  # "path.py:Class" each, absolute paths
     max_steps: int = 200_000
@@ -159,7 +163,7 @@ def _explore_config(cfg: FuzzConfig, w: Workload, path: Path, text: str,
     path.write_text(text)
     return ExploreConfig(scenario=str(path.resolve()), strategy=w.strategy,
                          schedules=cfg.schedules, seed=w.seed, depth=w.depth, jobs=1,
-                         max_steps=cfg.max_steps, minimize=minimize)
+                         max_steps=cfg.max_steps, minimize=minimize, quantum=cfg.quantum)
 
 
 @dataclass
@@ -240,7 +244,22 @@ def _fuzz(cfg: FuzzConfig, progress: Progress | None) -> FuzzResult:
         if progress is not None:
             progress(len(done), len(indices), o)
 
-    if cfg.jobs <= 1:
+    if cfg.backend == "ray":
+        from emu.explore_ray import TaskPool
+        pool = TaskPool(cfg.address, cfg.jobs)
+        pending_ray: dict[Any, int] = {}
+        queue = list(indices)
+        while queue or pending_ray:
+            while queue and len(pending_ray) < 2 * pool.width:
+                i = queue.pop(0)
+                if wanted(i):
+                    pending_ray[pool.submit(run_workload, cfg, i)] = i
+            if not pending_ray:
+                break
+            for ref in sorted(pool.wait(pending_ray), key=lambda r: pending_ray[r]):
+                pending_ray.pop(ref)
+                record(pool.result(ref))
+    elif cfg.jobs <= 1:
         for i in indices:
             if wanted(i):
                 record(run_workload(cfg, i))

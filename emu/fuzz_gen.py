@@ -147,50 +147,73 @@ def generate(target: Target, seed: int) -> str:
     """One random workload for `target` as scenario TOML (the same text for the same seed)."""
     rng = random.Random(seed)
     a = get_arch(target.arch, **dict(target.options))
-    plan = Plan(target, a.page_size, a.pmd_size, a.va_bits, a.word_size, rng.randint(2, 4))
+    contended = rng.random() < CONTENDED
+    cpus = rng.randint(2, 3) if contended else rng.randint(2, 4)
+    plan = Plan(target, a.page_size, a.pmd_size, a.va_bits, a.word_size, cpus)
     plan.thp = a.supports_huge_pmd()
-    _plan_vmas(rng, plan)
+    _plan_vmas(rng, plan, contended)
     regions = _regions(plan)
-    lists = [_calls(rng, plan, regions, cpu) for cpu in range(plan.cpus)]
+    if contended:
+        lists = _contended_calls(rng, plan, regions)
+    else:
+        lists = [_calls(rng, plan, regions, cpu) for cpu in range(plan.cpus)]
     return _toml(plan, lists, seed)
+
+
+# A share of the workloads is built around one contended PMD range: one vCPU
+# frees, retracts, collapses, zaps, truncates or unmaps what it maps while the
+# others walk it (faults and the hardware walker, GUP-fast, fault-around, the
+# ptl takers of a one-page zap, a second khugepaged pass). A race needs both
+# sides in the same range at once, and PCT places its few priority changes
+# uniformly over a run's steps: random lists over several VMAs rarely meet, and
+# long ones make every window a small share of the run. So these lists are short.
+CONTENDED = 0.5
 
 
 CANDIDATES = 2  # the first VMAs: collapse candidates the calls favour (see _calls)
 
 
-def _plan_vmas(rng: random.Random, plan: Plan) -> None:
+def _plan_vmas(rng: random.Random, plan: Plan, contended: bool = False) -> None:
     """2-4 VMAs. The first two are collapse candidates, PMD-aligned shmem/file
     ranges of whole PMDs (what khugepaged, MADV_COLLAPSE and retract act on; the
     second is one guests may not touch but calls may truncate or unmap); the
-    others are of any kind, size and alignment."""
+    others are of any kind, size and alignment. In a contended workload the
+    candidates are populated and more often hold a PTE-mapped large folio (what
+    collapse_pte_mapped_thp removes a table under)."""
     ppmd = plan.pmd // plan.page
     nvma = rng.randint(2, 4)
     for i in range(nvma):
         candidate = i < CANDIDATES
         kind = rng.choice(["shmem", "file"]) if candidate else \
             rng.choices(["anon", "shmem", "file"], [2, 3, 3])[0]
-        if candidate or rng.random() < 0.5:
+        if not candidate and contended and rng.random() < 0.7:
+            # a few pages alone in their PMD range: a short zap, and munmap frees the table
+            off, size = rng.choice([0, rng.randint(1, 8)]), rng.randint(1, 8)
+        elif candidate or rng.random() < 0.5:
             off, size = 0, ppmd * rng.choice([1, 1, 1, 2])
         else:
             off = rng.choice([0, 0, rng.randint(1, 8)])
             size = rng.choice([rng.randint(1, 8), ppmd, ppmd - rng.randint(1, 4),
                                ppmd + rng.randint(1, 8), 2 * ppmd])
         v = Vma(f"v{i}", kind, off, size, i)
-        v.stable = i == 0 or (i > 1 and rng.random() < 0.6) or (i == 1 and rng.random() < 0.3)
+        # contended: more volatile VMAs, for munmap and truncate to race the walkers
+        p_stable = (0.5 if contended else 0.6) if i > 1 else (0.2 if contended else 0.3)
+        v.stable = i == 0 or rng.random() < p_stable
         if not candidate and rng.random() < 0.15 and kind != "anon":
             v.prot = "r"
         pop = rng.random()
-        if pop < (0.2 if candidate else 0.35):
+        if pop < (0.2 if candidate else 0.35) and not (candidate and contended):
             v.populate = False
         elif pop < 0.5 and size <= 64:
             v.populate = True
         else:
             v.populate = rng.randint(1, min(size, 16))
         if kind != "anon":
-            v.thp = off == 0 and size >= ppmd and rng.random() < (0.6 if candidate else 0.3) \
+            p_thp = (0.8 if contended else 0.6) if candidate else 0.3
+            v.thp = off == 0 and size >= ppmd and rng.random() < p_thp \
                 and plan.thp  # no THP on arm 2-level: thp = true is refused
             # PTE-mapped (what collapse_pte_mapped_thp and retract act on) more often
-            v.pmd_mapping = rng.random() < (0.4 if candidate else 0.6)
+            v.pmd_mapping = rng.random() < ((0.25 if contended else 0.4) if candidate else 0.6)
             earlier = [w for w in plan.vmas if w.kind == kind and not w.share]
             if not candidate and earlier and rng.random() < 0.3:
                 w = rng.choice(earlier)
@@ -240,7 +263,8 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
            "madvise_dontneed", "gup_fast", "fault_around", "truncate", "munmap", "mmap",
            "rcu_barrier", "getcpu", "log", "unknown"]
     weights = [8, 6, 6, 5, 6, 6, 3, 3, 2, 3, 2, 0.5, 0.5, 0.5]
-    n = rng.randint(2, 8)
+    # short lists too: the fewer steps, the likelier a PCT change lands in a window
+    n = rng.randint(1, 3) if rng.random() < 0.3 else rng.randint(2, 8)
     while len(calls) < n:
         op = rng.choices(ops, weights)[0]
         hostile = rng.random() < HOSTILE
@@ -372,6 +396,100 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
     if rng.random() < 0.05:
         calls.append(["exit", 0])
     return calls
+
+
+def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> list[list]:
+    """Every vCPU's short call list aimed at one focus range. First a way to tear
+    its tables down (khugepaged or MADV_COLLAPSE where the arch has PMD-sized
+    pages, MADV_DONTNEED, munmap, truncate), then a focus that call may legally
+    name; vCPU 0 makes it, each other vCPU either tears down too (by another
+    call: two different paths racing over one table) or walks. Arguments are
+    valid: the hostile ones are the other workloads' business."""
+    kinds = (["khugepaged_scan", "madvise_collapse"] if plan.thp else []) + \
+        ["madvise_dontneed", "munmap", "truncate"]
+    kind = rng.choice(kinds)
+    fits = [r for r in regions if _may_destroy(kind, r)]
+    cands = [r for r in fits if r.vma is not None and int(r.vma.name[1:]) < CANDIDATES]
+    if kind in ("khugepaged_scan", "madvise_collapse") and cands and rng.random() < 0.8:
+        fits = cands  # what collapse acts on: PMD ranges of whole PMDs
+    if not fits:
+        kind, fits = "madvise_dontneed", regions
+    focus = rng.choice(fits)
+    lists: list[list] = []
+    for cpu in range(plan.cpus):
+        calls: list[list] = []
+        others = [k for k in kinds if k != kind and _may_destroy(k, focus)]
+        if cpu == 0 or (others and rng.random() < 0.35):
+            calls.append(_destroy(rng, plan, focus, kind if cpu == 0 else rng.choice(others)))
+            if rng.random() < 0.3:
+                calls.append(_walk(rng, plan, focus))
+        else:
+            for _ in range(rng.randint(1, 3)):
+                # now and then another region: two tables freed at once
+                # (fragments of one page, halves of one page)
+                calls.append(_walk(rng, plan, focus if rng.random() < 0.85 else rng.choice(regions)))
+        lists.append(calls)
+    return lists
+
+
+def _may_destroy(kind: str, r: Region) -> bool:
+    """Whether a contended workload's teardown call of `kind` may name region r."""
+    if kind in ("khugepaged_scan", "madvise_collapse"):
+        return r.kind != "anon"
+    if kind == "munmap":
+        return not r.stable
+    if kind == "truncate":
+        return not r.stable and r.kind != "anon"
+    return True
+
+
+def _focus_pmd(plan: Plan, r: Region) -> tuple[int, int]:
+    """The whole PMD ranges of a region ((start, length), bytes), or all of it if none."""
+    first = -(-r.start_b // plan.pmd) * plan.pmd
+    n = (r.start_b + r.size_b - first) // plan.pmd
+    return (first, n * plan.pmd) if n > 0 else (r.start_b, r.size_b)
+
+
+def _destroy(rng: random.Random, plan: Plan, r: Region, op: str) -> list:
+    """A call of kind `op` that empties, detaches or frees the region's page tables."""
+    start, length = _focus_pmd(plan, r)
+    if op == "khugepaged_scan":
+        return [op, _at(plan, start)]
+    if op == "madvise_collapse":
+        return ["madvise", _at(plan, start), _len(plan, length), MADV_COLLAPSE]
+    if op == "madvise_dontneed":
+        return ["madvise", _at(plan, start), _len(plan, length), MADV_DONTNEED]
+    if op == "munmap":
+        return [op, _at(plan, r.start_b), plan.expr(r.size_b)]
+    return [op, _at(plan, r.start_b), _len(plan, rng.choice([0, 0, plan.page]))]
+
+
+def _walk(rng: random.Random, plan: Plan, r: Region) -> list:
+    """A call that walks the region's page tables: a few pages from its start (the
+    populated ones), through the hardware walker or one of the kernel's walkers."""
+    page = plan.page
+    ops = ["gup_fast", "gup_fast", "madvise_page"] + (["khugepaged_scan"] if plan.thp else [])
+    if r.stable:
+        ops += ["touch_read", "touch_read", "touch_read"]
+        if r.writable:
+            ops += ["touch_write", "touch_write"]
+    if r.kind != "anon":
+        ops.append("fault_around")
+    op = rng.choice(ops)
+    pages = max(1, min(r.touch_b if op.startswith("touch") else r.size_b, 4 * page) // page)
+    first = rng.randrange(pages)
+    addr = r.start_b + first * page
+    count = rng.randint(1, pages - first)
+    if op in ("touch_read", "touch_write"):
+        return [op, _at(plan, addr), count, plan.expr(page)]
+    if op == "gup_fast":
+        return [op, _at(plan, addr), count, plan.expr(OUT_PMD * plan.pmd),
+                int(r.writable and rng.random() < 0.5)]
+    if op == "madvise_page":  # zap_pte_range: the table mapped and its ptl taken
+        return ["madvise", _at(plan, addr), plan.expr(page), MADV_DONTNEED]
+    if op == "khugepaged_scan":
+        return [op, _at(plan, _focus_pmd(plan, r)[0])]
+    return [op, _at(plan, addr)]
 
 
 def _subrange(rng: random.Random, plan: Plan, r: Region,

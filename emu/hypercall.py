@@ -155,6 +155,16 @@ def sys_log(m: ServiceHost, cpu: Caller, value: int) -> int:
     return 0
 
 
+@service("race_begin")
+def sys_race_begin(m: ServiceHost, cpu: Caller) -> int:
+    """Validate and run `race_begin` (the call itself is described in emu.abi).
+
+    Reached under a schedule only when it is called again after the first
+    time (Machine fast-forwards every program up to its first call): a no-op.
+    """
+    return 0
+
+
 @service("getcpu")
 def sys_getcpu(m: ServiceHost, cpu: Caller) -> int:
     """Validate and run `getcpu` (the call itself is described in emu.abi)."""

@@ -10,7 +10,6 @@ Tasks: vCPU i is task i; the RCU callback runner is task `RCU_TASK`.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +87,9 @@ class Machine(KernelHooks):
                 raise
             raise ScenarioError(scenario.source, "arch_options", str(exc)) from None
         self.ncpus = scenario.cpus
-        self.mem = PhysMem(scenario.memory_mib << 20)
-        self.frames = FrameAllocator(self.mem, self.arch.page_size)
+        self.mem = self._physmem(scenario)
+        self.frames = FrameAllocator(self.mem, self.arch.page_size,
+                                     pte_placement=scenario.pte_placement)
         # The machine is built (and VMAs populated) by the correct model; the
         # variants are switched on when it is done, so a variant's bug shows
         # in the run it is about, not as a broken initial state.
@@ -112,6 +112,7 @@ class Machine(KernelHooks):
             policy = self.kernel.make_policy()
             policy.__dict__.update(self.kernel.policy.__dict__)
             self.kernel.policy = policy
+        self._checkers_off(scenario)
         for c in checkers or []:
             self.add_checker(c)
         self._snapshot: Any = None
@@ -136,6 +137,26 @@ class Machine(KernelHooks):
         return self.process[name]
 
     # ---- building -----------------------------------------------------------
+    def _physmem(self, sc: Scenario) -> PhysMem:
+        """RAM as the scenario lays it out: the bank at 0 and any `[machine] highmem`."""
+        for i, (base, size) in enumerate(sc.highmem):
+            try:
+                limit = self.arch.ram_limit()
+            except ValueError as exc:
+                raise ScenarioError(sc.source, "machine.highmem", str(exc)) from None
+            if base + size > limit:
+                raise ScenarioError(sc.source, f"machine.highmem[{i}]",
+                                    f"[{base:#x}, {base + size:#x}) reaches beyond the "
+                                    f"{limit.bit_length() - 1}-bit physical address space "
+                                    f"(ends at {limit:#x}; x86-pae: arch option maxphyaddr)")
+            if base % self.arch.page_size:
+                raise ScenarioError(sc.source, f"machine.highmem[{i}].base",
+                                    f"{base:#x} is not aligned to the {self.arch.page_size:#x} frame")
+        try:
+            return PhysMem(sc.memory_mib << 20, sc.highmem)
+        except PhysMemError as exc:
+            raise ScenarioError(sc.source, "machine.highmem", str(exc)) from None
+
     def names(self) -> dict[str, int]:
         return {"page_size": self.arch.page_size, "pmd_size": self.arch.pmd_size,
                 "cpus": self.ncpus}
@@ -234,7 +255,36 @@ class Machine(KernelHooks):
                 if pages is not None and pages < 0:
                     raise ScenarioError(sc.source, f"vma[{i}].populate", "must be true, false or >= 0")
                 self.populate(vma, pages)
+        self._fast_forward()
         self.frames.step = 0
+
+    def _fast_forward(self) -> None:
+        """Run every program that calls `race_begin` up to that call, free.
+
+        What comes before the marker is the program's set-up: nothing a
+        schedule should interleave. It runs here, before the first step and
+        the snapshot (so once per machine, not once per schedule), at
+        Unicorn speed (`VCpu.run_free`), vCPU after vCPU in index order, as
+        `populate` runs: under the correct model (the variants are switched
+        on after the build), with no checker attached and the trace off.
+        A program without the marker is not touched: its every instruction
+        stays a step, so existing schedules and traces keep their meaning.
+        """
+        nr = abi.by_name()["race_begin"]
+        numbers = abi.by_name()
+        traced = self.trace.enabled
+        self.trace.enabled = False
+        try:
+            for i, spec in enumerate(self.scenario.programs):
+                if spec.calls is not None:
+                    marked = any(call_format.op_number(rec[0], numbers) == nr
+                                 for rec in spec.calls)
+                else:
+                    marked = "SYS_race_begin" in self.programs[i].source
+                if marked:
+                    self.cpus[i].run_free(nr)
+        finally:
+            self.trace.enabled = traced
 
     def _lay_out_calls(self, i: int, records: list[list[Any]], base: int, code: bytes,
                        names: dict[str, int]) -> tuple[bytes, list[int]]:
@@ -411,7 +461,7 @@ class Machine(KernelHooks):
         return "deadlock: " + "; ".join(parts)
 
     def memory_digest(self) -> str:
-        return hashlib.sha256(self.mem.buf).hexdigest()[:16]
+        return self.mem.digest()
 
     # ---- snapshot / restore ----------------------------------------------------------
     def snapshot(self) -> None:
@@ -426,11 +476,14 @@ class Machine(KernelHooks):
                           self._copy_state((self.kernel.__dict__, self.frames.__dict__)),
                           [(c.pc, c.mode, c.exit_code, c.crash) for c in self.cpus])
 
+    def kept_objects(self) -> tuple[Any, ...]:
+        """What a state copy shares with the live machine instead of copying."""
+        return (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
+                self.kernel.tlb_flush)
+
     def _copy_state(self, state: Any) -> Any:
         import copy
-        keep = (self, self.mem, self.arch, self.kernel, self.frames, self.kernel.hooks,
-                self.kernel.tlb_flush)
-        return copy.deepcopy(state, {id(x): x for x in keep})
+        return copy.deepcopy(state, {id(x): x for x in self.kept_objects()})
 
     def reset(self) -> None:
         if self._snapshot is None:
@@ -456,7 +509,17 @@ class Machine(KernelHooks):
         for ch in self.checkers:
             ch.attach(self)
 
+    def _checkers_off(self, sc: Scenario) -> None:
+        from emu.check import default_checkers
+        known = [c.name for c in default_checkers()]
+        for j, name in enumerate(sc.checkers_off):
+            if name not in known:
+                raise ScenarioError(sc.source, f"checkers.off[{j}]",
+                                    f"no checker {name!r} (known: {', '.join(known)})")
+
     def add_checker(self, c: Checker) -> None:
+        if c.name in self.scenario.checkers_off:
+            return  # the scenario's `[checkers] off`
         c.attach(self)
         self.checkers.append(c)
 
@@ -482,6 +545,8 @@ class Machine(KernelHooks):
             value = self.mem.read_int(msg.pa, msg.size, bo)
         except PhysMemError:
             self.trace.add(self.step, f"cpu{idx}", "walk", f"{msg.level} read {msg.pa:#x} outside RAM")
+            self.on_outside_ram(idx, msg.pa, msg.size, f"the page-table walker reading a "
+                                f"{msg.level} entry")
             return 0
         if type(msg) is PteWrite:
             # a software refill storing into its translation cache (sparc64 TSB)
@@ -645,6 +710,10 @@ class Machine(KernelHooks):
         # Unicorn may cache a translation through this frame: make the next
         # use come back through our TLB model, where checkers see it.
         self.flush_uc_tlbs()
+
+    def on_outside_ram(self, cpu: int, pa: int, size: int, who: str) -> None:
+        for c in self.checkers:
+            c.on_outside_ram(cpu, pa, size, who)
 
     def on_observed(self, cpu: int, obs: ks.Observed) -> None:
         self.trace.add(self.step, f"cpu{cpu}", "note", f"{obs.what} [{obs.pa:#x}] = {obs.value:#x}")

@@ -36,6 +36,7 @@ _FIELD_TYPES: dict[str, str] = {
     "schedule": "str", "original_schedule": "str", "strategy": "str", "step": "int|None",
     "cpu": "int|None", "task": "str", "title": "str", "frame": "int|None", "seed": "int", "lanes": "dict",
     "details": "dict", "frame_history": "list", "steps": "int", "overrides": "list[dict]",
+    "quantum": "int",
 }
 
 
@@ -70,6 +71,7 @@ class Report:
     strategy: str = "replay"
     seed: int = 0
     depth: int | None = None
+    quantum: int = 1  # guest instructions per guest step at most: replays need the same
     index: int | None = None  # which schedule of the exploration failed
     step: int | None = None  # the step that broke it
     cpu: int | None = None
@@ -300,7 +302,8 @@ def build_report(m: Machine, r: RunResult, failure: tuple[str, str] | None,
         variants=list(m.scenario.variants),
         overrides=override_records(m.scenario.overrides, m.scenario.base_dir),
         strategy=cfg.strategy if cfg else "replay",
-        seed=cfg.seed if cfg else 0, depth=cfg.depth if cfg else None, index=index,
+        seed=cfg.seed if cfg else 0, depth=cfg.depth if cfg else None,
+        quantum=m.cpus[0].quantum if m.cpus else 1, index=index,
         step=step, cpu=cpu, task=task,
         title=stable_title(kind, message) if failure is not None else "", breaking_step=_breaking_step(m, step, cpu), frame=frame,
         frame_state=state, frame_history=history, lanes=_lanes(m, last), schedule=r.schedule,

@@ -4,7 +4,9 @@
 [machine]
 arch = "x86-pae"        # overridable with --arch
 cpus = 2
-memory_mib = 64
+memory_mib = 64         # RAM at physical address 0
+# highmem = [{ base = 0x1_0000_0000, mib = 16 }]  # x86-pae: more RAM banks, above 4 GiB
+# pte_placement = "highmem"  # where PTE tables go: low | highmem | interleave
 
 [kernel]
 version = "6.14"        # the Linux release to follow (default: the newest modelled)
@@ -37,6 +39,9 @@ calls = [["mmap", "16 * pmd_size", "pmd_size", 0],        # a hypercall by name 
          ["touch_read", "16 * pmd_size", 8, "page_size"],  # guest loads
          ["madvise", "16 * pmd_size", "pmd_size", 4]]      # up to five arguments each
 
+[checkers]
+off = []                # checkers not to run here, by the name their reports start with
+
 [expect]                # for tools/results_table.py
 arches = ["x86-pae"]    # the arches this scenario is meant for
 caught = ["pte_free_immediate", "no_lockless_sync@x86-pae"]  # variants it must catch
@@ -65,6 +70,7 @@ from typing import Any
 
 from emu.kernel.mm import VMA_KINDS
 from emu.kernel.version import NEWEST, Version, parse_version
+from emu.physmem import BANK_ALIGN, PTE_PLACEMENTS
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "guest" / "scenarios"
 
@@ -129,6 +135,9 @@ class Scenario:
     version_given: bool = False  # said in the file (so an arch option may conflict with it)
     # the [[process]] names in order; one implicit "main" when none is declared
     processes: list[str] = field(default_factory=lambda: ["main"])
+    highmem: tuple[tuple[int, int], ...] = ()  # RAM banks beyond the one at 0: (base, bytes)
+    pte_placement: str = "low"  # low | highmem | interleave (emu.physmem.FrameAllocator)
+    checkers_off: list[str] = field(default_factory=list)  # `[checkers] off`: names not to run
     processes_declared: bool = False  # [[process]] tables given: each is torn down at exit
 
     @property
@@ -203,9 +212,10 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(source, "<toml>", str(exc)) from None
     _check_keys(doc, {"machine", "kernel", "process", "vma", "cpu", "explore", "expect",
-                      "description", "arch_options"}, source, "")
+                      "description", "arch_options", "checkers"}, source, "")
     mach = _get(doc, "machine", dict, source, "")
-    _check_keys(mach, {"arch", "cpus", "memory_mib"}, source, "machine")
+    _check_keys(mach, {"arch", "cpus", "memory_mib", "highmem", "pte_placement"}, source,
+                "machine")
     arch = _get(mach, "arch", str, source, "machine")
     cpus = _get(mach, "cpus", int, source, "machine")
     if not 1 <= cpus <= 16:
@@ -213,6 +223,14 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
     mem = _get(mach, "memory_mib", int, source, "machine", 64)
     if not 1 <= mem <= 2048:
         raise ScenarioError(source, "machine.memory_mib", f"must be 1..2048, got {mem}")
+    highmem = _highmem(mach, mem, source)
+    placement = _get(mach, "pte_placement", str, source, "machine", "low")
+    if placement not in PTE_PLACEMENTS:
+        raise ScenarioError(source, "machine.pte_placement",
+                            f"must be one of {', '.join(PTE_PLACEMENTS)}, got {placement!r}")
+    if placement != "low" and not highmem:
+        raise ScenarioError(source, "machine.pte_placement",
+                            f"{placement!r} needs machine.highmem banks to place PTE tables in")
     kern = _get(doc, "kernel", dict, source, "", {})
     _check_keys(kern, {"version", "variants", "override"}, source, "kernel")
     version_text = _get(kern, "version", str, source, "kernel", None)
@@ -284,6 +302,12 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
     if not programs:
         raise ScenarioError(source, "cpu", "no [[cpu]] program given")
+    checks = _get(doc, "checkers", dict, source, "", {})
+    _check_keys(checks, {"off"}, source, "checkers")
+    checkers_off = _get(checks, "off", list, source, "checkers", [])
+    for j, item in enumerate(checkers_off):
+        if not isinstance(item, str):
+            raise ScenarioError(source, f"checkers.off[{j}]", "expected a checker name")
     expect = _get(doc, "expect", dict, source, "", {})
     _check_keys(expect, {"arches", "caught"}, source, "expect")
     for key in ("arches", "caught"):
@@ -298,7 +322,9 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                     expect=expect,
                     description=_get(doc, "description", str, source, "", ""),
                     version=version, version_given=version_text is not None,
-                    processes=processes, processes_declared="process" in doc)
+                    processes=processes, highmem=highmem, pte_placement=placement,
+                    checkers_off=list(checkers_off),
+                    processes_declared="process" in doc)
 
 
 def _processes(doc: dict[str, Any], source: str) -> list[str]:
@@ -329,6 +355,32 @@ def _process_of(tbl: dict[str, Any], processes: list[str], source: str, path: st
         raise ScenarioError(source, f"{path}.process",
                             f"no [[process]] named {name!r} (declared: {', '.join(processes)})")
     return name
+
+
+def _highmem(mach: dict[str, Any], low_mib: int, source: str) -> tuple[tuple[int, int], ...]:
+    """`[machine] highmem`: RAM banks beyond the one at 0, each { base, mib }, checked
+    for alignment and overlap here (the arch's physical-address limit when it is built)."""
+    banks = []
+    for i, b in enumerate(_get(mach, "highmem", list, source, "machine", [])):
+        key = f"machine.highmem[{i}]"
+        if not isinstance(b, dict):
+            raise ScenarioError(source, key, "expected a table { base = ..., mib = ... }")
+        _check_keys(b, {"base", "mib"}, source, key)
+        base = eval_int(_get(b, "base", (int, str), source, key), {}, source, f"{key}.base")
+        mib = _get(b, "mib", int, source, key)
+        if not 1 <= mib <= 2048:
+            raise ScenarioError(source, f"{key}.mib", f"must be 1..2048, got {mib}")
+        if base % BANK_ALIGN:
+            raise ScenarioError(source, f"{key}.base",
+                                f"{base:#x} is not a multiple of 64 KiB (frame aligned)")
+        banks.append((base, mib << 20, key))
+    end, owner = low_mib << 20, "the memory_mib bank at 0"
+    for base, size, key in sorted(banks):
+        if base < end:
+            raise ScenarioError(source, f"{key}.base", f"[{base:#x}, {base + size:#x}) overlaps "
+                                f"{owner} (which ends at {end:#x})")
+        end, owner = base + size, key
+    return tuple((base, size) for base, size, _key in banks)
 
 
 def _call_list(c: dict[str, Any], source: str, path: str) -> CpuSpec:

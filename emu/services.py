@@ -65,7 +65,7 @@ def copy_to_user(m: ServiceHost, cpu: Caller, addr: int, values: list[int], widt
     while off < len(data):
         va = addr + off
         pa = user_page_pa(m, cpu, va)
-        if pa is None or pa + min(len(data) - off, a.page_size) > m.mem.size:
+        if pa is None or not m.mem.contains(pa, min(len(data) - off, a.page_size)):
             raise HypercallError(EFAULT, f"output buffer {va:#x} not mapped writable")
         chunk = min(len(data) - off, a.page_size - va % a.page_size)
         m.mem.write(pa, data[off: off + chunk])

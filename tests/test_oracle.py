@@ -190,3 +190,55 @@ def test_x86_tables_above_4g_are_walked_alike():
     assert isinstance(tr, Translation) and tr.tables == (0x100000, high + 0x2000, high + 0x3000)
     assert oracle.uc_translate(uc, 0x44, Access.WRITE) == tr.pa(0x44) == high + 0x5044
     assert any(base >= high for base, _ in plugin.regions)
+
+
+def test_a_machine_with_pte_tables_above_4g_walks_as_unicorn_does():
+    """A ptemu machine whose PTE tables sit in two banks above 4 GiB
+    (`[machine] highmem`, `pte_placement = "interleave"`): QEMU's PAE MMU,
+    mapping the same banks of the same buffer, translates every populated and
+    unpopulated page of it, every access, as ptemu's walker does."""
+    import ctypes
+
+    from emu import scenario
+    from emu.machine import Machine
+
+    text = """
+    [machine]
+    arch = "x86-pae"
+    cpus = 1
+    memory_mib = 16
+    highmem = [{ base = 0x1_0000_0000, mib = 2 }, { base = 0x2_4000_0000, mib = 2 }]
+    pte_placement = "interleave"
+    """ + "".join(f"""
+    [[vma]]
+    start = "{8 + 2 * i} * pmd_size"
+    size = "pmd_size"
+    kind = "anon"
+    prot = "{prot}"
+    populate = 5
+    """ for i, prot in enumerate(("rw", "r", "rwx", "rw"))) + """
+    [[cpu]]
+    program = "touch"
+    args = ["8 * pmd_size", 1, "page_size"]
+    """
+    m = Machine(scenario.parse(text.replace("\n    ", "\n"), "<t>"))
+    plugin = oracle.PLUGINS["x86-pae"]
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
+    for base, size in m.mem.banks:
+        uc.mem_map_ptr(base, size, unicorn.UC_PROT_ALL, ctypes.addressof(m.mem._cbuf) + base)
+    plugin.cpu(uc, False)  # supervisor probes: the user-mode stub would write low memory
+    plugin.enter(uc, oracle.Context(m.arch, m.arch.hw_root(m.root), 0, (), {"nxe": True}))
+    image = m.mem.image()
+    banks_used, mapped = set(), 0
+    for vma in range(4):
+        for page in range(8):
+            va = (8 + 2 * vma) * m.arch.pmd_size + page * m.arch.page_size + 0x18
+            for acc in Access:
+                ours = m.arch.translate_functional(image, m.arch.hw_root(m.root), va, acc,
+                                                   user=False)
+                mine = ours.pa(va) if isinstance(ours, Translation) else None
+                assert oracle.uc_translate(uc, va, acc) == mine, (hex(va), acc, ours)
+                if isinstance(ours, Translation):
+                    mapped += 1
+                    banks_used.add(ours.tables[-1] >> 32)
+    assert banks_used == {1, 2} and mapped >= 4 * 5 * 2

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from emu.sched import RCU_TASK, Replay, ReplayDivergence, ScheduleError, decode, encode
+from emu.sched.schedule import MAX_SCHEDULE_STEPS, Choices, encode_runs
 
 tasks = st.sampled_from([0, 1, 2, 3, RCU_TASK])
 
@@ -36,3 +37,30 @@ def test_replay_names_the_divergence():
 def test_every_cpu_letter_and_the_rcu_task_decode():
     # a..p are the 16 CPUs, z is the RCU callback task; q..y name nothing
     assert decode("pt1:a2p3z") == [0, 0, 15, 15, 15, 25]
+
+
+def test_decoded_choices_read_like_the_list_they_encode():
+    plain = [0, 0, 0, 1, 25, 25, 0]
+    c = decode(encode(plain))
+    assert len(c) == 7 and list(c) == plain and c == plain and c != plain[:-1]
+    assert c != [0, 0, 0, 1, 25, 25, 1] and c == decode(encode(plain))
+    # every index, in order, out of order (the run hint) and from the end
+    assert [c[i] for i in range(7)] == plain
+    assert [c[i] for i in (6, 0, 4, 3, 5, 1)] == [plain[i] for i in (6, 0, 4, 3, 5, 1)]
+    assert [c[-i] for i in range(1, 8)] == [plain[-i] for i in range(1, 8)]
+    assert c[2:5] == plain[2:5] and c[::-2] == plain[::-2]
+    for bad in (7, -8):
+        with pytest.raises(IndexError):
+            c[bad]
+    assert decode("pt1:a3bz2a").runs == [(0, 3), (1, 1), (25, 2), (0, 1)]
+    assert decode("pt1:a2a3").runs == [(0, 5)]  # adjacent runs of one task merge
+    assert encode_runs([(0, 3), (1, 1)]) == "pt1:a3b" and repr(Choices([(2, 2)])) == "Choices('pt1:c2')"
+    assert (c == object()) is False
+
+
+def test_schedule_caps_are_exact():
+    assert len(decode(f"pt1:a{MAX_SCHEDULE_STEPS}")) == MAX_SCHEDULE_STEPS
+    for text in (f"pt1:a{MAX_SCHEDULE_STEPS + 1}", f"pt1:a{MAX_SCHEDULE_STEPS}b",
+                 "pt1:a" + "0" * 10 + "1"):
+        with pytest.raises(ScheduleError):
+            decode(text)

@@ -158,3 +158,21 @@ def test_fuzz_covers_both_s390_layouts_whatever_the_default_version():
     from emu.fuzz_gen import targets_for
     layouts = [get_arch(t.arch, **dict(t.options)).pgtable_policy for t in targets_for("s390")]
     assert layouts == ["halves", "full-page"]
+
+
+@pytest.mark.parametrize("version,mapped", [("6.12", False), ("6.13", True)])
+def test_collapse_keeps_the_table_mapped_until_step_4_from_6_13(version, mapped):
+    """Seed 001 v4 moved collapse_pte_mapped_thp()'s pte_unmap() from the end of
+    step 2 to the end of step 4: from 6.13 the RCU read lock of the map covers
+    step 4's spin_lock_nested() of the table's ptl; 6.12 had already dropped it."""
+    from emu.kernel import steps as s
+    m = Machine(scenario.parse(text(version).replace('populate = 4', 'populate = 2\nthp = true\n'
+                                                     'pmd_mapping = false')))
+    k = m.kernel
+    il = Interleaving(m)
+    il.start(0, k.collapse_pte_mapped_thp(m.mm, BASE, False))
+    il.run_until(0, lambda op: isinstance(op, s.SpinLock) and op.nested)
+    assert k.cpus[0].rcu_nesting == (1 if mapped else 0)
+    il.finish()
+    assert il.tasks[0].result == 1  # SCAN_SUCCEED
+    assert k.cpus[0].rcu_nesting == 0 and not k.cpus[0].held

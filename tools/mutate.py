@@ -3,8 +3,9 @@
 Usage::
 
     python tools/mutate.py [--package emu/kernel|emu/check|emu/sched|arch ...]
-                           [--file PATH ...] [--jobs J] [--limit N] [--seed S]
-                           [--report FILE] [--timeout-factor F] [--list]
+                           [--file PATH ...] [--jobs J] [--budget S] [--limit N]
+                           [--seed S] [--max-tests N] [--report FILE]
+                           [--timeout-factor F] [--reimport] [--list] [--only ID]
 
 Each mutant is one small, meaningful change to one source file, made on the
 AST (so comments and layout never matter):
@@ -20,34 +21,50 @@ AST (so comments and layout never matter):
              `break` or a `continue`
     ret      `return <expr>` -> `return None`
 
-A mutant's id is ``file:line:col:operator`` (e.g.
-``emu/kernel/gup.py:61:15:cmp:Eq->NotEq``); ids are deterministic, so results
-can be cached and compared between runs.
+A mutant's id is ``file::scope::operator::source[#n]`` (e.g.
+``emu/kernel/gup.py::GupMixin.gup_fast::cmp:Eq->NotEq::pte == orig``): scope is
+the enclosing function or class, source the mutated node's text, n the count of
+earlier mutants in that scope with the same operator and text.  No line number
+is in it, so an id survives code moving; the report gives the line.
 
 How a run goes:
 
 1. A coverage map (coverage.py, one context per pytest node id) says which
-   default-suite tests execute each line; it is built once and cached in
-   ``.mutation/covmap.json`` until a source or test file changes.
-2. Each mutant runs only the tests covering its line, fastest first, in a
-   private copy of the tree (``.mutation/work<N>``), with ``pytest -x -p
-   no:cacheprovider``; the first failing test kills it.  A mutant whose line
-   is executed only at import time runs every test that runs its module.
-   ``--max-tests N`` caps the tests per mutant (tests naming the module
-   first, then the fastest, one case per test function before the other
-   parametrized cases); the report says so.
-3. A mutant that runs past its time limit (``--timeout-factor`` times the
-   covering tests' recorded duration, plus 10 s) is *killed by timeout* and
-   counted as killed: the suite noticed (an infinite loop never passes).
-4. A mutant on a line no test executes is *survived (uncovered)*.
-5. Results are cached in ``.mutation/cache.json`` keyed by the hash of the
-   mutated file and the mutant id; a killed mutant is never rerun, a
-   survivor is rerun when any test or source file changed.  A rerun only
-   does new mutants.
+   default-suite tests execute each line.  It is built in ``--jobs`` parallel
+   runs and cached in ``.mutation/covmap.json``; a source change rebuilds it,
+   a test-file change re-measures only the changed test files.
+2. Each mutant runs the tests covering its line, fastest first (one case of
+   each test function before the other parametrized cases), up to
+   ``--budget`` seconds of their recorded time (at least one test; 0: all of
+   them), stopping at the first failure, which kills it.  A mutant whose
+   line runs only at import time runs the tests that run its module.
+3. Speed: the runner imports pytest, Unicorn, Capstone and Hypothesis once,
+   collects the default suite once in one pytest session, and forks a process
+   per mutant from it.  A mutant inside a function body whose lines never run
+   outside a test gives the loaded function object the mutated code object
+   (so every import of the function, every method and subclass sees it) and
+   runs the collected items; any other mutant (module or class level, or code
+   that runs at import or collection) forks a process that forgets the tree
+   and imports it afresh.  Either way the mutated file is also on disk in a
+   private copy of the tree (``.mutation/work<N>``), which the process runs in
+   and puts first on ``sys.path`` and ``PYTHONPATH``, so subprocesses and
+   spawned ``--jobs`` workers run the mutant too.  ``--reimport`` runs every
+   mutant the second way (slower; for checking the first).
+4. A mutant whose process uses more CPU time than its limit
+   (``--timeout-factor`` times its tests' recorded duration, plus 10 s), or
+   runs ten times that long, is *killed by timeout* and counted as killed:
+   the suite noticed (an endless loop never passes).  CPU time, so that a
+   loaded machine makes no timeouts.
+5. A mutant on a line no test executes is *survived (uncovered)*.
+6. Results are cached in ``.mutation/cache.json`` keyed by the mutant id and
+   the hash of its file; a kill stands, a survivor is rerun only when a
+   source file changed or the tests chosen for it (or their files) did.  So a
+   second run with a larger ``--budget`` reruns only the survivors.
 
 Mutants judged equivalent (no behaviour can tell them apart) are listed in
 ``tools/mutation_equivalent.toml`` with a written reason and left out of the
-score.  ``--limit N --seed S`` runs a deterministic sample of at most N mutants
+score; an entry that matches no mutant any more is listed as stale.
+``--limit N --seed S`` runs a deterministic sample of at most N mutants
 per file (the same N and S give the same sample); the report says so.  The
 score is killed / (all mutants run - equivalent).  This tool is not part of
 the default suite or CI: it takes minutes to hours.
@@ -59,6 +76,7 @@ import argparse
 import ast
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -69,14 +87,13 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".mutation"
+STATE = Path(os.environ.get("MUTATE_STATE", ROOT / ".mutation"))
 EQUIVALENT = ROOT / "tools" / "mutation_equivalent.toml"
-PACKAGES = ("emu/kernel", "emu/check", "emu/sched", "arch")
+PACKAGES = ("emu/check", "emu/kernel", "emu/sched", "arch")
 TREE = ("emu", "arch", "guest", "tests", "tools", "pyproject.toml")
 
 CMP_SWAP = {
@@ -96,10 +113,21 @@ class Mutant:
     before: str
     after: str
     stmt_line: int = 0  # first line of the enclosing statement (what coverage reports)
+    scope: str = ""    # qualname of the enclosing function or class ("" at module level)
+    nth: int = 0       # earlier mutants in `scope` with the same op and `before`
+    func: str = ""     # qualname of the outermost function whose body holds it
+    func_lines: tuple = ()  # (first, last) line of that function's body
 
     @property
     def id(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}:{self.op}"
+        """Line-independent: survives code moving within or between lines."""
+        where = self.scope or "<module>"
+        tail = f"#{self.nth}" if self.nth else ""
+        return f"{self.file}::{where}::{self.op}::{self.before}{tail}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
 
 
 @dataclass
@@ -171,9 +199,10 @@ def _skip_subtree(node: ast.AST) -> bool:
         return True
     if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
         return True
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in (
-            "__repr__", "__str__", "describe"):
-        return True
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+            node.name in ("__repr__", "__str__")
+            or node.name.lstrip("_").startswith("describe")):
+        return True  # text for a human reading a trace
     # annotations, asserts and raised messages are not behaviour under test
     return isinstance(node, (ast.arg, ast.Assert, ast.JoinedStr)) or (
         isinstance(node, ast.AnnAssign) and node.value is None)
@@ -238,13 +267,18 @@ def _operators(node: ast.AST, parent: ast.AST, slot: tuple) -> Iterator[tuple[st
         yield "ret:None", none
 
 
-def mutants_of(rel: str) -> list[Mutant]:
-    source = (ROOT / rel).read_text()
+def mutants_of(rel: str, source: str | None = None) -> list[Mutant]:
+    """Every mutant of file `rel` (of `source` if given, else the file's text)."""
+    if source is None:
+        source = (ROOT / rel).read_text()
     tree = ast.parse(source)
     lines = source.splitlines()
     out: list[Mutant] = []
 
-    def visit(node: ast.AST, parent: ast.AST, slot: tuple, path: tuple, stmt: int = 0) -> None:
+    seen: dict[tuple[str, str, str], int] = {}
+
+    def visit(node: ast.AST, parent: ast.AST, slot: tuple, path: tuple, stmt: int = 0,
+              scope: str = "", func: tuple = ("", ())) -> None:
         if _skip_subtree(node):
             return
         if isinstance(node, ast.stmt):
@@ -260,15 +294,32 @@ def mutants_of(rel: str) -> list[Mutant]:
                 before, after = _short(node), _short(mutated)
             if after == before:
                 continue
-            out.append(Mutant(rel, lineno, node.col_offset, op, path, before, after, stmt))
+            nth = seen.get((scope, op, before), 0)
+            seen[(scope, op, before)] = nth + 1
+            out.append(Mutant(rel, lineno, node.col_offset, op, path, before, after, stmt,
+                              scope, nth, *func))
+        inner = scope
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            inner = f"{scope}.{node.name}" if scope else node.name
         for sub_slot, child in _children(node):
-            visit(child, node, sub_slot, path + (sub_slot,), stmt)
+            # only a body runs in the function's code object: its decorators
+            # and defaults run when the def does
+            in_body = (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       and sub_slot[0] == "body" and not func[0])
+            visit(child, node, sub_slot, path + (sub_slot,), stmt, inner,
+                  (inner, (node.body[0].lineno, node.end_lineno)) if in_body else func)
 
     visit(tree, None, (None, None), ())
     return out
 
 
 def apply(m: Mutant) -> str:
+    """The mutated file's text."""
+    return ast.unparse(mutated_tree(m)) + "\n"
+
+
+def mutated_tree(m: Mutant) -> ast.Module:
+    """The mutated file's AST; unchanged nodes keep their line numbers."""
     tree = ast.parse((ROOT / m.file).read_text())
     target = _follow(tree, m.path)
     parent = _follow(tree, m.path[:-1])
@@ -283,7 +334,7 @@ def apply(m: Mutant) -> str:
         setattr(parent, name, replacement)
     else:
         getattr(parent, name)[i] = replacement
-    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    return ast.fix_missing_locations(tree)
 
 
 # --------------------------------------------------------------------------
@@ -317,7 +368,7 @@ class ContextPlugin:
         cov.switch_context("")
 cov.start()
 import pytest
-rc = pytest.main(["-q", "-p", "no:cacheprovider", "tests"], plugins=[ContextPlugin()])
+rc = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[3:]], plugins=[ContextPlugin()])
 cov.stop()
 cov.save()
 json.dump(durations, open(sys.argv[2], "w"))
@@ -325,40 +376,121 @@ sys.exit(rc)
 '''
 
 
-def coverage_map(keep: bool = False) -> tuple[dict, dict]:
+def _test_files() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((ROOT / "tests").rglob("*.py")) if "__pycache__" not in p.parts}
+
+
+def _source_files() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for d in ("emu", "arch", "guest") for p in sorted((ROOT / d).rglob("*"))
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
+def _measure(targets: list[str], durations: dict, jobs: int) -> tuple[dict, dict]:
+    """Coverage of `targets` (test files or node ids), in `jobs` groups of
+    about equal recorded duration run at once."""
+    cost = {f: durations.get(f) or sum(d for t, d in durations.items() if t.startswith(f + "::"))
+            or 1.0 for f in targets}
+    groups: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(targets))))]
+    for f in sorted(targets, key=lambda f: -cost[f]):
+        min(groups, key=lambda g: sum(cost[x] for x in g)).append(f)
+    procs = []
+    for i, g in enumerate(groups):
+        db, dur = STATE / f"cov{i}.sqlite", STATE / f"durations{i}.json"
+        db.unlink(missing_ok=True)
+        procs.append((subprocess.Popen([sys.executable, "-c", COV_PLUGIN, str(db), str(dur),
+                                        *g], cwd=ROOT), db, dur))
+    import coverage
+    lines: dict[str, dict[str, list[str]]] = {}
+    got: dict[str, float] = {}
+    try:
+        failed = [p.wait() for p, _, _ in procs]
+    finally:
+        for p, _, _ in procs:
+            if p.poll() is None:
+                p.kill()
+    if any(failed):
+        sys.exit(f"mutate: the default suite fails before mutation (pytest exit {failed})")
+    for _, db, dur in procs:
+        cdata = coverage.CoverageData(basename=str(db))
+        cdata.read()
+        for fname in cdata.measured_files():
+            rel = str(Path(fname).resolve().relative_to(ROOT))
+            for ln, ctxs in cdata.contexts_by_lineno(fname).items():
+                lines.setdefault(rel, {}).setdefault(str(ln), []).extend(ctxs)
+        got.update(json.loads(dur.read_text()))
+        db.unlink()
+        dur.unlink()
+    return lines, got
+
+
+def _update(data: dict, sources: dict, tests: dict, jobs: int) -> tuple[dict, dict] | None:
+    """The cached map brought up to date by measuring again only what a change
+    can have moved: the changed test files, and every test that ran a changed
+    source file (a test that ran none runs the same code as before). None
+    when only a full rebuild will do."""
+    old_src, old_tests = data.get("source_files"), data.get("tests", {})
+    conftest = "tests/conftest.py"
+    if old_src is None or old_tests.get(conftest) != tests.get(conftest):
+        return None
+    changed_src = sorted(f for f in set(sources) | set(old_src)
+                         if sources.get(f) != old_src.get(f))
+    if any(not f.endswith(".py") for f in changed_src):
+        return None  # a guest program: which tests run it is not in the map
+    changed_tests = sorted(f for f in tests if old_tests.get(f) != tests[f] and f != conftest)
+    drop = tuple(f + "::" for f in changed_tests + [f for f in old_tests if f not in tests])
+    stale: set[str] = set()
+    for rel in changed_src:
+        ctxs = {c for cs in data["lines"].get(rel, {}).values() for c in cs}
+        if ctxs == {""}:
+            return None  # run only at import: no test to measure it again with
+        stale |= {c for c in ctxs if c and not c.startswith(drop)}
+    print(f"measuring {len(changed_tests)} changed test files and {len(stale)} tests of "
+          f"{len(changed_src)} changed source files under coverage...",
+          file=sys.stderr, flush=True)
+    lines = {rel: {ln: [c for c in cs if c not in stale and not c.startswith(drop)]
+                   for ln, cs in by.items()}
+             for rel, by in data["lines"].items() if rel not in changed_src}
+    durations = {t: d for t, d in data["durations"].items()
+                 if t not in stale and not t.startswith(drop)}
+    targets = changed_tests + sorted(stale)
+    if targets:
+        new_lines, new_dur = _measure(targets, data["durations"], jobs)
+        for rel, by in new_lines.items():
+            for ln, cs in by.items():
+                lines.setdefault(rel, {}).setdefault(ln, []).extend(cs)
+        durations.update(new_dur)
+    return lines, durations
+
+
+def coverage_map(keep: bool = False, jobs: int = 2) -> tuple[dict, dict]:
     """{file: {line: [node ids]}} and {node id: seconds} for the default suite.
 
-    Rebuilt when a source or test file changed; with `keep`, only when a
-    source file did (tests added since are then not selected)."""
+    Built in `jobs` parallel coverage runs, then kept up to date by measuring
+    only what a change can have moved (see _update); with `keep`, a map whose
+    sources are current is used even if tests changed."""
     STATE.mkdir(exist_ok=True)
     cache = STATE / "covmap.json"
-    digest = tree_digest()
-    sources = tree_digest(("emu", "arch", "guest"))
-    if cache.exists():
-        data = json.loads(cache.read_text())
-        if data.get("digest") == digest or (keep and data.get("sources") == sources):
-            return data["lines"], data["durations"]
-    print("building the coverage map (the whole default suite under coverage)...",
-          file=sys.stderr, flush=True)
+    sources = _source_files()
+    tests = _test_files()
+    data = json.loads(cache.read_text()) if cache.exists() else {}
+    if "source_files" not in data and data.get("sources") == tree_digest(("emu", "arch", "guest")):
+        data["source_files"] = sources  # a map from before per-file hashes, still current
+    if data.get("source_files") == sources and (keep or data.get("tests") == tests):
+        return data["lines"], data["durations"]
     t0 = time.time()
-    dbfile, durfile = STATE / "cov.sqlite", STATE / "durations.json"
-    dbfile.unlink(missing_ok=True)
-    rc = subprocess.run([sys.executable, "-c", COV_PLUGIN, str(dbfile), str(durfile)],
-                        cwd=ROOT).returncode
-    if rc != 0:
-        sys.exit(f"mutate: the default suite fails before mutation (pytest exit {rc})")
-    import coverage
-    cdata = coverage.CoverageData(basename=str(dbfile))
-    cdata.read()
-    lines: dict[str, dict[str, list[str]]] = {}
-    for fname in cdata.measured_files():
-        rel = str(Path(fname).resolve().relative_to(ROOT))
-        by_line = cdata.contexts_by_lineno(fname)
-        lines[rel] = {str(ln): sorted(c for c in ctxs) for ln, ctxs in by_line.items()}
-    durations = json.loads(durfile.read_text())
-    cache.write_text(json.dumps({"digest": digest, "sources": sources, "lines": lines,
+    got = _update(data, sources, tests, jobs) if data else None
+    if got is None:
+        print("building the coverage map (the whole default suite under coverage)...",
+              file=sys.stderr, flush=True)
+        files = [f for f in tests if Path(f).name.startswith("test_")]
+        got = _measure(files, data.get("durations", {}), jobs)
+    lines, durations = got
+    lines = {rel: {ln: sorted(set(cs)) for ln, cs in by.items()} for rel, by in lines.items()}
+    cache.write_text(json.dumps({"source_files": sources, "tests": tests, "lines": lines,
                                  "durations": durations}))
-    print(f"coverage map built in {time.time() - t0:.0f} s", file=sys.stderr)
+    print(f"coverage map ready in {time.time() - t0:.0f} s", file=sys.stderr)
     return lines, durations
 
 
@@ -366,33 +498,206 @@ def coverage_map(keep: bool = False) -> tuple[dict, dict]:
 # Running mutants
 # --------------------------------------------------------------------------
 
+FUNCTIONS: dict[tuple[str, str], list] = {}  # (file, qualname) -> loaded function objects
+
+
+def preload() -> None:
+    """Import, once in the runner, what every mutant's tests need and no
+    mutant changes: pytest and its plugins, Unicorn, Capstone, Hypothesis.
+    Each mutant's process is a fork of this one and starts with them loaded."""
+    import capstone  # noqa: F401
+    import hypothesis  # noqa: F401
+    import pytest  # noqa: F401
+    import unicorn  # noqa: F401
+    from _pytest import assertion, capture, fixtures, main, python, runner, terminal  # noqa: F401
+
+
+def index_functions() -> None:
+    """FUNCTIONS, from every function object of the loaded tree."""
+    import gc
+    import types
+    FUNCTIONS.clear()
+    for obj in gc.get_objects():
+        if type(obj) is types.FunctionType and obj.__code__.co_filename.startswith(str(ROOT)):
+            key = (obj.__code__.co_filename, obj.__code__.co_qualname)
+            FUNCTIONS.setdefault(key, []).append(obj)
+
+
+class SessionLoop:
+    """pytest plugin: instead of running the collected suite, hand its items
+    (by node id) to `body`, which forks a process per mutant from here, where
+    the whole tree and every test module are loaded and collected once."""
+
+    def __init__(self, body) -> None:  # noqa: ANN001
+        self.body = body
+
+    def pytest_runtestloop(self, session) -> bool:  # noqa: ANN001
+        capman = session.config.pluginmanager.getplugin("capturemanager")
+        capman.suspend_global_capture(in_=True)
+        try:
+            index_functions()
+            self.body({item.nodeid: item for item in session.items})
+        finally:
+            capman.resume_global_capture()
+        return True
+
+
+def _swap_code(m: Mutant) -> bool:
+    """Give the loaded function holding the mutant the mutated code: every
+    reference to it (imports, methods, subclasses) then runs the mutant.
+    False when that cannot be done exactly (the caller re-imports instead)."""
+    import types
+    fname = str(ROOT / m.file)
+    fns = FUNCTIONS.get((fname, m.func), [])
+    if not fns or len({f.__code__ for f in fns}) != 1:
+        return False  # not loaded, or two defs with one name
+
+    def find(code: types.CodeType) -> list[types.CodeType]:
+        got = [code] if code.co_qualname == m.func else []
+        for c in code.co_consts:
+            if isinstance(c, types.CodeType):
+                got += find(c)
+        return got
+    new = find(compile(mutated_tree(m), fname, "exec"))
+    if len(new) != 1:
+        return False
+    try:
+        for f in fns:
+            f.__code__ = new[0]
+    except ValueError:  # the mutant changed the function's free variables
+        return False
+    return True
+
+
+def _reimport(work: Path) -> None:
+    """Forget every loaded module of the tree, so the next imports come from
+    `work`, where the mutated file is."""
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None) or ""
+        if f.startswith(str(ROOT) + os.sep) and os.sep + ".venv" + os.sep not in f:
+            del sys.modules[name]
+    sys.path.insert(0, str(work))
+
+
+class Probe:
+    """pytest plugin in a mutant's process: the first failing test, and
+    whether a test module failed to import."""
+
+    def __init__(self) -> None:
+        self.killer = ""
+        self.collect_error = False
+
+    def pytest_runtest_logreport(self, report) -> None:
+        if report.failed and not self.killer:
+            self.killer = report.nodeid
+
+    def pytest_collectreport(self, report) -> None:
+        if report.failed:
+            self.collect_error = True
+            self.killer = self.killer or f"ERROR collecting {report.nodeid}"
+
+
+def _prepare(work: Path) -> None:
+    """Start of a mutant's process: its own process group (a timeout kills
+    what it spawned), no state from the last mutant, output discarded, and
+    subprocesses and spawned workers that import the mutant from `work`."""
+    os.setsid()
+    for d in (".ptemu", ".hypothesis"):
+        shutil.rmtree(work / d, ignore_errors=True)
+    os.chdir(work)
+    os.environ.update(PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1")
+    sys.dont_write_bytecode = True
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+
+
+def _child(job: Job, wfd: int) -> None:
+    """A mutant's process, forked outside a pytest session: import the tree
+    afresh from `work` (where the mutated file is), run the tests, report."""
+    code = 3
+    try:
+        _prepare(job.work)
+        _reimport(job.work)
+        import pytest
+        probe = Probe()
+        rc = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--no-header", "-rN",
+                              "--rootdir", str(ROOT),
+                              *(str(ROOT / t) for t in job.tests)], plugins=[probe]))
+        os.write(wfd, json.dumps({"rc": rc, "killer": probe.killer,
+                                  "collect_error": probe.collect_error}).encode())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _session_child(job: Job, items: dict, wfd: int) -> None:
+    """A mutant's process, forked inside the SessionLoop: swap the mutated
+    function's code in, run the already collected tests until one fails."""
+    code = 3
+    try:
+        _prepare(job.work)
+        if not _swap_code(job.mutant):
+            out = {"rc": -2, "killer": "", "collect_error": False}  # run it re-imported
+        elif any(t not in items for t in job.tests):
+            out = {"rc": 4, "killer": "a covering test is no longer collected",
+                   "collect_error": False}
+        else:
+            sys.path.insert(0, str(job.work))
+            from _pytest.runner import runtestprotocol
+            sel = [items[t] for t in job.tests]
+            killer = ""
+            for i, item in enumerate(sel):
+                reports = runtestprotocol(item, nextitem=sel[i + 1] if i + 1 < len(sel)
+                                          else None, log=False)
+                if any(r.failed for r in reports):
+                    killer = item.nodeid
+                    break
+            out = {"rc": 1 if killer else 0, "killer": killer, "collect_error": False}
+        os.write(wfd, json.dumps(out).encode())
+        code = 0
+    finally:
+        os._exit(code)
+
+
+@dataclass
+class Job:
+    mutant: Mutant
+    key: str
+    text: str
+    work: Path
+    tests: list[str]
+    limit: float
+    t0: float = 0.0
+    pid: int = 0
+    rfd: int = -1
+    retried: bool = False
+    saved: tuple = ()
+    swap: bool = False  # may run by swapping one function's code (see Runner.swappable)
+
+
 @dataclass
 class Runner:
+    """Runs mutants `jobs` at a time, each in a fork of this process."""
     lines: dict
     durations: dict
     timeout_factor: float
     max_tests: int | None = None
-    live: set = field(default_factory=set)  # running pytest processes
+    warm: bool = True
+    budget: float | None = None  # seconds of recorded test time per mutant
+    items: dict | None = None  # node id -> collected item, inside the SessionLoop
+    live: set = field(default_factory=set)  # running mutant processes (group ids)
 
-    def _pytest(self, args: list[str], work: Path, env: dict, limit: float) -> tuple[str, str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-             "--no-header", "-rN", *args],
-            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True)
-        self.live.add(proc)
-        try:
-            out, _ = proc.communicate(timeout=limit)
-            status = {0: "survived", 1: "killed", 2: "killed"}.get(proc.returncode, "error")
-            if proc.returncode == 4 and "ERROR collecting" in out:
-                status = "killed"  # the mutant breaks a test module's import
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            status = "timeout"
-        finally:
-            self.live.discard(proc)
-        return status, out
+    def swappable(self, m: Mutant) -> bool:
+        """Can the mutant run by swapping its function's code in a process
+        where the tree is already loaded? Only if it is inside a function's
+        body and no line of that function runs outside a test (at import or
+        collection, where the loaded tree already used the original)."""
+        if not (self.warm and m.func):
+            return False
+        by_line = self.lines.get(m.file, {})
+        first, last = m.func_lines
+        return not any("" in by_line.get(str(ln), ()) for ln in range(first, last + 1))
 
     def tests_for(self, m: Mutant) -> list[str]:
         """Covering tests, those of the module's own test file first, then the
@@ -409,9 +714,10 @@ class Runner:
                 tests = set(self.durations)
         if not tests:
             return []
-        stem = Path(m.file).stem
-        ranked = sorted(tests, key=lambda t: (stem not in t, self.durations.get(t, 1.0), t))
-        # one case of each test function first (the cap then spans as many
+        def dur(t: str) -> float:
+            return self.durations.get(t, 1.0)
+        ranked = sorted(tests, key=lambda t: (dur(t), t))
+        # one case of each test function first (a budget then spans as many
         # different tests as it can), then the other parametrized cases
         seen: set[str] = set()
         first = []
@@ -420,46 +726,146 @@ class Runner:
             if func not in seen:
                 seen.add(func)
                 first.append(t)
-        rest = [t for t in ranked if t not in set(first)]
-        ranked = first + rest
-        return ranked[:self.max_tests] if self.max_tests else ranked
+        chosen = set(first)
+        ranked = first + [t for t in ranked if t not in chosen]
+        if self.max_tests:
+            ranked = ranked[:self.max_tests]
+        if not self.budget:
+            return ranked
+        # within the budget: first the tests named for the module (its test
+        # file, or tests naming it: test_arm.py, test_detached_table_...),
+        # fastest first, then the other fastest; at least one test
+        stem = Path(m.file).stem
+        named = [t for t in ranked if stem in t] if stem not in ("__init__", "base") else []
+        kept: list[str] = []
+        taken: set[str] = set()
+        spent = 0.0
+        for t in named + ranked:
+            if t not in taken and spent + dur(t) <= self.budget:
+                kept.append(t)
+                taken.add(t)
+                spent += dur(t)
+        return kept or ranked[:1]
 
-    def run(self, m: Mutant, text: str, work: Path) -> Result:
-        tests = self.tests_for(m)
-        if not tests:
-            return Result(m, "uncovered")
-        args = tests
-        budget = sum(self.durations.get(t, 1.0) for t in tests)
-        limit = self.timeout_factor * budget + 10
-        target = work / m.file
-        original = target.read_text()
-        pyc = target.parent / "__pycache__"
-        shutil.rmtree(pyc, ignore_errors=True)
+    def _start(self, job: Job) -> None:
+        target = job.work / job.mutant.file
+        pyc = importlib.util.cache_from_source(str(target))
+        if not job.saved:
+            st = target.stat()
+            job.saved = (target.read_text(), st.st_atime_ns, st.st_mtime_ns)
+            if os.path.exists(pyc):
+                os.replace(pyc, pyc + ".keep")  # the original's bytecode, back after
+            target.write_text(job.text or apply(job.mutant))
+        rfd, wfd = os.pipe()
+        job.t0 = time.time()
+        pid = os.fork()
+        if pid == 0:
+            os.close(rfd)
+            if job.swap:
+                _session_child(job, self.items, wfd)
+            _child(job, wfd)
+        os.close(wfd)
+        job.pid, job.rfd = pid, rfd
+        self.live.add(pid)
+
+    def _restore(self, job: Job) -> None:
+        target = job.work / job.mutant.file
+        text, atime, mtime = job.saved
         target.write_text(text)
-        env = dict(os.environ, PYTHONPATH=str(work), PYTHONDONTWRITEBYTECODE="1",
-                   PYTHONHASHSEED="0")
-        t0 = time.time()
-        try:
-            status, out = self._pytest(args, work, env, limit)
-            if status == "error" and "ERROR: not found" in out:
+        os.utime(target, ns=(atime, mtime))  # so the kept bytecode is valid again
+        pyc = importlib.util.cache_from_source(str(target))
+        if os.path.exists(pyc + ".keep"):
+            os.replace(pyc + ".keep", pyc)
+
+    def _finish(self, job: Job, timed_out: bool) -> Result | None:
+        """The job's Result, or None when it was restarted."""
+        out = b""
+        while chunk := os.read(job.rfd, 65536):
+            out += chunk
+        os.close(job.rfd)
+        seconds = time.time() - job.t0
+        if timed_out:
+            status, killer = "timeout", ""
+        else:
+            try:
+                got = json.loads(out)
+            except ValueError:
+                got = {"rc": -1, "killer": "the mutant's process died", "collect_error": False}
+            rc, killer = got["rc"], got["killer"]
+            if rc == -2:
+                self._restore(job)
+                return Result(job.mutant, "deferred")
+            if got["collect_error"]:
+                status = "killed"  # the mutant breaks a test module's import
+            elif rc == 4 and not job.retried and not job.swap:
                 # a parametrized test's ids changed (the mutant changed a value
-                # they are made from, or the test file changed): run every
-                # case of the covering test functions instead
-                funcs = list(dict.fromkeys(t.split("[")[0] for t in args))
-                status, out = self._pytest(funcs, work, env, limit)
-        finally:
-            target.write_text(original)
-            shutil.rmtree(pyc, ignore_errors=True)
-        killer = ""
-        if status in ("killed", "error"):
-            for ln in out.splitlines():
-                if ln.startswith(("FAILED", "ERROR")):
-                    killer = ln.split(" - ")[0]
-                    break
-            if status == "error":
-                tail = out.strip().splitlines()
-                killer = killer or (tail[-1] if tail else "?")
-        return Result(m, status, len(args), time.time() - t0, killer)
+                # they are made from): run every case of the covering functions
+                job.tests = list(dict.fromkeys(t.split("[")[0] for t in job.tests))
+                job.retried = True
+                self._start(job)
+                return None
+            else:
+                status = {0: "survived", 1: "killed", 2: "killed"}.get(rc, "error")
+                if status == "error":
+                    killer = killer or f"pytest exit {rc}"
+        self._restore(job)
+        return Result(job.mutant, status, len(job.tests), seconds, killer)
+
+    def run_all(self, jobs: list[tuple[Mutant, str, str]], workdirs: list[Path]):
+        """Yield (key, Result) as mutants finish; at most len(workdirs) run at once."""
+        pending = list(reversed(jobs))
+        free = list(workdirs)
+        running: dict[int, Job] = {}
+        while pending or running:
+            while pending and free:
+                m, text, key = pending.pop()
+                tests = self.tests_for(m)
+                if not tests:
+                    yield key, Result(m, "uncovered")
+                    continue
+                budget = sum(self.durations.get(t, 1.0) for t in tests)
+                job = Job(m, key, text, free.pop(), tests,
+                          self.timeout_factor * budget + 10,
+                          swap=self.items is not None and self.swappable(m))
+                self._start(job)
+                running[job.pid] = job
+            if not running:
+                continue
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+            now = time.time()
+            done: list[tuple[Job, bool]] = []
+            if pid and pid in running:
+                done.append((running.pop(pid), False))
+            for p, job in list(running.items()):
+                # CPU time, not wall time: on a loaded machine a fork may wait
+                # long for a core, and that is no endless loop
+                if _cpu_seconds(p) > job.limit or now - job.t0 > 10 * job.limit:
+                    os.killpg(p, signal.SIGKILL)
+                    os.waitpid(p, 0)
+                    done.append((running.pop(p), True))
+            if not done:
+                time.sleep(0.01)
+            for job, timed_out in done:
+                self.live.discard(job.pid)
+                try:
+                    os.killpg(job.pid, signal.SIGKILL)  # anything it left behind
+                except ProcessLookupError:
+                    pass
+                r = self._finish(job, timed_out)
+                if r is None:
+                    running[job.pid] = job
+                else:
+                    free.append(job.work)
+                    yield job.key, r
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a running process and of the children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def make_workdirs(n: int) -> list[Path]:
@@ -475,6 +881,9 @@ def make_workdirs(n: int) -> list[Path]:
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             else:
                 shutil.copy2(src, work / name)
+        # bytecode for the unmutated tree, so a mutant's process compiles only its file
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(work)], check=False,
+                       stdout=subprocess.DEVNULL)
         dirs.append(work)
     return dirs
 
@@ -486,12 +895,46 @@ def load_equivalent() -> dict[str, str]:
     return {e["id"]: e["reason"] for e in data.get("equivalent", [])}
 
 
-def _covers(hit: dict, max_tests: int | None) -> bool:
-    """A cached survivor stands for this run if it ran at least as many tests."""
-    if "max_tests" not in hit:
-        return False
-    cap = hit["max_tests"]
-    return cap is None or (max_tests is not None and cap >= max_tests)
+@dataclass
+class Verdicts:
+    """What a survivor's verdict depends on besides its own file: the tests
+    chosen for it, the text of their files, and every source file those tests
+    run (a test that runs none of the changed files behaves as before), plus
+    the guest programs and the tools the tests import."""
+    lines: dict
+    test_files: dict
+    sources: dict
+    fixed: str = ""
+    tree: str = ""
+    runs: dict = field(default_factory=dict)  # test -> files it executes
+
+    def __post_init__(self) -> None:
+        for rel, by in self.lines.items():
+            for cs in by.values():
+                for c in cs:
+                    if c:
+                        self.runs.setdefault(c, set()).add(rel)
+        tools = sorted(p for p in (ROOT / "tools").glob("*.py") if p.name != "mutate.py")
+        self.fixed = hashlib.sha256(json.dumps(
+            [[v for k, v in sorted(self.sources.items()) if k.startswith("guest/")],
+             [hashlib.sha256(p.read_bytes()).hexdigest() for p in tools]]).encode()).hexdigest()
+
+    def legacy(self, hit: dict, tests: list[str]) -> bool:
+        """An entry cached before `depends` that still holds: same source tree,
+        same tests and test files."""
+        files = sorted({t.split("::")[0] for t in tests})
+        old = hashlib.sha256(json.dumps([tests, [self.test_files.get(f, "") for f in files]])
+                             .encode()).hexdigest()
+        if not self.tree:
+            self.tree = tree_digest(("emu", "arch", "guest"))
+        return hit.get("selection") == old and hit.get("sources") == self.tree
+
+    def digest(self, tests: list[str]) -> str:
+        files = sorted({t.split("::")[0] for t in tests})
+        ran = sorted(set().union(*(self.runs.get(t, set()) for t in tests)))
+        return hashlib.sha256(json.dumps(
+            [tests, [self.test_files.get(f, "") for f in files],
+             [self.sources.get(f, "") for f in ran], self.fixed]).encode()).hexdigest()
 
 
 def select(files: list[str], limit: int | None, seed: int) -> list[Mutant]:
@@ -568,10 +1011,22 @@ def main(argv: list[str] | None = None) -> int:
                          "test file first, then the fastest); the report says so")
     ap.add_argument("--keep-map", action="store_true",
                     help="reuse the coverage map if only tests changed since it was built")
+    ap.add_argument("--budget", type=float, default=3.0,
+                    help="run a mutant's covering tests, fastest first, up to this many "
+                         "seconds of their recorded (coverage-run) time, at least one; "
+                         "0: all of them (default 3)")
+    ap.add_argument("--reimport", action="store_true",
+                    help="run every mutant in a process that imports the tree afresh "
+                         "(slower; by default a mutant inside a function runs by giving "
+                         "the already loaded function the mutated code)")
     ap.add_argument("--list", action="store_true", help="list the mutant ids and exit")
     ap.add_argument("--only", action="append", default=[],
                     help="run only this mutant id (repeatable)")
     args = ap.parse_args(argv)
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        # every mutant's process is a fork of this one: fix its hash seed here
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  dict(os.environ, PYTHONHASHSEED="0"))
     if args.jobs < 1 or (args.limit is not None and args.limit < 1):
         print("mutate: --jobs and --limit must be positive", file=sys.stderr)
         return 2
@@ -585,8 +1040,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             files.append(str(p.relative_to(ROOT)))
     else:
-        files = sorted(str(p.relative_to(ROOT)) for pkg in (args.package or PACKAGES)
-                       for p in (ROOT / pkg).glob("*.py"))
+        # the checkers and the kernel model first: their survivors matter most
+        files = [str(p.relative_to(ROOT)) for pkg in (args.package or PACKAGES)
+                 for p in sorted((ROOT / pkg).glob("*.py"))]
     mutants = select(files, args.limit, args.seed)
     if args.only:
         wanted = set(args.only)
@@ -597,25 +1053,37 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     t0 = time.time()
-    lines, durations = coverage_map(args.keep_map)
-    digest = tree_digest()
+    lines, durations = coverage_map(args.keep_map, args.jobs)
+    verdicts = Verdicts(lines, _test_files(), _source_files())
     cache_file = STATE / "cache.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     equivalent = load_equivalent()
-    runner = Runner(lines, durations, args.timeout_factor, args.max_tests)
+    runner = Runner(lines, durations, args.timeout_factor, args.max_tests, not args.reimport,
+                    args.budget or None)
+
+    stopped: list[int] = []
 
     def stop(signum, frame):
+        stopped.append(signum)
         raise SystemExit(f"mutate: stopped by signal {signum}")
     signal.signal(signal.SIGTERM, stop)
     results: list[Result] = []
     todo: list[tuple[Mutant, str, str]] = []
+    file_hash: dict[str, str] = {}
     for m in mutants:
-        text = apply(m)
-        key = hashlib.sha256((m.id + "\0" + text).encode()).hexdigest()
+        # the id and the file's text determine the mutated text
+        if m.file not in file_hash:
+            file_hash[m.file] = hashlib.sha256((ROOT / m.file).read_bytes()).hexdigest()
+        text = ""  # made when the mutant runs
+        key = hashlib.sha256((m.id + "\0" + file_hash[m.file]).encode()).hexdigest()
         hit = cache.get(key)
+        # a kill stands; a survivor stands while the sources and its tests do
         if hit and (hit["status"] in ("killed", "timeout") or (
-                hit["status"] not in ("error", "uncovered") and hit.get("tree") == digest
-                and _covers(hit, args.max_tests))):
+                hit["status"] in ("survived", "uncovered")
+                and (hit.get("depends") == verdicts.digest(runner.tests_for(m))
+                     or verdicts.legacy(hit, runner.tests_for(m))))):
+            if "depends" not in hit:
+                hit["depends"] = verdicts.digest(runner.tests_for(m))
             results.append(Result(m, hit["status"], hit.get("tests", 0), 0.0,
                                   hit.get("killer", ""), cached=True))
         else:
@@ -623,32 +1091,63 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(mutants)} mutants in {len(files)} files, {len(todo)} to run",
           file=sys.stderr, flush=True)
     workdirs = make_workdirs(min(args.jobs, max(1, len(todo)))) if todo else []
-    free = list(workdirs)
-
-    def one(item):
-        m, text, key = item
-        work = free.pop()
-        try:
-            return key, runner.run(m, text, work)
-        finally:
-            free.append(work)
-
+    if todo:
+        preload()
     done = 0
-    pool = ThreadPoolExecutor(max(1, len(workdirs)))
-    try:
-        for key, r in pool.map(one, todo):
+    later: list[tuple[Mutant, str, str]] = []
+
+    def consume(results_in) -> None:  # noqa: ANN001
+        nonlocal done
+        for key, r in results_in:
+            if r.status == "deferred":
+                later.append((r.mutant, texts[key], key))
+                continue
             done += 1
             results.append(r)
             cache[key] = {"status": r.status, "tests": r.tests_run, "killer": r.killer,
-                          "tree": digest, "max_tests": args.max_tests}
+                          "depends": verdicts.digest(runner.tests_for(r.mutant))}
             if done % 10 == 0 or done == len(todo):
                 cache_file.write_text(json.dumps(cache))
             print(f"[{done}/{len(todo)}] {r.status:9} {r.seconds:5.1f}s {r.mutant.id}",
                   file=sys.stderr, flush=True)
+
+    texts = {key: text for _, text, key in todo}
+    try:
+        swap = [] if args.reimport else [t for t in todo if runner.swappable(t[0])]
+        chosen = {key for _, _, key in swap}
+        later = [t for t in todo if t[2] not in chosen]
+        if swap:
+            # inside one pytest session that collected the suite: each of these
+            # runs by swapping its function's code (a mutant that cannot be
+            # swapped exactly joins `later`)
+            import pytest
+
+            def body(items: dict) -> None:
+                runner.items = items
+                try:
+                    consume(runner.run_all(swap, workdirs))
+                finally:
+                    runner.items = None
+            saved = os.dup(1)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # pytest's own chatter
+            try:
+                rc = pytest.main(["-q", "-p", "no:cacheprovider", "--no-header",
+                                  "--rootdir", str(ROOT), str(ROOT / "tests")],
+                                 plugins=[SessionLoop(body)])
+            finally:
+                os.dup2(saved, 1)
+            if stopped:  # pytest turned the SystemExit into an internal error
+                sys.exit(f"mutate: stopped by signal {stopped[0]}")
+            if rc not in (0, 5):
+                sys.exit(f"mutate: collecting the default suite fails (pytest exit {int(rc)})")
+        if later:
+            consume(runner.run_all(later, workdirs))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(runner.live):  # our own pytest runs, by process group
-            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in list(runner.live):  # our own mutant processes, by process group
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         cache_file.write_text(json.dumps(cache))
     for w in workdirs:
         shutil.rmtree(w, ignore_errors=True)
@@ -658,6 +1157,9 @@ def main(argv: list[str] | None = None) -> int:
     results.sort(key=lambda r: order[r.mutant.id])
     sample = (f"a deterministic sample of at most {args.limit} mutants per file "
               f"(--limit {args.limit} --seed {args.seed})" if args.limit else "every mutant")
+    if args.budget:
+        sample += (f"; each run against the fastest tests covering its line up to "
+                   f"{args.budget:g} s of their recorded time (--budget)")
     if args.max_tests:
         sample += (f"; each run against at most {args.max_tests} of the tests covering "
                    "its line (a survivor may be killed by one left out)")
@@ -665,6 +1167,11 @@ def main(argv: list[str] | None = None) -> int:
               f"\n\n{len(mutants)} mutants, {sample}; {len(todo)} run now, "
               f"{len(mutants) - len(todo)} from the cache; {time.time() - t0:.0f} s.")
     text = report(results, header)
+    every = {m.id for f in files for m in mutants_of(f)}
+    stale = sorted(i for i in equivalent if i.split("::")[0] in files and i not in every)
+    if stale:
+        text += ("\n## Stale equivalence entries (no such mutant: re-judge them)\n\n"
+                 + "".join(f"- `{i}`\n" for i in stale))
     if args.report:
         args.report.write_text(text)
     print(text)

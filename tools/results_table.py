@@ -52,14 +52,15 @@ def cells(only: list[str]) -> list[tuple[str, str, str | None]]:
 
 
 def run_cell(name: str, arch: str, variant: str | None, clean: int, budget: int, depth: int,
-             jobs: int, seed: int) -> tuple[str, bool, float]:
+             jobs: int, seed: int, backend: str = "process",
+             address: str | None = None, quantum: int = 1) -> tuple[str, bool, float]:
     variants = () if variant in (None, "<override>") else (variant,)
     want_bug = variant is not None
     # a scenario may say which PCT depth suits it ([explore] depth = N)
     depth = int(scenario_mod.load(name).explore.get("depth", depth))
     cfg = ExploreConfig(name, arch=arch, variants=variants, strategy="pct", depth=depth,
                         schedules=budget if want_bug else clean, seed=seed, jobs=jobs,
-                        minimize=False)
+                        minimize=False, backend=backend, address=address, quantum=quantum)
     t0 = time.perf_counter()
     res = explore(cfg)
     dt = time.perf_counter() - t0
@@ -78,6 +79,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--depth", type=int, default=2,
                     help="PCT bug depth, unless the scenario's [explore] depth says otherwise")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
+    ap.add_argument("--backend", choices=("process", "ray"), default="process",
+                    help="where the workers run (ray: pip install 'ptemu[ray]'); the verdicts "
+                         "and counts do not depend on it")
+    ap.add_argument("--address", help="--backend ray: the cluster (default: a local instance)")
+    ap.add_argument("--quantum", type=int, default=1,
+                    help="guest instructions per guest step at most (explore --quantum)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=[], help="scenario names to run")
     ap.add_argument("--update-readme", action="store_true", help="rewrite README.md's table")
@@ -85,13 +92,15 @@ def main(argv: list[str]) -> int:
     command = ("python tools/results_table.py"
                + (f" --clean {args.clean}" if args.clean != 500 else "")
                + (f" --budget {args.budget}" if args.budget != 1000 else "")
-               + (f" --depth {args.depth}" if args.depth != 2 else ""))
+               + (f" --depth {args.depth}" if args.depth != 2 else "")
+               + (f" --quantum {args.quantum}" if args.quantum != 1 else ""))
     rows = ["| scenario | arch | variant | PCT result | as expected |", "|---|---|---|---|---|"]
     bad = 0
     total = time.perf_counter()
     for name, arch, variant in cells(args.only):
         text, ok, dt = run_cell(name, arch, variant, args.clean, args.budget, args.depth,
-                                args.jobs, args.seed)
+                                args.jobs, args.seed, args.backend, args.address,
+                                args.quantum)
         bad += not ok
         label = variant or "correct"
         rows.append(f"| {name} | {arch} | {label} | {text} | {'yes' if ok else '**NO**'} |")

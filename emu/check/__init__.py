@@ -12,13 +12,14 @@ from emu.check.reuse import StalePointer
 from emu.check.stale_tlb import StaleTlb
 from emu.check.torn import TornRead
 from emu.check.uaf import UseAfterFree
+from emu.check.wild import WildPointer
 
 
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
-    return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), TornRead(), LocklessSync(),
-            Accounting()]
+    return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), WildPointer(), TornRead(),
+            LocklessSync(), Accounting()]
 
 
 __all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "StalePointer", "StaleTlb",
-           "TornRead", "UseAfterFree", "Violation", "default_checkers"]
+           "TornRead", "UseAfterFree", "Violation", "WildPointer", "default_checkers"]

@@ -11,7 +11,10 @@ interrupt if PAE").
 
 This checker encodes a rule and its report says so ("rule: ..."): the torn
 value it prevents differs from a value the entry held only in the high half
-of a physical address, which ptemu's machines (at most 2 GiB) never have.
+of a physical address, so it is only a wrong pointer on a machine with page
+tables above 4 GiB. There (`[machine] highmem`, scenario torn_pmd_highpte)
+the consequence is caught on its own: the `wild-pointer` checker sees the
+reader follow that pointer.
 """
 
 from __future__ import annotations
@@ -61,5 +64,6 @@ class LocklessSync(Checker):
                         "pmdp_get_lockless_sync() is missing. (This encodes the rule, not a "
                         "consequence seen: that reader may pair one half of the old pmd with "
                         "the other half of whatever is installed next, a table pointer that "
-                        "only differs in its high half when tables live above 4 GiB.)", cpu=cpu)
+                        "only differs in its high half when tables live above 4 GiB: see "
+                        "scenario torn_pmd_highpte.)", cpu=cpu)
             self.owed.pop(cpu, None)

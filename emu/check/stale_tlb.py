@@ -18,7 +18,7 @@ class StaleTlb(Checker):
     def on_tlb_use(self, cpu: int, entry: Any, va: int, access: Any) -> None:
         frames = self.m.frames
         for pfn, gen in entry.gens:
-            fi = frames.frames[pfn]
+            fi = frames.by_pfn(pfn)
             if fi.generation != gen or fi.state is FrameState.FREE:
                 pa = pfn * frames.frame_size
                 what = "page" if pa == entry.tr.pa_base - entry.tr.pa_base % frames.frame_size \

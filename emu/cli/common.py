@@ -48,13 +48,50 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from arch import UnknownArch
     from emu.cli.output import OutputPathError
     from emu.coverage_report import CoverageUnavailable
+    from emu.explore_ray import RayUnavailable
     from emu.kernel.variants import VariantError
     from emu.scenario import ScenarioError
     from emu.sched.schedule import ScheduleError
     from guest.asm import AsmError
     return (UsageError, ScenarioError, UnknownArch, VariantError, ScheduleError, AsmError,
-            OutputPathError, CoverageUnavailable)
+            OutputPathError, CoverageUnavailable, RayUnavailable)
 
+
+
+QUANTUM_HELP = ("guest slices: a guest step runs up to N instructions, ending before the "
+                "first load or store (each still a step of its own), trap or TLB miss "
+                "(default 1: one instruction per step; see docs/schedules.md)")
+
+
+def add_quantum_option(p: argparse.ArgumentParser, default: object = 1) -> None:
+    """--quantum: guest instructions per guest step at most (run, explore, fuzz, replay)."""
+    p.add_argument("--quantum", type=int, default=default, metavar="N", help=QUANTUM_HELP)
+
+
+def check_quantum(args: argparse.Namespace) -> int:
+    q = getattr(args, "quantum", None)
+    if q is not None and q < 1:
+        raise UsageError(f"--quantum must be at least 1, got {q}")
+    return 1 if q is None else q
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """--backend and --address: where the --jobs workers run (explore, fuzz)."""
+    p.add_argument("--backend", choices=("process", "ray"), default="process",
+                   help="process: --jobs local worker processes (default); ray: Ray workers "
+                        "(pip install 'ptemu[ray]'; --jobs of them, default one per CPU of the "
+                        "cluster). The same seed gives the same schedules and the same first "
+                        "failure on either")
+    p.add_argument("--address", metavar="ADDR",
+                   help="--backend ray: the cluster to use (e.g. ray://head:10001, or auto "
+                        "on a cluster node; default: start a local Ray instance)")
+
+
+def backend_config(args: argparse.Namespace) -> dict[str, object]:
+    """The config fields of --backend/--address; --address without ray is bad input."""
+    if args.address and args.backend != "ray":
+        raise UsageError("--address is for --backend ray")
+    return {"backend": args.backend, "address": args.address}
 
 
 class SetupFailure(Exception):
@@ -71,6 +108,6 @@ def add_run_options(p: argparse.ArgumentParser, scenario: bool = True, defaults:
     p.add_argument("--seed", type=int, default=d(0), help="seed of the random strategy (default 0)")
     p.add_argument("--strategy", choices=("random", "rr"), default=d("random"),
                    help="who runs next: seeded random (default) or round-robin")
-    p.add_argument("--quantum", type=int, default=d(1), help="round-robin slice in steps")
+    add_quantum_option(p, d(1))
     p.add_argument("--max-steps", type=int, default=d(2_000_000),
                    help="give up after this many steps (at least 1)")

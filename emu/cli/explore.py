@@ -22,7 +22,17 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emu.cli.common import EXIT_FOUND, EXIT_OK, UsageError, console, err_console
+from emu.cli.common import (
+    EXIT_FOUND,
+    EXIT_OK,
+    UsageError,
+    add_backend_options,
+    add_quantum_option,
+    backend_config,
+    check_quantum,
+    console,
+    err_console,
+)
 from emu.cli.output import check_file, write_text
 from emu.failure_db import (
     DB_DIR,
@@ -60,7 +70,8 @@ def _config(args: argparse.Namespace) -> Any:
                          overrides=cli_overrides(args.override), strategy=args.strategy,
                          schedules=args.schedules, seed=args.seed, depth=args.depth,
                          jobs=args.jobs, max_steps=args.max_steps, por=args.por,
-                         minimize=not args.no_minimize, evidence=not args.no_evidence)
+                         minimize=not args.no_minimize, evidence=not args.no_evidence,
+                         quantum=check_quantum(args), **backend_config(args))
 
 
 def _check_scenario(cfg: Any) -> Any:
@@ -88,7 +99,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
                   + (f" overrides={','.join(sc.overrides)}" if sc.overrides else "")
                   + f" strategy={cfg.strategy} schedules={cfg.schedules} seed={cfg.seed}"
                   + (f" depth={cfg.depth}" if cfg.depth is not None else "")
-                  + f" jobs={cfg.jobs}", highlight=False)
+                  + f" jobs={cfg.jobs}"
+                  + (f" backend=ray{' address=' + cfg.address if cfg.address else ''}"
+                     if cfg.backend == "ray" else ""), highlight=False)
     db = None if args.no_db else FailureDb(args.db or DB_DIR)
     if db is not None:
         reused = reuse_phase(cfg, db)
@@ -99,7 +112,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     cov = None
     if args.coverage:
         from emu.coverage_report import override_files, start
-        if cfg.jobs > 1:
+        if cfg.jobs > 1 or cfg.backend == "ray":
             raise UsageError("--coverage measures this process only: use --jobs 1")
         cov_files = override_files(sc.overrides, sc.base_dir)
         cov = start(cov_files)
@@ -269,7 +282,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         cfg = ExploreConfig(scenario=recorded.scenario, arch=args.arch or recorded.arch,
                             variants=tuple(recorded.variants),
                             overrides=given + cli_overrides(args.override),
-                            max_steps=args.max_steps)
+                            max_steps=args.max_steps,
+                            quantum=args.quantum or recorded.quantum)
         schedule = args.schedule or recorded.schedule
     else:
         if not args.schedule:
@@ -277,7 +291,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                              "(or give a failure .json file)")
         cfg = ExploreConfig(scenario=scenario_ref(args.target), arch=args.arch,
                             variants=tuple(args.variant or ()),
-                            overrides=cli_overrides(args.override), max_steps=args.max_steps)
+                            overrides=cli_overrides(args.override), max_steps=args.max_steps,
+                            quantum=args.quantum or 1)
         schedule = args.schedule
     choices = decode(schedule)
     sc = _check_scenario(cfg)
@@ -343,7 +358,8 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
         description="Explore schedules of a scenario with a strategy: random, PCT "
                     "(probabilistic concurrency testing, bug depth --depth) or exhaustive "
                     "(depth-first over every interleaving, with partial-order reduction; "
-                    "--depth bounds preemptions). Every checker is on. The first failure "
+                    "--depth bounds preemptions). Every checker is on but those the "
+                    "scenario's [checkers] off names. The first failure "
                     "is minimised (fewest context switches), reported and saved under "
                     ".ptemu/failures/.",
         epilog="Exit status: 0 clean, 1 failure found, 2 bad input.")
@@ -360,6 +376,8 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
                    help="PCT bug depth (default 2); exhaustive: preemption bound (default none)")
     p.add_argument("--jobs", type=int, default=1, metavar="J",
                    help="worker processes (random/pct); results do not depend on J")
+    add_backend_options(p)
+    add_quantum_option(p)
     p.add_argument("--por", choices=POR_MODES, default="frames",
                    help="exhaustive: partial-order reduction (default frames)")
     p.add_argument("--max-steps", type=int, default=200_000, help="step limit of one run")
@@ -396,6 +414,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", type=int, default=400, metavar="N",
                    help="print the last N trace lines (0: all; default 400)")
     p.add_argument("--max-steps", type=int, default=2_000_000, help="step limit")
+    add_quantum_option(p, None)
     p.add_argument("--allow-prefix", action="store_true",
                    help="accept a schedule shorter than the run (round-robin finishes it) "
                         "or longer (the rest is ignored)")

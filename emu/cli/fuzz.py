@@ -20,7 +20,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from emu.cli.common import EXIT_FOUND, EXIT_OK, UsageError, console
+from emu.cli.common import (
+    EXIT_FOUND,
+    EXIT_OK,
+    UsageError,
+    add_backend_options,
+    add_quantum_option,
+    backend_config,
+    check_quantum,
+    console,
+)
 from emu.cli.explore import print_report
 from emu.failure_db import FAILURES_DIR, save_failure, save_new
 from emu.overrides import add_override_option, cli_overrides
@@ -58,7 +67,8 @@ def _config(args: argparse.Namespace) -> Any:
         load_override(spec, Path.cwd())  # a bad class is bad input, before any run
     return FuzzConfig(arch=args.arch, workloads=args.workloads, schedules=args.schedules,
                       seed=args.seed, jobs=args.jobs, variants=tuple(args.variant or ()),
-                      overrides=overrides, max_steps=args.max_steps)
+                      overrides=overrides, max_steps=args.max_steps,
+                      quantum=check_quantum(args), **backend_config(args))
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
@@ -175,6 +185,8 @@ def _add_fuzz(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="root seed; workload i gets its own")
     p.add_argument("--jobs", type=int, default=1, metavar="J",
                    help="worker processes, one workload each at a time")
+    add_backend_options(p)
+    add_quantum_option(p)
     p.add_argument("--variant", action="append", metavar="V",
                    help="switch on a named kernel variant (repeatable; `ptemu list variants`)")
     add_override_option(p)

@@ -18,6 +18,7 @@ from emu.cli.common import (
     SetupFailure,
     UsageError,
     add_run_options,
+    check_quantum,
     console,
 )
 
@@ -39,8 +40,12 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
     sc = scenario.load(args.scenario)
     sc.overrides.extend(o for o in cli_overrides(getattr(args, "override", None))
                         if o not in sc.overrides)
+    quantum = check_quantum(args)
     try:
-        return Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
+        m = Machine(sc, arch=args.arch, trace=trace, checkers=default_checkers())
+        for c in m.cpus:
+            c.quantum = quantum
+        return m
     except KernelBug as exc:
         raise SetupFailure(f"{sc.source}: kernel model failed during setup: {exc}") from None
     except PhysMemError as exc:
@@ -51,7 +56,7 @@ def load_machine(args: argparse.Namespace, trace: bool = True):  # noqa: ANN201
 def make_strategy(args: argparse.Namespace):  # noqa: ANN201
     from emu.sched import RandomStrategy, RoundRobin
     if args.strategy == "rr":
-        return RoundRobin(args.quantum)
+        return RoundRobin()
     return RandomStrategy(args.seed)
 
 
@@ -241,7 +246,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run a scenario once under one schedule",
                        description="Run a scenario once: real guest code on every vCPU, "
                                    "our MMU, the kernel model; prints the outcome, the "
-                                   "trace hash and the schedule string.")
+                                   "trace hash and the schedule string. The scenario's "
+                                   "[machine] gives RAM: memory_mib at 0, and on x86-pae "
+                                   "highmem banks above 4 GiB with pte_placement low, "
+                                   "highmem or interleave (docs/scenario-format.md).")
     add_run_options(r)
     r.add_argument("--trace", type=int, default=0, metavar="N", help="print the last N trace lines")
     r.add_argument("--json", metavar="FILE", help="write the outcome as JSON (- for stdout)")

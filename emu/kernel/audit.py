@@ -36,6 +36,8 @@ def table_entries(k: Kernel, table: int, lv: Level) -> tuple[int, ...]:
 def used_entries(k: Kernel, table: int, lv: Level) -> list[int]:
     """The entries of one table that are not the arch's empty entry (which is none)."""
     empty = k.arch.empty_entry(lv.name)
+    if empty == 0:
+        return list(filter(None, table_entries(k, table, lv)))  # the same, at C speed
     return [v for v in table_entries(k, table, lv) if v != empty]
 
 
@@ -63,13 +65,15 @@ def reachable_tables(k: Kernel, mm: MM | None = None) -> dict[str, list[int]]:
     return out
 
 
-def count_mappings(k: Kernel, mm: MM | None = None) -> tuple[Counter, Counter]:
+def count_mappings(k: Kernel, mm: MM | None = None,
+                   tables: dict[str, list[int]] | None = None) -> tuple[Counter, Counter]:
     """(mappings per folio, pages mapped per rss kind) found in the tables of `mm`
-    (None: of every mm)."""
+    (None: of every mm); `tables`: `reachable_tables(k, mm)`, if the caller has it."""
     a = k.arch
     maps: Counter = Counter()
     rss: Counter = Counter()
-    tables = reachable_tables(k, mm)
+    if tables is None:
+        tables = reachable_tables(k, mm)
     lv = a.level("pmd")
     for t in tables["pmd"]:
         for val in used_entries(k, t, lv):
@@ -94,19 +98,22 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
     problems: list[str] = []
     several = len(k.mms) > 1
     maps: Counter = Counter()  # mappings of each folio, over every mm
+    tables: dict[str, list[int]] = {}  # every mm's, for the frame checks below
     for mm in k.mms:
         # "mm" alone in a single-process machine, as the reports always said
         who = f"mm[{mm.name}]" if several else "mm"
-        nr_ptes = len(set(reachable_tables(k, mm)["pte"]))
+        mm_tables = reachable_tables(k, mm)
+        for level, lst in mm_tables.items():
+            tables.setdefault(level, []).extend(lst)
+        nr_ptes = len(set(mm_tables["pte"]))
         if nr_ptes != mm.nr_ptes:
             problems.append(f"{who}.nr_ptes is {mm.nr_ptes} but {nr_ptes} PTE tables are reachable")
-        mm_maps, rss = count_mappings(k, mm)
+        mm_maps, rss = count_mappings(k, mm, mm_tables)
         maps.update(mm_maps)
         for kind in sorted(mm.rss):
             if mm.rss[kind] != rss.get(kind, 0):
                 problems.append(f"{who + ' ' if several else ''}rss[{kind}] is {mm.rss[kind]} "
                                 f"but {rss.get(kind, 0)} pages are mapped")
-    tables = reachable_tables(k)
     if maps.get(id(None)):
         problems.append(f"{maps[id(None)]} entries map pages that belong to no folio")
     seen: set[int] = set()
@@ -134,16 +141,30 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
     for mm in k.mms:
         if not mm.dead:
             live.update(range(k.frames.frame_base(mm.root), mm.root + k.arch.root_block_bytes(), fs))
+    # Frame by frame in frame order; only table frames and reachable ones can be
+    # wrong, so the loop over every frame does no more than compare a state.
+    pgtable = FrameState.PGTABLE
+    wrong: list[tuple[int, str]] = []
     for fi in k.frames.frames:
+        if fi.state is not pgtable:
+            continue
         pa = fi.pfn * fs
         # A frame shared by sub-tables may be held by its allocator with no live
         # table in it (powerpc's current pte_frag page): only whole-frame tables
         # and frames whose every sub-table is live must be reachable.
         managed = fi.subtables and any(st != "live" for st in fi.subtables.values())
-        if fi.state is FrameState.PGTABLE and pa not in live and not managed:
-            problems.append(f"frame {pa:#x} is a {fi.level} table but unreachable and not RCU-pending")
-        if pa in live and fi.state not in (FrameState.PGTABLE,):
-            problems.append(f"frame {pa:#x} is reachable as a table but is {fi.state.value}")
+        if pa not in live and not managed:
+            wrong.append((fi.pfn, f"frame {pa:#x} is a {fi.level} table but unreachable and "
+                                  "not RCU-pending"))
+    for pa in live:
+        try:
+            fi = k.frames.info(pa)
+        except PhysMemError:
+            continue  # outside RAM: the walk and wild-pointer checkers say so
+        if fi.state is not pgtable:
+            wrong.append((fi.pfn, f"frame {pa:#x} is reachable as a table but is "
+                                  f"{fi.state.value}"))
+    problems.extend(msg for _pfn, msg in sorted(wrong))
     if k.mms and all(mm.dead for mm in k.mms):
         problems += leftovers(k)
     return problems

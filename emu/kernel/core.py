@@ -18,7 +18,7 @@ from emu.kernel import steps as s
 from emu.kernel.mm import MM
 from emu.kernel.sync import Rcu, RcuCallback, RwSem, Spinlock
 from emu.kernel.version import NEWEST, Version
-from emu.physmem import FrameAllocator, PhysMem
+from emu.physmem import FrameAllocator, PhysMem, PhysMemError
 
 if TYPE_CHECKING:
     pass
@@ -78,6 +78,7 @@ class KernelHooks:
     def on_table_free(self, cpu: int | None, pa: int, size: int, deferred: bool) -> None: ...
     def on_note(self, cpu: int | None, text: str) -> None: ...
     def on_observed(self, cpu: int, obs: s.Observed) -> None: ...
+    def on_outside_ram(self, cpu: int, pa: int, size: int, who: str) -> None: ...
 
 
 class KernelCore:
@@ -183,7 +184,11 @@ class KernelCore:
         t = type(op)
         bo = self.arch.byteorder
         if t is s.Load:
-            value = self.mem.read_int(op.pa, op.size, bo)
+            try:
+                value = self.mem.read_int(op.pa, op.size, bo)
+            except PhysMemError:
+                self.hooks.on_outside_ram(cpu, op.pa, op.size, f"a kernel load ({op.what})")
+                raise
             self.hooks.on_kernel_load(cpu, op, value)
             return value
         if t is s.Store:

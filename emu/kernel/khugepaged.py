@@ -150,8 +150,8 @@ class KhugepagedMixin:
 
     # ---- collapse_pte_mapped_thp ---------------------------------------------------------
     def collapse_pte_mapped_thp(self: Kernel, mm: MM, addr: int, install_pmd: bool) -> s.KernelGen:
-        """collapse_pte_mapped_thp() (v6.13 with its pmd_same rechecks; 6.6-6.12 without, see
-        rw_nolock_pmd_same).
+        """collapse_pte_mapped_thp() (v6.13 with its pmd_same rechecks and the table kept mapped
+        from step 2 to step 4; 6.6-6.12 without either, see rw_nolock_pmd_same).
         """
         a = self.arch
         ps, pmd_size = a.page_size, a.pmd_size
@@ -223,7 +223,14 @@ class KhugepagedMixin:
             yield from self.collapse_clear_pte(ptep)
             folio.unmap()
             nr_ptes += 1
-        yield from self.pte_unmap_unlock(start_pte, ptl)
+        # 6.13 (seed 001 v4: "move the pte_unmap() backward"): the table stays
+        # mapped, under RCU, until step 4 is done with its ptl; 6.6-6.12 unmapped
+        # it here and step 4 then locked the ptl of a table it had let go of.
+        keep_mapped = self.version >= RW_NOLOCK
+        if keep_mapped:
+            yield s.SpinUnlock(ptl)
+        else:
+            yield from self.pte_unmap_unlock(start_pte, ptl)
 
         # step 3: set proper refcount and mm_counters
         if nr_ptes:
@@ -239,15 +246,12 @@ class KhugepagedMixin:
             same = yield from self.rw_nolock_pmd_same(pmd_pa, pgt_pmd)
             if not same:
                 yield s.TlbFlushRange(0, 1 << self.arch.va_bits, mm)  # flush_tlb_mm()
-                yield s.SpinUnlock(ptl)
-                yield s.SpinUnlock(pml)
+                yield from self._collapse_step4_unlock(start_pte, ptl, pml, keep_mapped)
                 yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_end")
                 return (yield from self._collapse_drop(folio, SCAN_FAIL))
         old = yield from self.pmdp_collapse_flush(haddr, pmd_pa, mm)
         yield from self.pmdp_get_lockless_sync()
-        if ptl is not pml:
-            yield s.SpinUnlock(ptl)
-        yield s.SpinUnlock(pml)
+        yield from self._collapse_step4_unlock(start_pte, ptl, pml, keep_mapped)
         yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_end")
         if a.entry_none("pmd", old):
             # Linux would pte_free_defer(pmd_pgtable(none)): page 0. Name the
@@ -260,6 +264,20 @@ class KhugepagedMixin:
         self.mm_dec_nr_ptes(mm)
         yield from self.pte_free_defer(mm, a.table_pa("pmd", old))
         return (yield from self._collapse_install(mm, vma, haddr, folio, install_pmd))
+
+    def _collapse_step4_unlock(self: Kernel, start_pte: int, ptl, pml,
+                               mapped: bool) -> s.KernelGen:
+        """Step 4's unlock: 6.13 pte_unmap_unlock(start_pte, ptl) then pml if it is another
+        lock; 6.6-6.12 (table already unmapped) ptl if another lock, then pml.
+        """
+        if mapped:
+            yield from self.pte_unmap_unlock(start_pte, ptl)
+            if pml is not ptl:
+                yield s.SpinUnlock(pml)
+            return
+        if ptl is not pml:
+            yield s.SpinUnlock(ptl)
+        yield s.SpinUnlock(pml)
 
     def _collapse_install(self: Kernel, mm: MM, vma, haddr: int, folio: Folio,
                           install_pmd: bool) -> s.KernelGen:

@@ -32,6 +32,19 @@ def _collapses(arch: Arch) -> str | None:
         "or retract a table there"
 
 
+def _rechecks_pmd_same(arch: Arch) -> str | None:
+    """Where a pte_offset_map_rw_nolock() caller rechecks pmd_same() before writing:
+    collapse_pte_mapped_thp() (arches with PMD-sized pages) and arm's adjust_pte()
+    when the alias's table has its own split ptl."""
+    if arch.supports_huge_pmd():
+        return None
+    if arch.vivt_cache_aliasing and arch.split_pte_ptlocks:
+        return None
+    return (f"{arch.name} has no PMD-sized pages (no collapse_pte_mapped_thp) and its "
+            "adjust_pte() runs under the fault's own ptl (no split PTE locks with aliasing "
+            "caches): no pte_offset_map_rw_nolock() caller there rechecks pmd_same()")
+
+
 def _frees_tables_after_flush(arch: Arch) -> str | None:
     return None if not arch.rcu_table_free else \
         f"{arch.name} frees unlinked tables after a grace period (MMU_GATHER_RCU_TABLE_FREE)"
@@ -57,7 +70,8 @@ class PteFreeImmediate:
 @variant("no_pmd_same_recheck",
          "a pte_offset_map_rw_nolock() caller takes the ptl but skips the pmd_same() "
          "recheck, so it may write to a table retract_page_tables() detached "
-         "(seed 001 v3: 'also perform a pmd_same() check')")
+         "(seed 001 v3: 'also perform a pmd_same() check')",
+         applies=_rechecks_pmd_same)
 class NoPmdSameRecheck:
     def rw_nolock_pmd_same(self: Kernel, pmd_pa: int, pmdval: int) -> s.KernelGen:
         return True

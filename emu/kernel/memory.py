@@ -28,9 +28,15 @@ class MemoryMixin:
         """mm_counter_file()/MM_ANONPAGES (v6.12): which rss counter a folio's mappings count in."""
         return "anon" if folio.kind == "anon" else ("shmem" if folio.kind == "shmem" else "file")
 
-    def zap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int) -> s.KernelGen:
+    def zap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int,
+                       tlb: list[Folio] | None = None) -> s.KernelGen:
         """zap_page_range_single() -> unmap_page_range() (v6.12): remove every mapping in [start,
         end) of `vma`; leaves the page tables.
+
+        `tlb`: the caller's mmu_gather (munmap's, which spans the table frees
+        too): the folios go there, to be put after its tlb_finish_mmu()
+        flush, and no flush is made here. None: this zap is its own gather
+        (zap_page_range_single), flushed before the pages are put.
         """
         a = self.arch
         pmd_size = a.pmd_size
@@ -41,14 +47,15 @@ class MemoryMixin:
             if pmd_pa is not None:
                 pmdval = yield from self.pmdp_get_lockless(pmd_pa)
                 if a.pmd_trans_huge(pmdval):
-                    yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr)
+                    yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr, tlb)
                 elif not a.entry_none("pmd", pmdval):
-                    yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd)
+                    yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd, tlb)
             addr = next_pmd
 
-    def zap_huge_pmd(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int) -> s.KernelGen:
+    def zap_huge_pmd(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int,
+                     tlb: list[Folio] | None = None) -> s.KernelGen:
         """zap_huge_pmd() (v6.12, file THP: no deposited table): pmdp_huge_get_and_clear under
-        pmd_lock, flush, put.
+        pmd_lock, flush, put (into `tlb`, unflushed, if the caller gathers).
         """
         a = self.arch
         ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
@@ -60,16 +67,20 @@ class MemoryMixin:
             folio = self.folio_of(a.pmd_huge_pa(cur))
         yield s.SpinUnlock(ptl)
         if folio is not None:
-            start = addr - addr % a.pmd_size
-            yield s.TlbFlushRange(start, start + a.pmd_size, mm)
             folio.unmap()
             mm.rss[self.mm_counter_kind(folio)] -= folio.nr_pages
+            if tlb is not None:
+                tlb.append(folio)
+                return
+            start = addr - addr % a.pmd_size
+            yield s.TlbFlushRange(start, start + a.pmd_size, mm)
             self.put_folio(folio)
 
     def zap_pte_range(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, start: int,
-                      end: int) -> s.KernelGen:
+                      end: int, tlb: list[Folio] | None = None) -> s.KernelGen:
         """zap_pte_range() (v6.12, one pte per step rather than 6.9's batches): ptep_get_and_clear
-        under the ptl, flush, put.
+        under the ptl, flush, put (into `tlb`, unflushed, if the caller gathers: a
+        batch that never fills, so no force_flush).
         """
         a = self.arch
         r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
@@ -95,6 +106,9 @@ class MemoryMixin:
             mm.rss[self.mm_counter_kind(folio)] -= 1
             released.append(folio)
         yield from self.pte_unmap_unlock(ptep0, ptl)
+        if tlb is not None:
+            tlb.extend(released)
+            return
         # tlb_finish_mmu(): flush before the pages can be reused
         yield s.TlbFlushRange(start, end, mm)
         for folio in released:
@@ -184,9 +198,18 @@ class MemoryMixin:
         for v in victims:
             mm.vmas.remove(v)
         yield s.DowngradeWrite(mm.mmap_lock)
+        # vms_clear_ptes(): one mmu_gather over unmap_vmas() and free_pgtables();
+        # tlb_finish_mmu() flushes once, then frees the gathered pages. Until
+        # then nothing sent an IPI: a GUP-fast walk may read the pmd at any
+        # time of the zap, and only the flush before the table free waits for it.
+        tlb: list[Folio] = []
         for v in victims:
-            yield from self.zap_page_range(mm, v, v.start, v.end)
+            yield from self.zap_page_range(mm, v, v.start, v.end, tlb)
         for v in victims:
             yield from self.free_pgtables(mm, v)
+        if tlb:
+            yield s.TlbFlushRange(min(v.start for v in victims), max(v.end for v in victims), mm)
+        for folio in tlb:
+            self.put_folio(folio)
         yield s.UpRead(mm.mmap_lock)
         return 0

@@ -1,0 +1,210 @@
+"""Checker edge cases, each driven by the hooks the machine calls: a value an
+entry held before the first recorded store, full-width and half stores, the
+table-pointer provenance of a reader. Each test fails on a checker that
+forgets one of these (found by tools/mutate.py)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from emu import scenario
+from emu.check import Accounting, TornRead, UseAfterFree
+from emu.check.base import Violation
+from emu.kernel import steps as s
+from emu.kernel.sync import Spinlock
+from emu.machine import Machine
+from emu.physmem import FrameState
+from emu.sched import RandomStrategy
+
+BASE = 0x1000_0000
+
+
+def machine(checkers) -> Machine:
+    text = f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 2
+    memory_mib = 32
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "shmem"
+    populate = 4
+
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    return Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=list(checkers))
+
+
+def first_pte(m: Machine) -> int:
+    """Physical address of the first pte of BASE's (populated) pte table."""
+    k = m.kernel
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    a = m.arch
+    pmdval = m.mem.read_int(pmd_pa, a.level("pmd").entry_size, a.byteorder)
+    return a.table_pa("pmd", pmdval)
+
+
+def store(m: Machine, pa: int, size: int, value: int) -> None:
+    """A kernel store as the kernel makes it: the hook first, then memory."""
+    m.on_kernel_store(0, pa, size, value, "set_pte")
+    m.mem.write_int(pa, size, value, m.arch.byteorder)
+
+
+def observe(m: Machine, pa: int, value: int) -> None:
+    """cpu1's lockless reader concludes `value` for the 8-byte entry at pa."""
+    m.on_observed(1, s.Observed(pa, 8, value, "ptep_get_lockless"))
+
+
+def test_torn_read_accepts_the_value_an_entry_held_before_its_first_store():
+    m = machine([TornRead()])
+    pte = first_pte(m)
+    before = m.mem.read_int(pte, 8, m.arch.byteorder)
+    assert before  # populated
+    store(m, pte, 8, 0)
+    # a reader that loaded the entry before the store concludes its old value
+    observe(m, pte, before)
+
+
+def test_torn_read_remembers_every_full_width_value_and_flags_a_mix():
+    m = machine([TornRead()])
+    pte = first_pte(m)
+    v0 = m.mem.read_int(pte, 8, m.arch.byteorder)
+    v1, v2 = 0x1_2345_6067, 0x2_6543_2067
+    store(m, pte, 8, v1)
+    store(m, pte, 8, v2)
+    observe(m, pte, v1)  # held, if briefly
+    observe(m, pte, v0)
+    torn = (v2 & ~0xFFFF_FFFF) | (v0 & 0xFFFF_FFFF)
+    with pytest.raises(Violation, match="never held") as exc:
+        observe(m, pte, torn)
+    assert exc.value.checker == "torn-read" and exc.value.cpu == 1
+
+
+def test_torn_read_records_a_half_store_as_the_whole_entry_it_makes():
+    m = machine([TornRead()])
+    pte = first_pte(m)
+    v0 = m.mem.read_int(pte, 8, m.arch.byteorder)
+    store(m, pte + 4, 4, 0x7)  # the high half first (set_pte's order)
+    mid = (0x7 << 32) | (v0 & 0xFFFF_FFFF)
+    store(m, pte, 4, 0x1067)
+    observe(m, pte, mid)
+    with pytest.raises(Violation):
+        observe(m, pte, (v0 & ~0xFFFF_FFFF) | 0x1067)
+
+
+def test_accounting_runs_the_callbacks_a_run_left_queued_then_closes_the_books():
+    acc = Accounting()
+    m = machine([acc])
+    assert m.run(RandomStrategy(0)).violation is None
+    ran = []
+    m.kernel.perform(0, s.CallRcu(lambda: ran.append(True), "test callback"))
+    acc.on_run_end()  # rcu_barrier(): the callback runs, the audit passes
+    assert ran == [True] and not m.kernel.rcu.callbacks
+
+
+
+def test_use_after_free_flags_each_kind_of_touch_of_a_freed_table():
+    uaf = UseAfterFree()
+    m = machine([uaf])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    # a store outside RAM, and touches of the live table, are no use after free
+    uaf.on_kernel_store(0, m.frames.frame_size * 10**7, 8, 0, "set_pte")
+    uaf.on_kernel_store(0, pte, 8, 0, "set_pte")
+    uaf.on_walker_write(0, pte, 8, 0x20, "pte")
+    m.frames.free(frame, 1, "test: pte table freed")
+    lock = Spinlock("ptl", page=frame)
+    touches = [
+        lambda: uaf.on_walker_write(0, pte, 8, 0x20, "pte"),
+        lambda: uaf.on_walker_read(0, pte, 8, 0, "pte"),
+        lambda: uaf.on_kernel_load(0, pte, 8, 0, "ptep_get"),
+        lambda: uaf.on_kernel_store(0, pte, 8, 0, "set_pte"),
+        lambda: uaf.on_kernel_step(0, s.SpinLock(lock)),
+    ]
+    for touch in touches:
+        with pytest.raises(Violation, match="freed frame") as exc:
+            touch()
+        assert exc.value.checker == "use-after-free" and exc.value.frame == frame
+
+
+def test_use_after_free_flags_a_store_into_a_table_waiting_for_its_grace_period():
+    uaf = UseAfterFree()
+    m = machine([uaf])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    m.frames.set_state(frame, FrameState.RCU_PENDING, 1, "test: pte_free_defer")
+    uaf.on_kernel_load(0, pte, 8, 0, "ptep_get")  # a read of it is legal
+    with pytest.raises(Violation, match="waiting for its grace period"):
+        uaf.on_kernel_store(0, pte, 8, 0, "set_pte")
+
+
+def lockless_sync_machine(arch: str = "x86-pae"):
+    from emu.check import LocklessSync
+    text = f"""
+    [machine]
+    arch = "{arch}"
+    cpus = 2
+    memory_mib = 32
+
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "shmem"
+    populate = 1
+
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    chk = LocklessSync()
+    m = Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=[chk])
+    pmd_pa = m.run_kernel_now(m.kernel.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    return m, chk, pmd_pa
+
+
+def lockless_race(m, pmd_pa, *, reader_leaves=False, sync=False, same_cpu=False,
+                  other_entry=False):
+    """cpu1 opens an IRQs-off pmdp_get_lockless() window on the pmd; cpu0 (or
+    cpu1 itself) clears it with pmdp_collapse_flush() and drops the pmd lock."""
+    k = m.kernel
+    lock = Spinlock("pmd lock")
+    k.cpus[1].irq_off = 1
+    m.trace_kernel(1, "reader", s.IrqDisable())
+    m.trace_kernel(1, "reader", s.Load(pmd_pa + 4, 4, "pmdp_get_lockless high"))
+    if reader_leaves:
+        k.cpus[1].irq_off = 0
+        m.trace_kernel(1, "reader", s.IrqEnable())
+    writer = 1 if same_cpu else 0
+    target = pmd_pa + 8 if other_entry else pmd_pa
+    m.trace_kernel(writer, "collapse", s.Store(target, 4, 0, "pmdp_collapse_flush low"))
+    if sync:
+        m.trace_kernel(writer, "collapse", s.TlbRemoveTableSyncOne())
+    m.trace_kernel(writer, "collapse", s.SpinUnlock(lock))
+
+
+def test_lockless_sync_flags_a_pmd_clear_left_while_a_reader_is_inside_its_window():
+    m, chk, pmd_pa = lockless_sync_machine()
+    assert chk.active
+    with pytest.raises(Violation, match="rule: cpu0 cleared a pmd"):
+        lockless_race(m, pmd_pa)
+
+
+@pytest.mark.parametrize("how", ["reader_leaves", "sync", "same_cpu", "other_entry"])
+def test_lockless_sync_is_quiet_when_the_reader_cannot_pair_halves(how):
+    m, chk, pmd_pa = lockless_sync_machine()
+    lockless_race(m, pmd_pa, **{how: True})
+    # the writer owes nothing afterwards: a later unlock is quiet too
+    m.trace_kernel(0, "collapse", s.SpinUnlock(Spinlock("pmd lock")))
+
+
+@pytest.mark.parametrize("arch", ["arm", "s390"])
+def test_lockless_sync_is_off_where_pmd_reads_do_not_tear(arch):
+    m, chk, pmd_pa = lockless_sync_machine(arch)
+    assert not chk.active
+    lockless_race(m, pmd_pa)
