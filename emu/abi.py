@@ -42,6 +42,9 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                               "it runs free up to it when the machine is built, at Unicorn "
                               "speed and before any schedule; only what follows is "
                               "interleaved. Returns 0."),
+    Call(12, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
+                              "with code (the others at their next return to user mode); "
+                              "the last one tears the mm down (exit_mmap)."),
     Call(20, "mincore", 3, "mincore(addr, len, vec): one byte per page of [addr, addr+len) "
                            "written to vec, 1 if resident (mapped, or in the page cache of a "
                            "shmem/file mapping), else 0; 0, or -ENOMEM if the range is not "

@@ -28,6 +28,12 @@ class KernelBug(Exception):
     """The model caught the kernel doing something Linux would BUG() on."""
 
 
+class BadPageState(KernelBug):
+    """A page went back to the page allocator in a state Linux's free_pages_prepare()
+    reports ("BUG: Bad page state"): flags such as PG_active set, references left,
+    or (for a page of shared page tables) parts still allocated or pending."""
+
+
 @dataclass
 class CpuKernelState:
     """What one CPU holds while it runs kernel code."""

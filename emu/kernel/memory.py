@@ -142,12 +142,24 @@ class MemoryMixin:
         shares (floor/ceiling), pmd_clear() and pte_free_tlb() with no ptl or
         pmd lock taken.
         """
+        # "Hide vma from rmap and truncate_pagecache before freeing pgtables"
+        yield from self.unlink_file_vma(vma)
+        yield from self.free_pgd_range(mm, vma)
+
+    def unlink_file_vma(self: Kernel, vma: VMA) -> s.KernelGen:
+        """unlink_file_vma() (v6.6; 6.10+ batches it): take `vma` out of its file's i_mmap
+        under i_mmap_rwsem held for write."""
         if vma.file is not None:
             cache = vma.file
             yield s.DownWrite(cache.i_mmap_rwsem)
             if vma in cache.vmas:
                 cache.vmas.remove(vma)
             yield s.UpWrite(cache.i_mmap_rwsem)
+
+    def free_pgd_range(self: Kernel, mm: MM, vma: VMA) -> s.KernelGen:
+        """free_pgd_range() -> free_pte_range() (v6.6-v6.14) over one detached VMA: each PTE
+        table no other VMA shares goes by pmd_clear, mm_dec_nr_ptes, pte_free_tlb; no ptl
+        or pmd lock is taken."""
         a = self.arch
         pmd_size = a.pmd_size
         for addr in range(vma.start - vma.start % pmd_size, vma.end, pmd_size):

@@ -70,6 +70,12 @@ class MM:
     context: dict[str, object] = field(default_factory=dict)
     # mm->notifier_subscriptions: the secondary MMUs told of changes (emu.kernel.mmu_notifier)
     mmu_notifiers: list = field(default_factory=list)
+    # (frame, level) of every frame pgd_alloc() allocated with the top table:
+    # pgd_free() gives them back at __mmdrop()
+    pgd_tables: list[tuple[int, str]] = field(default_factory=list)
+    # set by exit_group(): the exit status every thread of the process takes
+    exit_code: int | None = None
+    dead: bool = False  # __mmdrop() done: the tables are gone
 
     def __post_init__(self) -> None:
         tag = f"[{self.lock_tag}]" if self.lock_tag else ""
