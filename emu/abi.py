@@ -42,6 +42,25 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                               "it runs free up to it when the machine is built, at Unicorn "
                               "speed and before any schedule; only what follows is "
                               "interleaved. Returns 0."),
+    Call(12, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
+                              "with code (the others at their next return to user mode); "
+                              "the last one tears the mm down (exit_mmap)."),
+    Call(20, "mincore", 3, "mincore(addr, len, vec): one byte per page of [addr, addr+len) "
+                           "written to vec, 1 if resident (mapped, or in the page cache of a "
+                           "shmem/file mapping), else 0; 0, or -ENOMEM if the range is not "
+                           "all mapped."),
+    Call(21, "secondary_attach", 0, "secondary_attach(): give the caller's mm a secondary MMU (a "
+                                    "device-like shadow TLB and page-walk cache, an mmu notifier "
+                                    "subscriber); -EEXIST if it has one."),
+    Call(22, "secondary_read", 3, "secondary_read(addr, count, rounds): the secondary MMU reads "
+                                  "count pages from addr, rounds times, through its own "
+                                  "translations (filled by its own walk, faulting pages in); "
+                                  "returns the reads that got one."),
+    Call(23, "uffdio_register", 3, "uffdio_register(addr, len, mode): UFFDIO_REGISTER whole VMAs "
+                                   "of the range; mode 1 MISSING, 2 WP, 3 both."),
+    Call(24, "uffdio_copy", 3, "uffdio_copy(dst, src, len): UFFDIO_COPY len bytes from src into "
+                               "the registered anon/shmem range at dst (mfill_atomic); bytes "
+                               "copied, or -EAGAIN / -EEXIST / -ENOENT / -EFAULT if none."),
 )}
 
 

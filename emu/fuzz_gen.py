@@ -391,11 +391,43 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
             calls.append([op, rng.randrange(1 << 16)])
         else:
             calls.append([rng.choice(NR_UNKNOWN), 1, 2, 3])
+    calls.extend(_walker_and_notifier_calls(rng, plan, regions))
     if own is not None and rng.random() < 0.7:
         calls.append(["munmap", _at(plan, own.start_b), plan.expr(own.size_b)])
     if rng.random() < 0.05:
         calls.append(["exit", 0])
     return calls
+
+
+def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
+                               regions: list[Region]) -> list[list]:
+    """mincore() (the page walker), the secondary MMU (mmu notifiers) and userfaultfd: a
+    few calls a vCPU makes after its others, over the same regions. The vector goes to the GUP-fast
+    output buffer (one byte a page, within its word a page); a hostile mincore is
+    misaligned or writes to an unmapped vector."""
+    page = plan.page
+    out: list[list] = []
+    if rng.random() < 0.35:
+        addr, length = _subrange(rng, plan, _pick(rng, regions))
+        vec: str | int = plan.expr(OUT_PMD * plan.pmd)
+        if rng.random() < HOSTILE:
+            if rng.random() < 0.5:
+                addr += 1
+            else:
+                vec = plan.expr(plan.slot_base(len(plan.vmas)) + 2 * plan.pmd)  # never mapped
+        out.append(["mincore", _at(plan, addr), _len(plan, length), vec])
+    if rng.random() < 0.3:
+        addr, length = _subrange(rng, plan, _pick(rng, regions))
+        out.append(["secondary_attach"])
+        out.append(["secondary_read", _at(plan, addr), max(1, min(8, length // page)),
+                    rng.randint(1, 3)])
+    if rng.random() < 0.25:  # userfaultfd: register a whole region, fill one of its pages
+        r = _pick(rng, regions)
+        out.append(["uffdio_register", _at(plan, r.start_b), plan.expr(r.size_b),
+                    rng.choice([1, 1, 2, 3])])
+        dst = r.start_b + rng.randrange(0, r.size_b, page)
+        out.append(["uffdio_copy", _at(plan, dst), plan.expr(OUT_PMD * plan.pmd), plan.expr(page)])
+    return out
 
 
 def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> list[list]:

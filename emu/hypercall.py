@@ -49,6 +49,7 @@ class ServiceHost(Protocol):
 
     def trace_note(self, cpu: Caller, text: str) -> None: ...
     def request_exit(self, cpu: Caller, code: int) -> None: ...
+    def exit_group(self, cpu: Caller, code: int) -> None: ...
 
 
 EPERM = 1
@@ -137,6 +138,13 @@ def dispatch(m: ServiceHost, cpu: Caller, nr: int, args: tuple[int, ...]) -> Any
 def sys_exit(m: ServiceHost, cpu: Caller, code: int) -> int:
     """Validate and run `exit` (the call itself is described in emu.abi)."""
     m.request_exit(cpu, code)
+    return 0
+
+
+@service("exit_group")
+def sys_exit_group(m: ServiceHost, cpu: Caller, code: int) -> int:
+    """Validate and run `exit_group` (the call itself is described in emu.abi)."""
+    m.exit_group(cpu, code)
     return 0
 
 

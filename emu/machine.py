@@ -22,7 +22,7 @@ from emu.check.base import Checker, Violation
 from emu.cpu import Mode, TlbEntry, VCpu
 from emu.kernel import Kernel
 from emu.kernel import steps as ks
-from emu.kernel.core import KernelBug, KernelHooks
+from emu.kernel.core import BadPageState, KernelBug, KernelHooks
 from emu.kernel.fault import VM_FAULT_SIGSEGV
 from emu.kernel.mm import MM, VMA
 from emu.kernel.task import KernelTask
@@ -171,14 +171,16 @@ class Machine(KernelHooks):
             pa = self.frames.alloc(f"{level} table", None, FrameState.PGTABLE, level=level,
                                    nframes=nframes)
             k.init_table(pa, level)
+            pgd_tables.extend((pa + i * self.frames.frame_size, level) for i in range(nframes))
             return pa
 
         # one mm per process, its root allocated (pgd_alloc) in the scenario's order
         several = len(sc.processes) > 1
         for name in sc.processes:
+            pgd_tables: list[tuple[int, str]] = []
             root = a.alloc_root(alloc_table,
                                 lambda pa, size, v: self.mem.write_int(pa, size, v, a.byteorder))
-            k.mms.append(MM(root, name, lock_tag=name if several else ""))
+            k.mms.append(MM(root, name, lock_tag=name if several else "", pgd_tables=pgd_tables))
         self.process = {mm.name: mm for mm in k.mms}
         for st in k.cpus:
             st.mm = k.mms[0]  # idle CPUs count as the first process's
@@ -381,6 +383,8 @@ class Machine(KernelHooks):
                     c.on_run_end()
         except Violation as v:
             viol = v
+        except BadPageState as exc:
+            viol = Violation("bad-page-state", str(exc), self.step)
         except KernelBug as exc:
             viol = Violation("kernel-bug", str(exc), self.step)
         except PhysMemError as exc:
@@ -494,6 +498,7 @@ class Machine(KernelHooks):
         for c, ctx, (pc, mode, code, crash) in zip(self.cpus, ctxs, cpus, strict=True):
             c.restore(ctx)
             c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
+            c.killed = c.exit_pending = None
             c.task = c.walk = c.walk_req = None
             c.flush_all()
             if c.mmu_root is not None:
@@ -593,10 +598,45 @@ class Machine(KernelHooks):
         if getattr(cpu, "_exit_code", None) is not None:
             code = cpu._exit_code
             cpu._exit_code = None
-            cpu.finish(code)
+            self.exit_vcpu(cpu, code)
 
     def request_exit(self, cpu: VCpu, code: int) -> None:
         cpu._exit_code = code
+
+    # ---- process exit ------------------------------------------------------------------
+    def tears_down(self, mm: MM) -> bool:
+        """Is `mm` freed when its last vCPU exits? A declared [[process]] is; the
+        implicit one of a scenario without them lives on (its tables stay for
+        inspection, as they always have) unless a vCPU called exit_group."""
+        return self.scenario.processes_declared or mm.exit_code is not None
+
+    def exit_vcpu(self, cpu: VCpu, code: int) -> None:
+        """do_exit() of one vCPU's task: the last user of a torn-down mm runs mmput()
+        (exit_mmap and the freeing of its tables) before it is done."""
+        mm = self.mm_of(cpu)
+        others = [c for c in self.cpus if c is not cpu and c.alive() and self.mm_of(c) is mm]
+        if mm.dead or others or not self.tears_down(mm):
+            cpu.finish(code)
+            return
+        cpu.exit_pending = code
+        cpu.start_kernel(self.kernel.mmput(mm), "exit", f"mmput({mm.name})")
+
+    def exit_group(self, cpu: VCpu, code: int) -> None:
+        """exit_group(): every thread of the caller's process exits with `code`; the
+        others as SIGKILL reaches them, at their next return to user mode."""
+        mm = self.mm_of(cpu)
+        mm.exit_code = code
+        for c in self.cpus:
+            if c is not cpu and c.alive() and self.mm_of(c) is mm:
+                c.killed = code
+        self.request_exit(cpu, code)
+
+    def kill_now(self, cpu: VCpu) -> None:
+        """A vCPU killed by exit_group() reaches user mode: it exits instead."""
+        code = cpu.killed
+        cpu.killed = None
+        self.trace.add(self.step, f"cpu{cpu.index}", "note", f"killed by exit_group({code})")
+        self.exit_vcpu(cpu, code)
 
     def kernel_returned(self, cpu: VCpu, kind: str, result: Any) -> None:
         if kind == "fault":
@@ -607,6 +647,10 @@ class Machine(KernelHooks):
         elif kind == "hypercall":
             self.arch.set_return(cpu.uc, result if isinstance(result, int) else 0)
         self._after_service(cpu, kind)
+        if kind == "exit":
+            code = cpu.exit_pending
+            cpu.exit_pending = None
+            cpu.finish(code)
 
     def _after_service(self, cpu: VCpu, kind: str) -> None:
         st = self.kernel.cpus[cpu.index]

@@ -138,6 +138,7 @@ class Scenario:
     highmem: tuple[tuple[int, int], ...] = ()  # RAM banks beyond the one at 0: (base, bytes)
     pte_placement: str = "low"  # low | highmem | interleave (emu.physmem.FrameAllocator)
     checkers_off: list[str] = field(default_factory=list)  # `[checkers] off`: names not to run
+    processes_declared: bool = False  # [[process]] tables given: each is torn down at exit
 
     @property
     def override(self) -> list[str]:
@@ -322,7 +323,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                     description=_get(doc, "description", str, source, "", ""),
                     version=version, version_given=version_text is not None,
                     processes=processes, highmem=highmem, pte_placement=placement,
-                    checkers_off=list(checkers_off))
+                    checkers_off=list(checkers_off),
+                    processes_declared="process" in doc)
 
 
 def _processes(doc: dict[str, Any], source: str) -> list[str]:

@@ -30,13 +30,14 @@ MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
 
 
-def user_page_pa(m: ServiceHost, cpu: Caller, va: int) -> int | None:
-    """Where a user write to `va` lands, by Linux's view of the tables (pte_write,
-    not the hardware's dirty-tracking bits), or None if it would not be allowed."""
+def user_page_pa(m: ServiceHost, cpu: Caller, va: int, write: bool = True) -> int | None:
+    """Where a user write (or read) of `va` lands, by Linux's view of the tables
+    (pte_write, not the hardware's dirty-tracking bits), or None if it would not be
+    allowed."""
     a, k = m.arch, m.kernel
     mm = m.mm_of(cpu)
     vma = mm.find_vma(va)
-    if vma is None or not vma.prot.write:
+    if vma is None or (write and not vma.prot.write):
         return None
     table = mm.root
     names = [lv.name for lv in a.levels]
@@ -51,7 +52,7 @@ def user_page_pa(m: ServiceHost, cpu: Caller, va: int) -> int | None:
     if a.pmd_trans_huge(pmd):
         return a.pmd_huge_pa(pmd) + va % a.pmd_size
     pte = k.read_entry_now(k.entry_addr("pte", a.table_pa("pmd", pmd), va), a.level("pte").entry_size)
-    if not a.pte_present(pte) or a.pte_none(pte) or not a.pte_write(pte):
+    if not a.pte_present(pte) or a.pte_none(pte) or (write and not a.pte_write(pte)):
         return None
     return a.pte_pa(pte) + va % a.page_size
 
@@ -173,6 +174,74 @@ def sys_khugepaged_scan(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
     check_user_range(m, addr, 1)
     require_thp(m, "khugepaged")
     return m.kernel.khugepaged_scan_file(m.mm_of(cpu), addr)
+
+
+@service("mincore")
+def sys_mincore(m: ServiceHost, cpu: Caller, addr: int, length: int, vec: int) -> s.KernelGen:
+    """Validate and run `mincore` (the call itself is described in emu.abi)."""
+    ps = m.arch.page_size
+    check_user_range(m, addr, length)
+    pages = -(-length // ps)
+    check_user_range(m, vec, pages)  # access_ok(vec, pages)
+
+    def copy_out(offset: int, data: bytes) -> bool:
+        try:
+            copy_to_user(m, cpu, vec + offset, list(data), 1)
+        except HypercallError:
+            return False
+        return True
+
+    return m.kernel.mincore(m.mm_of(cpu), addr, length, copy_out)
+
+
+@service("secondary_attach")
+def sys_secondary_attach(m: ServiceHost, cpu: Caller) -> s.KernelGen:
+    """Validate and run `secondary_attach` (the call itself is described in emu.abi)."""
+    return m.kernel.secondary_attach(m.mm_of(cpu))
+
+
+SECONDARY_MAX_READS = 4096
+
+
+@service("secondary_read")
+def sys_secondary_read(m: ServiceHost, cpu: Caller, addr: int, count: int,
+                       rounds: int) -> s.KernelGen:
+    """Validate and run `secondary_read` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, max(count, 1) * m.arch.page_size)
+    if not 0 < count * rounds <= SECONDARY_MAX_READS:
+        raise HypercallError(EINVAL, f"count {count} x rounds {rounds} not in 1..{SECONDARY_MAX_READS}")
+    if m.kernel.secondary_of(m.mm_of(cpu)) is None:
+        raise HypercallError(EINVAL, "no secondary MMU attached (secondary_attach first)")
+    return m.kernel.secondary_read(m.mm_of(cpu), addr, count, rounds)
+
+
+UFFD_MODES = (1, 2, 3)  # UFFDIO_REGISTER_MODE_MISSING | _WP
+
+
+@service("uffdio_register")
+def sys_uffdio_register(m: ServiceHost, cpu: Caller, addr: int, length: int,
+                        mode: int) -> s.KernelGen:
+    """Validate and run `uffdio_register` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, length, m.arch.page_size)
+    if mode not in UFFD_MODES:
+        raise HypercallError(EINVAL, f"mode {mode} is not 1 (MISSING), 2 (WP) or 3")
+    return m.kernel.userfaultfd_register(m.mm_of(cpu), addr, addr + length, mode)
+
+
+@service("uffdio_copy")
+def sys_uffdio_copy(m: ServiceHost, cpu: Caller, dst: int, src: int, length: int) -> s.KernelGen:
+    """Validate and run `uffdio_copy` (the call itself is described in emu.abi)."""
+    ps = m.arch.page_size
+    check_user_range(m, dst, length, ps)
+    check_user_range(m, src, length, ps)
+
+    def copy_from_user(offset: int) -> bytes | None:
+        pa = user_page_pa(m, cpu, src + offset, write=False)
+        if pa is None or pa + ps > m.mem.size:
+            return None
+        return m.mem.read(pa, ps)
+
+    return m.kernel.mfill_atomic_copy(m.mm_of(cpu), dst, length, copy_from_user)
 
 
 @service("rcu_barrier")

@@ -42,6 +42,8 @@ def describe_op(op: Any) -> str:
         return f"call_rcu  ; {op.what}"
     if t is s.KernelAtomic:
         return f"atomic  ; {op.what}"
+    if t is s.SecondaryLoad:
+        return f"secondary load{op.size * 8} [{op.pa:#x}] (filled at step {op.filled})  ; {op.what}"
     if t is s.TlbFlushRange:
         return f"flush_tlb_range({op.start:#x}, {op.end:#x})"
     simple = {s.RcuReadLock: "rcu_read_lock()", s.RcuReadUnlock: "rcu_read_unlock()",

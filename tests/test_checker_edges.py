@@ -208,3 +208,20 @@ def test_lockless_sync_is_off_where_pmd_reads_do_not_tear(arch):
     m, chk, pmd_pa = lockless_sync_machine(arch)
     assert not chk.active
     lockless_race(m, pmd_pa)
+
+
+def test_detached_table_flags_a_store_only_by_the_holder_of_that_tables_lock():
+    from emu.check import DetachedTable
+    det = DetachedTable()
+    m = machine([det])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    other = m.frames.alloc("another table", 0, FrameState.PGTABLE, level="pte")
+    m.frames.set_state(frame, FrameState.RCU_PENDING, 1, "test: pte_free_defer")
+    held = m.kernel.cpus[0].held
+    held.append(Spinlock("another ptl", page=other))
+    held.append(Spinlock("page_table_lock"))  # a lock in no table page
+    det.on_kernel_store(0, pte, 8, 0, "set_pte")  # not this table's ptl: no rule broken
+    held.append(Spinlock("ptl", page=frame))
+    with pytest.raises(Violation, match="update is lost"):
+        det.on_kernel_store(0, pte, 8, 0, "set_pte")

@@ -208,3 +208,124 @@ def test_retract_two_procs_catches_pte_free_immediate_in_the_other_process():
     good = explore(ExploreConfig("retract_two_procs", schedules=bad.stats.schedules,
                                  evidence=False))
     assert good.failure is None
+
+
+# ---- exit ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["x86-pae", "powerpc", "s390", "sparc64", "arm"])
+def test_each_process_is_torn_down_when_its_last_vcpu_exits(machine_from, arch):
+    """exit_mmap() and __mmdrop() of every declared process: all tables, the pgd and
+    the anon/text pages go; the allocator holds only the file's page cache."""
+    m = two(machine_from, arch)
+    k = m.kernel
+    r = m.run(RandomStrategy(2))
+    assert r.ok and r.exit_codes == {0: 0, 1: 0}
+    m.drain_rcu()
+    assert all(mm.dead and mm.nr_ptes == 0 and not any(mm.rss.values()) for mm in k.mms)
+    assert all(not vma for vma in (mm.vmas for mm in k.mms))
+    assert k.mms[0].find_vma(BASE * m.arch.pmd_size) is None
+    cache = {f.pa for f in k.folios.values() if f.in_cache}
+    held = [fi for fi in m.frames.frames
+            if fi.state.value not in ("free", "reserved") and fi.pfn * m.frames.frame_size not in cache]
+    assert held == [] and audit(k) == []
+    assert "mmput(a)" in "\n".join(m.trace_lines()) and "mmput(b)" in "\n".join(m.trace_lines())
+
+
+def test_a_scenario_without_processes_keeps_its_mm_after_the_run():
+    m = Machine(load("collapse_shmem"))
+    r = m.run(RandomStrategy(0))
+    assert r.ok and not m.mm.dead and m.mm.nr_ptes > 0
+
+
+def test_exit_group_stops_the_other_vcpus_of_the_process_and_tears_it_down(machine_from):
+    text = """
+    [machine]
+    arch = "x86-pae"
+    cpus = 2
+
+    [[vma]]
+    start = "8 * pmd_size"
+    size = "pmd_size"
+    kind = "anon"
+
+    [[cpu]]
+    calls = [["touch_write", "8 * pmd_size", 4, "page_size"], ["exit_group", 7]]
+
+    [[cpu]]
+    calls = [["touch_write", "8 * pmd_size + 8 * page_size", 64, "page_size"],
+             ["touch_read", "8 * pmd_size", 64, "page_size"]]
+    """
+    m = machine_from(text)
+    r = m.run(RandomStrategy(4))
+    assert r.ok and r.exit_codes == {0: 7, 1: 7}, r
+    assert m.mm.dead and audit(m.kernel) == []
+    assert "killed by exit_group(7)" in "\n".join(m.trace_lines())
+
+
+def test_free_pgtables_unlinks_the_file_vma_before_freeing_its_tables(machine_from):
+    """While an rmap walker holds i_mmap_rwsem for read, exit's free_pgtables waits
+    in unlink_file_vma() and has freed nothing."""
+    from emu.testing import Interleaving
+    m = two(machine_from, "arm")
+    k = m.kernel
+    a, b = k.mms
+    cache = a.vmas[0].file if a.vmas[0].file else a.find_vma(BASE * m.arch.pmd_size).file
+    table = m.arch.table_pa("pmd", pmd_of(m, b, BASE * m.arch.pmd_size))
+    il = Interleaving(m)
+    il.start(0, _hold_read(cache.i_mmap_rwsem))
+    il.step(0)  # the walker holds i_mmap_rwsem
+    il.start(1, k.mmput(b))
+    il.run_while_runnable(1)
+    assert m.frames.info(table).state.value == "pgtable"  # nothing freed yet
+    il.finish()
+    assert m.frames.info(table).state.value == "free" and b.dead
+
+
+def _hold_read(sem):
+    yield ks.DownRead(sem)
+    yield ks.Note("an rmap walker holds i_mmap_rwsem")
+    yield ks.UpRead(sem)
+
+
+def _exit_then_truncate(variants: tuple[str, ...]):
+    """exit_truncate on arm, forced: the exiter has zapped and is about to free its
+    tables; truncate then walks the exiter's PTE table; then the exiter goes on."""
+    from emu.check import default_checkers
+    from emu.testing import Interleaving
+    sc = load("exit_truncate")
+    sc.variants.extend(variants)
+    m = Machine(sc, arch="arm", checkers=default_checkers())
+    k = m.kernel
+    owner, exiter = k.mms
+    cache = owner.find_vma(BASE * m.arch.pmd_size).file
+    il = Interleaving(m)
+    il.start(1, k.mmput(exiter))
+    il.run_until(1, lambda op: isinstance(op, (ks.Store, ks.DownWrite))
+                 and ("pmd_clear" in str(getattr(op, "what", "")) or
+                      getattr(getattr(op, "sem", None), "name", "") == "i_mmap_rwsem"))
+    il.start(0, k.truncate(cache, m.arch.pmd_size // m.arch.page_size // 2))
+    seen = 0
+    while seen < 300:  # well inside the zap of the exiter's table
+        op = il.tasks[0].pending
+        if isinstance(op, ks.Load) and op.what == "zap_pte_range":
+            seen += 1
+        il.step(0)
+    il.run_while_runnable(1)
+    il.finish()
+    return m
+
+
+def test_unlink_after_free_frees_tables_an_rmap_walker_still_reads():
+    """Forced order, arm (tables freed right after the flush IPI): with the tables
+    freed before unlink_file_vma(), truncate reads the exiter's freed PTE table; with
+    Linux's order the exiter waits in unlink_file_vma() for truncate's i_mmap_rwsem.
+
+    PCT (depth 2 and 3, 2,000 schedules) does not find this order on exit_truncate:
+    it needs the exiter preempted in a few steps between its zap and its free and
+    truncate preempted inside its walk of the exiter's table."""
+    from emu.check.base import Violation
+    with pytest.raises(Violation, match="use-after-free.*zap_pte_range"):
+        _exit_then_truncate(("unlink_after_free",))
+    m = _exit_then_truncate(())
+    assert m.kernel.mms[1].dead

@@ -673,6 +673,7 @@ class Job:
     rfd: int = -1
     retried: bool = False
     saved: tuple = ()
+    status: int = 0  # the process's wait status
     swap: bool = False  # may run by swapping one function's code (see Runner.swappable)
 
 
@@ -790,7 +791,12 @@ class Runner:
             try:
                 got = json.loads(out)
             except ValueError:
-                got = {"rc": -1, "killer": "the mutant's process died", "collect_error": False}
+                sig = os.WTERMSIG(job.status) if os.WIFSIGNALED(job.status) else 0
+                # a test process crashing (a segfault in Unicorn or Keystone
+                # fed a mutant's value) is a failure the suite shows: killed
+                got = {"rc": 1 if sig else -1, "collect_error": False,
+                       "killer": f"the tests' process crashed (signal {sig})" if sig
+                       else "the mutant's process died"}
             rc, killer = got["rc"], got["killer"]
             if rc == -2:
                 self._restore(job)
@@ -831,10 +837,11 @@ class Runner:
                 running[job.pid] = job
             if not running:
                 continue
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, wstatus = os.waitpid(-1, os.WNOHANG)
             now = time.time()
             done: list[tuple[Job, bool]] = []
             if pid and pid in running:
+                running[pid].status = wstatus
                 done.append((running.pop(pid), False))
             for p, job in list(running.items()):
                 # CPU time, not wall time: on a loaded machine a fork may wait

@@ -9,6 +9,7 @@ from emu.check.base import Checker, Violation
 from emu.check.detached import DetachedTable
 from emu.check.lockless_sync import LocklessSync
 from emu.check.reuse import StalePointer
+from emu.check.secondary import SecondaryStale
 from emu.check.stale_tlb import StaleTlb
 from emu.check.torn import TornRead
 from emu.check.uaf import UseAfterFree
@@ -18,8 +19,9 @@ from emu.check.wild import WildPointer
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
     return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), WildPointer(), TornRead(),
-            LocklessSync(), Accounting()]
+            LocklessSync(), SecondaryStale(), Accounting()]
 
 
-__all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "StalePointer", "StaleTlb",
-           "TornRead", "UseAfterFree", "Violation", "WildPointer", "default_checkers"]
+__all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "SecondaryStale",
+           "StalePointer", "StaleTlb", "TornRead", "UseAfterFree", "Violation", "WildPointer",
+           "default_checkers"]

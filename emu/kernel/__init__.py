@@ -9,6 +9,7 @@ put in front of these by `emu.kernel.variants.build_kernel_class`.
 from __future__ import annotations
 
 from emu.kernel.core import KernelCore
+from emu.kernel.exit import ExitMixin
 from emu.kernel.fault import FaultMixin
 from emu.kernel.fault_armv import FaultArmvMixin
 from emu.kernel.filemap import FilemapMixin
@@ -16,12 +17,18 @@ from emu.kernel.folio import Folio
 from emu.kernel.gup import GupMixin
 from emu.kernel.khugepaged import KhugepagedMixin
 from emu.kernel.memory import MemoryMixin
+from emu.kernel.mincore import MincoreMixin
+from emu.kernel.mmu_notifier import MmuNotifierMixin
+from emu.kernel.pagewalk import PageWalkMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
+from emu.kernel.secondary_mmu import SecondaryMmuMixin
+from emu.kernel.userfaultfd import UserfaultfdMixin
 
 
-class Kernel(KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
+class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
+             PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 

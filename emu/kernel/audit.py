@@ -60,7 +60,8 @@ def reachable_tables(k: Kernel, mm: MM | None = None) -> dict[str, list[int]]:
             visit(depth + 1, a.table_pa(lv.name, val))
 
     for each in k.mms if mm is None else [mm]:
-        visit(0, each.root)
+        if not each.dead:  # a freed mm has no tables left to walk
+            visit(0, each.root)
     return out
 
 
@@ -138,7 +139,8 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
             live.update(range(k.frames.frame_base(t), t + nbytes, fs))
     # what alloc_root allocated beside each top table (sparc64's TSBs)
     for mm in k.mms:
-        live.update(range(k.frames.frame_base(mm.root), mm.root + k.arch.root_block_bytes(), fs))
+        if not mm.dead:
+            live.update(range(k.frames.frame_base(mm.root), mm.root + k.arch.root_block_bytes(), fs))
     # Frame by frame in frame order; only table frames and reachable ones can be
     # wrong, so the loop over every frame does no more than compare a state.
     pgtable = FrameState.PGTABLE
@@ -163,7 +165,25 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
             wrong.append((fi.pfn, f"frame {pa:#x} is reachable as a table but is "
                                   f"{fi.state.value}"))
     problems.extend(msg for _pfn, msg in sorted(wrong))
+    if k.mms and all(mm.dead for mm in k.mms):
+        problems += leftovers(k)
     return problems
+
+
+def leftovers(k: Kernel) -> list[str]:
+    """Once every process has exited: what the allocator still has out beyond the page
+    cache's folios (each file keeps its pages after its last mapping goes)."""
+    cached = set()
+    for folio in k.folios.values():
+        if folio.in_cache:
+            cached.update(range(k.frames.pfn_of(folio.pa), k.frames.pfn_of(folio.pa) + folio.nr_pages))
+    out = []
+    for fi in k.frames.frames:
+        if fi.state in (FrameState.FREE, FrameState.RESERVED) or fi.pfn in cached:
+            continue
+        out.append(f"frame {fi.pfn * k.frames.frame_size:#x} ({fi.purpose}) is still "
+                   f"{fi.state.value} after every process exited")
+    return out
 
 
 def safe_audit(k: Kernel) -> list[str]:

@@ -28,6 +28,12 @@ class KernelBug(Exception):
     """The model caught the kernel doing something Linux would BUG() on."""
 
 
+class BadPageState(KernelBug):
+    """A page went back to the page allocator in a state Linux's free_pages_prepare()
+    reports ("BUG: Bad page state"): flags such as PG_active set, references left,
+    or (for a page of shared page tables) parts still allocated or pending."""
+
+
 @dataclass
 class CpuKernelState:
     """What one CPU holds while it runs kernel code."""
@@ -204,6 +210,8 @@ class KernelCore:
             return cur
         if t is s.KernelAtomic:
             return op.fn()
+        if t is s.SecondaryLoad:
+            return self.mem.read_int(op.pa, op.size, bo)
         if t is s.SpinLock:
             if op.lock.owner == cpu:
                 raise KernelBug(f"cpu{cpu} takes {op.lock.name} it already holds (recursive spinlock)")

@@ -33,6 +33,7 @@ from emu.kernel import steps as s
 from emu.kernel.core import KernelBug
 from emu.kernel.fault import Vmf
 from emu.kernel.folio import Folio, PageCache
+from emu.kernel.mmu_notifier import MMU_NOTIFY_CLEAR, MmuNotifierRange
 from emu.kernel.version import RW_NOLOCK
 
 if TYPE_CHECKING:
@@ -105,6 +106,14 @@ class KhugepagedMixin:
         """Step 2's pte_clear(): "must clear entry, or a racing truncate may re-remove it"."""
         yield from self.clear_entry("pte", ptep, "collapse_pte_mapped_thp: pte_clear")
 
+    def retract_notifier_start(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """retract_page_tables()'s mmu_notifier_invalidate_range_start() (seed 002 v2)."""
+        yield from self.mmu_notifier_invalidate_range_start(rng)
+
+    def retract_notifier_end(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """retract_page_tables()'s mmu_notifier_invalidate_range_end() (seed 002 v2)."""
+        yield from self.mmu_notifier_invalidate_range_end(rng)
+
     # ---- retract_page_tables ---------------------------------------------------------
     def retract_page_tables(self: Kernel, cache: PageCache, pgoff: int) -> s.KernelGen:
         """retract_page_tables() (v6.6-v6.14, seed 004): no mmap lock; pmd_lock + ptl, checks
@@ -123,11 +132,14 @@ class KhugepagedMixin:
             result, pmd_pa = yield from self.find_pmd_or_thp_or_none(mm, addr)
             if result != SCAN_SUCCEED:
                 continue
-            yield s.Note(f"retract_page_tables {addr:#x}: mmu_notifier_invalidate_range_start")
+            rng = MmuNotifierRange(mm, addr, addr + pmd_size, MMU_NOTIFY_CLEAR,
+                                   "retract_page_tables")
+            yield from self.retract_notifier_start(rng)
             pml = yield from self.pmd_lock(mm, pmd_pa, addr)
             pmdval = yield from self.read_entry("pmd", pmd_pa)
             if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
                 yield s.SpinUnlock(pml)
+                yield from self.retract_notifier_end(rng)
                 continue
             ptl = self.pte_lockptr(mm, pmdval)
             if ptl is not pml:
@@ -142,11 +154,21 @@ class KhugepagedMixin:
             if ptl is not pml:
                 yield s.SpinUnlock(ptl)
             yield s.SpinUnlock(pml)
-            yield s.Note("retract_page_tables: mmu_notifier_invalidate_range_end")
+            yield from self.retract_notifier_end(rng)
             if success:
                 self.mm_dec_nr_ptes(mm)
                 yield from self.pte_free_defer(mm, a.table_pa("pmd", pgt_pmd))
         yield s.UpRead(cache.i_mmap_rwsem)
+
+    def collapse_notifier_start(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """collapse_pte_mapped_thp()'s mmu_notifier_invalidate_range_start(): after the step-1
+        check, before step 2 clears the ptes (seed 004; v2 "moved mmu_notifier after step 1")."""
+        yield from self.mmu_notifier_invalidate_range_start(rng)
+
+    def collapse_notifier_end(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """collapse_pte_mapped_thp()'s mmu_notifier_invalidate_range_end(): after step 4's
+        pmdp_collapse_flush() and unlock, before pte_free_defer() (seed 004)."""
+        yield from self.mmu_notifier_invalidate_range_end(rng)
 
     # ---- collapse_pte_mapped_thp ---------------------------------------------------------
     def collapse_pte_mapped_thp(self: Kernel, mm: MM, addr: int, install_pmd: bool) -> s.KernelGen:
@@ -198,18 +220,21 @@ class KhugepagedMixin:
                 yield from self.pte_unmap_unlock(start_pte, ptl)
                 return (yield from self._collapse_drop(folio, SCAN_FAIL))
         yield from self.pte_unmap_unlock(start_pte, ptl)
-        yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_start")
+        rng = MmuNotifierRange(mm, haddr, haddr + pmd_size, MMU_NOTIFY_CLEAR,
+                               "collapse_pte_mapped_thp")
+        yield from self.collapse_notifier_start(rng)
 
         # step 2: clear page table and adjust rmap, after re-taking the ptl
         nr_ptes = 0
         r = yield from self.pte_offset_map_rw_nolock(mm, pmd_pa, haddr)
         if r is None:
-            return (yield from self._collapse_abort(mm, folio, nr_ptes, None, None, SCAN_FAIL))
+            return (yield from self._collapse_abort(mm, folio, nr_ptes, None, None, SCAN_FAIL, rng))
         start_pte, pgt_pmd, ptl = r
         yield s.SpinLock(ptl)
         same = yield from self.rw_nolock_pmd_same(pmd_pa, pgt_pmd)
         if not same:
-            return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl, SCAN_FAIL))
+            return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl, SCAN_FAIL,
+                                                        rng))
         for i in range(nr):
             ptep = start_pte + i * lv.entry_size
             pte = yield from self.read_entry("pte", ptep, "collapse step 2")
@@ -217,9 +242,10 @@ class KhugepagedMixin:
                 continue
             if not a.pte_present(pte):
                 return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl,
-                                                        SCAN_PTE_NON_PRESENT))
+                                                        SCAN_PTE_NON_PRESENT, rng))
             if a.pte_pa(pte) != folio.pa + i * ps:
-                return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl, SCAN_FAIL))
+                return (yield from self._collapse_abort(mm, folio, nr_ptes, start_pte, ptl, SCAN_FAIL,
+                                                        rng))
             yield from self.collapse_clear_pte(ptep)
             folio.unmap()
             nr_ptes += 1
@@ -247,12 +273,12 @@ class KhugepagedMixin:
             if not same:
                 yield s.TlbFlushRange(0, 1 << self.arch.va_bits, mm)  # flush_tlb_mm()
                 yield from self._collapse_step4_unlock(start_pte, ptl, pml, keep_mapped)
-                yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_end")
+                yield from self.collapse_notifier_end(rng)
                 return (yield from self._collapse_drop(folio, SCAN_FAIL))
         old = yield from self.pmdp_collapse_flush(haddr, pmd_pa, mm)
         yield from self.pmdp_get_lockless_sync()
         yield from self._collapse_step4_unlock(start_pte, ptl, pml, keep_mapped)
-        yield s.Note("collapse_pte_mapped_thp: mmu_notifier_invalidate_range_end")
+        yield from self.collapse_notifier_end(rng)
         if a.entry_none("pmd", old):
             # Linux would pte_free_defer(pmd_pgtable(none)): page 0. Name the
             # table the collapse believed it was removing, not frame 0.
@@ -290,7 +316,7 @@ class KhugepagedMixin:
         return (yield from self._collapse_drop(folio, result))
 
     def _collapse_abort(self: Kernel, mm: MM, folio: Folio, nr_ptes: int, start_pte: int | None,
-                        ptl, result: int) -> s.KernelGen:
+                        ptl, result: int, rng: MmuNotifierRange) -> s.KernelGen:
         """collapse_pte_mapped_thp()'s abort label (v6.13): give back what step 2 took, unlock, drop
         the folio.
         """
@@ -300,7 +326,7 @@ class KhugepagedMixin:
             mm.rss[self.mm_counter_kind(folio)] -= nr_ptes
         if start_pte is not None:
             yield from self.pte_unmap_unlock(start_pte, ptl)
-        yield s.Note("collapse_pte_mapped_thp abort: mmu_notifier_invalidate_range_end")
+        yield from self.collapse_notifier_end(rng)
         return (yield from self._collapse_drop(folio, result))
 
     def _collapse_drop(self: Kernel, folio: Folio, result: int) -> s.KernelGen:

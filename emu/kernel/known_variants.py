@@ -125,6 +125,17 @@ class FreeBeforeFlush:
         yield s.TlbFlushRange(addr, addr + self.arch.pmd_size, mm)
 
 
+@variant("unlink_after_free",
+         "free_pgtables() frees a VMA's page tables before unlink_file_vma() has taken "
+         "it out of i_mmap (\"Hide vma from rmap and truncate_pagecache before freeing "
+         "pgtables\", mm/memory.c): retract_page_tables or truncate, holding i_mmap_rwsem "
+         "for read, still finds the VMA and walks its freed tables")
+class UnlinkAfterFree:
+    def free_pgtables(self: Kernel, mm: MM, vma) -> s.KernelGen:  # noqa: ANN001
+        yield from self.free_pgd_range(mm, vma)
+        yield from self.unlink_file_vma(vma)
+
+
 @variant("plain_two_load_read",
          "a lockless reader of a 64-bit entry on a 32-bit CPU (x86-PAE) reads it with "
          "two 32-bit loads and no re-read of the low half, as before "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
 from emu.kernel.folio import Folio
+from emu.kernel.mmu_notifier import MMU_NOTIFY_CLEAR, MmuNotifierRange
 
 if TYPE_CHECKING:
     from emu.kernel import Kernel
@@ -31,13 +32,29 @@ class MemoryMixin:
     def zap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int,
                        tlb: list[Folio] | None = None) -> s.KernelGen:
         """zap_page_range_single() -> unmap_page_range() (v6.12): remove every mapping in [start,
-        end) of `vma`; leaves the page tables.
+        end) of `vma`, inside an mmu notifier range; leaves the page tables.
 
         `tlb`: the caller's mmu_gather (munmap's, which spans the table frees
         too): the folios go there, to be put after its tlb_finish_mmu()
         flush, and no flush is made here. None: this zap is its own gather
         (zap_page_range_single), flushed before the pages are put.
         """
+        rng = MmuNotifierRange(mm, start, end, MMU_NOTIFY_CLEAR, "zap_page_range_single")
+        yield from self.zap_notifier_start(rng)
+        yield from self.unmap_page_range(mm, vma, start, end, tlb)
+        yield from self.zap_notifier_end(rng)
+
+    def zap_notifier_start(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """zap_page_range_single()'s mmu_notifier_invalidate_range_start() (v6.12)."""
+        yield from self.mmu_notifier_invalidate_range_start(rng)
+
+    def zap_notifier_end(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
+        """zap_page_range_single()'s mmu_notifier_invalidate_range_end() (v6.12)."""
+        yield from self.mmu_notifier_invalidate_range_end(rng)
+
+    def unmap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int,
+                         tlb: list[Folio] | None = None) -> s.KernelGen:
+        """unmap_page_range() (v6.12): per pmd, zap a huge pmd or the ptes of its table."""
         a = self.arch
         pmd_size = a.pmd_size
         addr = start
@@ -125,12 +142,24 @@ class MemoryMixin:
         shares (floor/ceiling), pmd_clear() and pte_free_tlb() with no ptl or
         pmd lock taken.
         """
+        # "Hide vma from rmap and truncate_pagecache before freeing pgtables"
+        yield from self.unlink_file_vma(vma)
+        yield from self.free_pgd_range(mm, vma)
+
+    def unlink_file_vma(self: Kernel, vma: VMA) -> s.KernelGen:
+        """unlink_file_vma() (v6.6; 6.10+ batches it): take `vma` out of its file's i_mmap
+        under i_mmap_rwsem held for write."""
         if vma.file is not None:
             cache = vma.file
             yield s.DownWrite(cache.i_mmap_rwsem)
             if vma in cache.vmas:
                 cache.vmas.remove(vma)
             yield s.UpWrite(cache.i_mmap_rwsem)
+
+    def free_pgd_range(self: Kernel, mm: MM, vma: VMA) -> s.KernelGen:
+        """free_pgd_range() -> free_pte_range() (v6.6-v6.14) over one detached VMA: each PTE
+        table no other VMA shares goes by pmd_clear, mm_dec_nr_ptes, pte_free_tlb; no ptl
+        or pmd lock is taken."""
         a = self.arch
         pmd_size = a.pmd_size
         for addr in range(vma.start - vma.start % pmd_size, vma.end, pmd_size):

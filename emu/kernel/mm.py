@@ -32,7 +32,8 @@ class VMA:
     pgoff: int = 0
     anon_vma: bool = False  # set once an anon page is mapped (khugepaged skips those)
     pmd_mapping: bool = True  # may faults map a PMD-sized folio with one PMD?
-    uffd_wp: bool = False
+    uffd_wp: bool = False  # VM_UFFD_WP (UFFDIO_REGISTER_MODE_WP)
+    uffd_missing: bool = False  # VM_UFFD_MISSING (UFFDIO_REGISTER_MODE_MISSING)
     # vm_mm: the address space this VMA belongs to (set by MM.insert_vma)
     mm: MM | None = field(default=None, repr=False)
 
@@ -67,6 +68,14 @@ class MM:
     rss: dict[str, int] = field(default_factory=lambda: {"anon": 0, "file": 0, "shmem": 0})
     # arch allocation state (powerpc pte_frag cache, s390 pgtable_list)
     context: dict[str, object] = field(default_factory=dict)
+    # mm->notifier_subscriptions: the secondary MMUs told of changes (emu.kernel.mmu_notifier)
+    mmu_notifiers: list = field(default_factory=list)
+    # (frame, level) of every frame pgd_alloc() allocated with the top table:
+    # pgd_free() gives them back at __mmdrop()
+    pgd_tables: list[tuple[int, str]] = field(default_factory=list)
+    # set by exit_group(): the exit status every thread of the process takes
+    exit_code: int | None = None
+    dead: bool = False  # __mmdrop() done: the tables are gone
 
     def __post_init__(self) -> None:
         tag = f"[{self.lock_tag}]" if self.lock_tag else ""

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
-from emu.kernel.core import KernelBug
+from emu.kernel.core import BadPageState, KernelBug
 from emu.kernel.table_policy import TablePolicy, register_policy
 from emu.physmem import FrameState, PhysMemError
 
@@ -219,8 +219,20 @@ class FragmentPolicy(TablePolicy):
         return page.refcount == 0
 
     def pte_free_now(self, k: Kernel, frame: int, deferred: bool) -> None:
-        """pagetable_dtor() + pagetable_free() of a whole fragment page."""
-        page = self.pages.pop(frame)
+        """pagetable_dtor() + pagetable_free() of a whole fragment page.
+
+        free_pages_prepare()'s check: a page freed with PG_active still set
+        (PAGE_FLAGS_CHECK_AT_FREE), references left or fragments whose
+        mmu_gather free is still queued is a "Bad page state".
+        """
+        page = self.pages[frame]
+        wrong = ([f"pt_frag_refcount {page.refcount}"] if page.refcount else []) \
+            + (["PG_active set"] if page.active else []) \
+            + ([f"fragments {page.gather} still queued for an RCU free"] if page.gather else [])
+        if wrong:
+            raise BadPageState(f"BUG: Bad page state: {page.level} fragment page {frame:#x} "
+                               f"freed with {', '.join(wrong)}")
+        del self.pages[frame]
         fi = k.frames.info(frame)
         for off in list(fi.subtables):
             fi.subtables[off] = FREED
@@ -244,6 +256,13 @@ class FragmentPolicy(TablePolicy):
         self._check_state(k, pa, level, want)
         if k.frames.frame_base(pa) in self.pages:
             self._set_state(k, pa, new)
+
+    # ---- mm teardown ------------------------------------------------------------------
+    def exit_mmap(self, k: Kernel, mm: MM) -> s.KernelGen:
+        """arch_exit_mmap() (book3s64, v6.6-v6.14): destroy_pagetable_cache(), one atomic
+        sub per cache."""
+        yield s.KernelAtomic(lambda: destroy_pagetable_cache(k, mm),
+                             f"arch_exit_mmap: destroy_pagetable_cache({mm.name})")
 
     # ---- queries for checkers and tests ---------------------------------------------
     def unissued(self, k: Kernel, mm: MM, frame: int) -> int:

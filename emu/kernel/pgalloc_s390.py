@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
-from emu.kernel.core import KernelBug
+from emu.kernel.core import BadPageState, KernelBug
 from emu.kernel.sync import Spinlock
 from emu.kernel.table_policy import TablePolicy, register_policy
 from emu.physmem import FrameState
@@ -363,6 +363,12 @@ class HalvesPolicy(S390Policy):
         page = self.pages.pop(frame, None)
         if page is None:
             raise KernelBug(f"pte_free_now: page {frame:#x} freed twice")
+        # free_pages_prepare(): halves still allocated or pending, or PG_active
+        wrong = ([f"_refcount bits {page.bits:#x}"] if page.bits else []) \
+            + (["PG_active set"] if page.active else [])
+        if wrong:
+            raise BadPageState(f"BUG: Bad page state: pte table page {frame:#x} freed with "
+                               f"{', '.join(wrong)}")
         fi = k.frames.info(frame)
         for off in sorted(fi.subtables):
             fi.subtables[off] = FREE

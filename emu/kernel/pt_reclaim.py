@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
+from emu.kernel.mmu_notifier import MMU_NOTIFY_CLEAR, MmuNotifierRange
 from emu.kernel.version import PT_RECLAIM
 
 if TYPE_CHECKING:
@@ -39,15 +40,18 @@ class PtReclaimMixin:
         if vma is None or end > vma.end:
             yield s.UpRead(mm.mmap_lock)
             return -22
-        yield from self.zap_page_range(mm, vma, start, end)
-        if self.version < PT_RECLAIM:
-            yield s.UpRead(mm.mmap_lock)
-            return 0
-        pmd_size = self.arch.pmd_size
-        addr = -(-start // pmd_size) * pmd_size
-        while addr + pmd_size <= end:
-            yield from self.try_to_free_pte(mm, addr)
-            addr += pmd_size
+        # zap_page_range_single(): one mmu notifier range over the zap and, from
+        # 6.14, the reclaim of the tables it emptied
+        rng = MmuNotifierRange(mm, start, end, MMU_NOTIFY_CLEAR, "zap_page_range_single")
+        yield from self.zap_notifier_start(rng)
+        yield from self.unmap_page_range(mm, vma, start, end)
+        if self.version >= PT_RECLAIM:
+            pmd_size = self.arch.pmd_size
+            addr = -(-start // pmd_size) * pmd_size
+            while addr + pmd_size <= end:
+                yield from self.try_to_free_pte(mm, addr)
+                addr += pmd_size
+        yield from self.zap_notifier_end(rng)
         yield s.UpRead(mm.mmap_lock)
         return 0
 

@@ -196,4 +196,21 @@ class Observed:
     what: str = ""
 
 
+@dataclass(frozen=True)
+class SecondaryLoad:
+    """A read by a secondary MMU (emu/kernel/secondary_mmu.py) through what it cached.
+
+    `pa` was reached through a translation (or a cached PTE table, `table`)
+    that the device's walk filled at step `filled`, for the address `va`.
+    The secondary-mmu checker judges it; the value is the memory's.
+    """
+
+    pa: int
+    size: int
+    va: int
+    filled: int
+    table: int | None = None
+    what: str = ""
+
+
 KernelGen = Generator[Any, Any, Any]

@@ -56,6 +56,11 @@ class TablePolicy:
         """What a split page-table lock is keyed by: the table (one table per page)."""
         return table_pa
 
+    def exit_mmap(self, k: Kernel, mm: MM) -> s.KernelGen:
+        """arch_exit_mmap()'s teardown of the mm's table caches: none for one table per page."""
+        return
+        yield
+
 
 POLICIES: dict[str, type[TablePolicy]] = {"page": TablePolicy}
 

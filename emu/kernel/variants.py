@@ -20,6 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
+import emu.kernel.notifier_variants  # noqa: F401 - the mmu notifier calls'
+import emu.kernel.uffd_variants  # noqa: F401 - userfaultfd's
+import emu.kernel.walker_variants  # noqa: F401 - and those of the page walker's users
 from emu.kernel import Kernel
 from emu.kernel.variant_registry import VARIANTS, Variant, VariantError, variant
 
