@@ -287,6 +287,14 @@ class Arch(ABC):
     def pte_mkdirty(self, val: int) -> int:
         return val
 
+    def pte_wrprotect(self, val: int) -> int:
+        """pte_wrprotect(): the same mapping, read-only (fork's COW, v6.12)."""
+        raise NotImplementedError(f"{self.name}: pte_wrprotect")
+
+    def pte_mkwrite(self, val: int) -> int:
+        """pte_mkwrite_novma(): the same mapping, writable (a COW write fault, v6.12)."""
+        raise NotImplementedError(f"{self.name}: pte_mkwrite")
+
     def pmd_trans_huge(self, val: int) -> bool:
         """A PMD mapping a huge page; arches without THP keep the default."""
         return False

@@ -24,7 +24,9 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(0, "exit", 1, "exit(code): this vCPU's program is finished."),
     Call(1, "log", 1, "log(value): put a value in the trace."),
     Call(2, "getcpu", 0, "getcpu(): the vCPU's index."),
-    Call(3, "mmap", 3, "mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file."),
+    Call(3, "mmap", 3, "mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file, "
+                       "3 shmem MAP_PRIVATE, 4 file MAP_PRIVATE (reads map the page cache's "
+                       "page read-only, writes copy it: do_cow_fault, wp_page_copy)."),
     Call(4, "munmap", 2, "munmap(addr, len): remove whole VMAs in the range, zap, free page tables."),
     Call(5, "truncate", 2, "truncate(addr, size): truncate the shmem/file object mapped at addr "
                            "to size bytes."),

@@ -194,7 +194,8 @@ class Machine(KernelHooks):
             if v.thp and not a.supports_huge_pmd():
                 raise ScenarioError(sc.source, f"vma[{i}].thp",
                                     f"{a.name} has no PMD-sized pages (no THP)")
-            mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
+            mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}",
+                              private=v.private))
             vma = mm.find_vma(start)
             named[vma.name] = vma
             if v.share:

@@ -25,6 +25,7 @@ from emu.kernel.filemap import PageCache
 from emu.kernel.mm import MM, VMA
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
+MAP_PRIVATE_KINDS = {3: "shmem", 4: "file"}  # MAP_PRIVATE of a new shmem / file object
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
 MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
@@ -77,17 +78,21 @@ def copy_to_user(m: ServiceHost, cpu: Caller, addr: int, values: list[int], widt
 def sys_mmap(m: ServiceHost, cpu: Caller, addr: int, length: int, kind: int) -> s.KernelGen:
     """Validate and run `mmap` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
-    if kind not in MAP_KINDS:
-        raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem) or 2 (file)")
-    return _mmap(m, m.mm_of(cpu), addr, length, MAP_KINDS[kind])
+    if kind not in MAP_KINDS and kind not in MAP_PRIVATE_KINDS:
+        raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem), 2 (file), "
+                             "3 (private shmem) or 4 (private file)")
+    private = kind in MAP_PRIVATE_KINDS
+    return _mmap(m, m.mm_of(cpu), addr, length,
+                 MAP_PRIVATE_KINDS[kind] if private else MAP_KINDS[kind], private)
 
 
-def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str) -> s.KernelGen:
+def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str,
+          private: bool = False) -> s.KernelGen:
     yield s.DownWrite(mm.mmap_lock)
     if mm.overlaps(addr, addr + length):
         yield s.UpWrite(mm.mmap_lock)
         return -EEXIST
-    vma = VMA(addr, addr + length, kind, Prot(), f"mmap@{addr:#x}")
+    vma = VMA(addr, addr + length, kind, Prot(), f"mmap@{addr:#x}", private=private)
     mm.insert_vma(vma)
     if kind != "anon":
         cache = PageCache(vma.name, kind, length // m.arch.page_size)

@@ -9,6 +9,7 @@ put in front of these by `emu.kernel.variants.build_kernel_class`.
 from __future__ import annotations
 
 from emu.kernel.core import KernelCore
+from emu.kernel.cow import CowMixin
 from emu.kernel.exit import ExitMixin
 from emu.kernel.fault import FaultMixin
 from emu.kernel.fault_armv import FaultArmvMixin
@@ -29,7 +30,7 @@ from emu.kernel.userfaultfd import UserfaultfdMixin
 
 class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
              PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
-             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
+             MemoryMixin, CowMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003

@@ -381,7 +381,8 @@ class KhugepagedMixin:
                 result = SCAN_TRUNCATED  # folio_mapping(folio) != mapping
             else:
                 # try_to_unmap(): no PTE may map the old page once it is copied
-                yield from self.unmap_mapping_range(cache, index + i, index + i + 1)
+                yield from self.unmap_mapping_range(cache, index + i, index + i + 1,
+                                                    even_cows=False)
                 # the page cache's reference and ours, nothing else (Linux's
                 # "ref_count != 3" also counts the LRU isolation ptemu lacks)
                 if old.refcount != 2 or old.mapcount:
