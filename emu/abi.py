@@ -47,6 +47,12 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(12, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
                               "with code (the others at their next return to user mode); "
                               "the last one tears the mm down (exit_mmap)."),
+    Call(13, "fork", 1, "fork(cpu): fork the caller's process; the child, a new process "
+                        "named by [[cpu]] cpu's `child` key and a copy of the caller's address "
+                        "space (dup_mmap: anon pages shared copy-on-write, write-protected in "
+                        "both; file VMAs without an anon_vma not copied; pinned anon pages "
+                        "copied now), runs that parked vCPU's program. Returns the child's "
+                        "process number (> 0), or -EINVAL."),
     Call(20, "mincore", 3, "mincore(addr, len, vec): one byte per page of [addr, addr+len) "
                            "written to vec, 1 if resident (mapped, or in the page cache of a "
                            "shmem/file mapping), else 0; 0, or -ENOMEM if the range is not "

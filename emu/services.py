@@ -258,3 +258,19 @@ def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
 def _barrier() -> s.KernelGen:
     yield s.RcuBarrier()
     return 0
+
+
+@service("fork")
+def sys_fork(m: ServiceHost, cpu: Caller, index: int) -> s.KernelGen:
+    """Validate and run `fork` (the call itself is described in emu.abi)."""
+    name = m.fork_child(cpu, index)
+    if name is None:
+        raise HypercallError(EINVAL, f"[[cpu]] {index} is no parked child (child = ...) of "
+                             "the caller's process, or it was forked already")
+    return _fork(m, cpu, index, name)
+
+
+def _fork(m: ServiceHost, cpu: Caller, index: int, name: str) -> s.KernelGen:
+    child = yield from m.kernel.dup_mm(m.mm_of(cpu), name)
+    m.start_forked(index, child)
+    return m.kernel.mms.index(child)  # the child's "pid": its process number, > 0

@@ -15,6 +15,7 @@ from emu.kernel.fault import FaultMixin
 from emu.kernel.fault_armv import FaultArmvMixin
 from emu.kernel.filemap import FilemapMixin
 from emu.kernel.folio import Folio
+from emu.kernel.fork import ForkMixin
 from emu.kernel.gup import GupMixin
 from emu.kernel.khugepaged import KhugepagedMixin
 from emu.kernel.memory import MemoryMixin
@@ -28,7 +29,7 @@ from emu.kernel.secondary_mmu import SecondaryMmuMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
 
 
-class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
+class Kernel(ForkMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
              PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, CowMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
