@@ -53,6 +53,14 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                         "both; file VMAs without an anon_vma not copied; pinned anon pages "
                         "copied now), runs that parked vCPU's program. Returns the child's "
                         "process number (> 0), or -EINVAL."),
+    Call(14, "pin_user_pages", 3, "pin_user_pages(addr, nr, write): pin_user_pages_fast "
+                                  "(FOLL_PIN | FOLL_LONGTERM): pin up to nr pages from addr "
+                                  "locklessly, backing off while a fork write-protects "
+                                  "(mm->write_protect_seq), and keep the pins, as a driver does "
+                                  "for DMA, until pin_user_pages(0, 0, 0) unpins them all or "
+                                  "the vCPU exits. Returns the number pinned (unpinned). The "
+                                  "GUP pin oracle reports a pinned page its process stops "
+                                  "mapping."),
     Call(20, "mincore", 3, "mincore(addr, len, vec): one byte per page of [addr, addr+len) "
                            "written to vec, 1 if resident (mapped, or in the page cache of a "
                            "shmem/file mapping), else 0; 0, or -ENOMEM if the range is not "

@@ -473,7 +473,7 @@ class Machine(KernelHooks):
         """
         self._snapshot = (self.mem.snapshot(), [c.context() for c in self.cpus],
                           self._copy_state((self.kernel.__dict__, self.frames.__dict__)),
-                          [(c.pc, c.mode, c.exit_code, c.crash) for c in self.cpus])
+                          [(c.pc, c.mode, c.exit_code, c.crash, c.hw_root) for c in self.cpus])
 
     def kept_objects(self) -> tuple[Any, ...]:
         """What a state copy shares with the live machine instead of copying."""
@@ -494,9 +494,10 @@ class Machine(KernelHooks):
         self.kernel.tlb_flush = self.tlb_flush
         self.frames.__dict__.update(fstate)
         self.process = {mm.name: mm for mm in self.kernel.mms}
-        for c, ctx, (pc, mode, code, crash) in zip(self.cpus, ctxs, cpus, strict=True):
+        for c, ctx, (pc, mode, code, crash, hw_root) in zip(self.cpus, ctxs, cpus, strict=True):
             c.restore(ctx)
-            c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
+            # hw_root too: a forked child's vCPU loaded its child's root in the last run
+            c.pc, c.mode, c.exit_code, c.crash, c.hw_root = pc, mode, code, crash, hw_root
             c.killed = c.exit_pending = None
             c.task = c.walk = c.walk_req = None
             c.flush_all()
@@ -637,6 +638,7 @@ class Machine(KernelHooks):
         """do_exit() of one vCPU's task: the last user of a torn-down mm runs mmput()
         (exit_mmap and the freeing of its tables) before it is done."""
         mm = self.mm_of(cpu)
+        self.kernel.release_pins(cpu.index)  # the task's pins go with it (its fds close)
         others = [c for c in self.cpus if c is not cpu and c.alive() and self.mm_of(c) is mm]
         if mm.dead or others or not self.tears_down(mm):
             cpu.finish(code)

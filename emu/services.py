@@ -274,3 +274,22 @@ def _fork(m: ServiceHost, cpu: Caller, index: int, name: str) -> s.KernelGen:
     child = yield from m.kernel.dup_mm(m.mm_of(cpu), name)
     m.start_forked(index, child)
     return m.kernel.mms.index(child)  # the child's "pid": its process number, > 0
+
+
+@service("pin_user_pages")
+def sys_pin_user_pages(m: ServiceHost, cpu: Caller, addr: int, nr_pages: int,
+                       write: int) -> s.KernelGen | int:
+    """Validate and run `pin_user_pages` (the call itself is described in emu.abi)."""
+    if nr_pages == 0:
+        return m.kernel.release_pins(cpu.index)
+    check_user_range(m, addr, max(nr_pages, 1) * m.arch.page_size)
+    if not 0 < nr_pages <= GUP_MAX_PAGES:
+        raise HypercallError(EINVAL, f"nr_pages {nr_pages} not in 0..{GUP_MAX_PAGES}")
+    return _pin(m, cpu, addr, nr_pages, bool(write))
+
+
+def _pin(m: ServiceHost, cpu: Caller, addr: int, nr: int, write: bool) -> s.KernelGen:
+    mm = m.mm_of(cpu)
+    pinned = yield from m.kernel.pin_user_pages_fast(mm, addr, nr, write)
+    m.kernel.hold_pins(cpu.index, mm, addr, pinned)
+    return len(pinned)

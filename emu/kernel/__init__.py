@@ -17,6 +17,7 @@ from emu.kernel.filemap import FilemapMixin
 from emu.kernel.folio import Folio
 from emu.kernel.fork import ForkMixin
 from emu.kernel.gup import GupMixin
+from emu.kernel.gup_pin import GupPinMixin
 from emu.kernel.khugepaged import KhugepagedMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.mincore import MincoreMixin
@@ -30,13 +31,14 @@ from emu.kernel.userfaultfd import UserfaultfdMixin
 
 
 class Kernel(ForkMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
-             PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
+             PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupPinMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, CowMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
         self.folios: dict[int, Folio] = {}  # page pa -> folio holding it
+        self.pins: dict[int, list] = {}  # vCPU -> the gup_pin.Pin records it holds
         self.policy = self.make_policy()
 
     def make_policy(self) -> TablePolicy:
