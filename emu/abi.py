@@ -48,8 +48,8 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                               "with code (the others at their next return to user mode); "
                               "the last one tears the mm down (exit_mmap)."),
     Call(13, "fork", 1, "fork(cpu): fork the caller's process; the child, a new process "
-                        "named by [[cpu]] cpu's `child` key and a copy of the caller's address "
-                        "space (dup_mmap: anon pages shared copy-on-write, write-protected in "
+                        "named by the `child` key of the scenario's cpu entry number cpu, a "
+                        "copy of the caller's address space (dup_mmap: anon pages shared copy-on-write, write-protected in "
                         "both; file VMAs without an anon_vma not copied; pinned anon pages "
                         "copied now), runs that parked vCPU's program. Returns the child's "
                         "process number (> 0), or -EINVAL."),

@@ -29,7 +29,7 @@ from emu.kernel.steps import SpinUnlock
 
 
 class GupPinLost(Checker):
-    name = "gup_pin"
+    name = "gup-pin"
 
     def _entry_after(self, entry: int, esize: int, pa: int, size: int, value: int) -> int:
         """The entry at `entry` once a store of `value` to [pa, pa+size) lands."""
