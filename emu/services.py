@@ -99,8 +99,16 @@ def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str) -> s.Kernel
 
 @service("munmap")
 def sys_munmap(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
-    """Validate and run `munmap` (the call itself is described in emu.abi)."""
-    check_user_range(m, addr, length, m.arch.page_size)
+    """Validate and run `munmap` (the call itself is described in emu.abi).
+
+    As v6.12 do_vmi_munmap(): addr must be page-aligned, len is rounded up
+    to a page, and an empty or out-of-range result is -EINVAL."""
+    ps = m.arch.page_size
+    check_user_range(m, addr, length)
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    length = -(-length // ps) * ps
+    check_user_range(m, addr, length)
     return m.kernel.do_munmap(m.mm_of(cpu), addr, addr + length)
 
 

@@ -25,9 +25,10 @@ from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
 from emu.kernel.secondary_mmu import SecondaryMmuMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
+from emu.kernel.vma_split import VmaSplitMixin
 
 
-class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
+class Kernel(VmaSplitMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
              PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""

@@ -197,10 +197,11 @@ class MemoryMixin:
         yield from self.policy.tlb_remove_table(self, mm, table, "pte")
 
     def do_munmap(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """munmap() of whole VMAs (v6.12 vms_gather_munmap_vmas / vms_complete_munmap_vmas;
+        """munmap() (v6.12 vms_gather_munmap_vmas / vms_complete_munmap_vmas;
         v6.6 do_vmi_align_munmap is the same in what ptemu can see).
 
-        Under mmap_write_lock: detach the VMAs from the mm (lockless walkers
+        Under mmap_write_lock: split the VMAs straddling the range's ends
+        (emu.kernel.vma_split), detach the VMAs inside it from the mm (lockless walkers
         starting later find nothing). Then mmap_write_downgrade(), as munmap()
         has done since 4.20: the zap (unmap_vmas) and free_pgtables(), which
         unlinks each file VMA from i_mmap before freeing its tables, run under
@@ -208,10 +209,9 @@ class MemoryMixin:
         that remain.
         """
         yield s.DownWrite(mm.mmap_lock)
-        victims = [v for v in mm.vmas if v.start < end and start < v.end and v.kind != "text"]
-        if any(v.start < start or v.end > end for v in victims):
-            yield s.UpWrite(mm.mmap_lock)
-            return -22  # partial VMA unmap (split) is not modelled: -EINVAL
+        # vms_gather_munmap_vmas(): the VMAs straddling start and end are split first
+        victims = yield from self.split_range(mm, start, end)
+        victims = [v for v in victims if v.kind != "text"]
         for v in victims:
             mm.vmas.remove(v)
         yield s.DowngradeWrite(mm.mmap_lock)
