@@ -14,6 +14,7 @@ from emu.hypercall import (
     EEXIST,
     EFAULT,
     EINVAL,
+    ENOMEM,
     Caller,
     HypercallError,
     ServiceHost,
@@ -23,6 +24,7 @@ from emu.hypercall import (
 from emu.kernel import steps as s
 from emu.kernel.filemap import PageCache
 from emu.kernel.mm import MM, VMA
+from emu.kernel.mprotect import PROT_EXEC, PROT_READ, PROT_WRITE, prot_of
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
@@ -261,3 +263,25 @@ def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
 def _barrier() -> s.KernelGen:
     yield s.RcuBarrier()
     return 0
+
+
+@service("mprotect")
+def sys_mprotect(m: ServiceHost, cpu: Caller, addr: int, length: int, prot: int) -> s.KernelGen | int:
+    """Validate and run `mprotect` (the call itself is described in emu.abi).
+
+    As v6.12 do_mprotect_pkey(): addr must be page-aligned, len is rounded up
+    to a page and 0 does nothing, unknown prot bits are -EINVAL."""
+    ps = m.arch.page_size
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
+        raise HypercallError(EINVAL, f"prot {prot:#x} has unknown bits")
+    if prot == 0:
+        raise HypercallError(EINVAL, "PROT_NONE is not modelled")
+    if length == 0:
+        return 0
+    length = -(-length // ps) * ps
+    limit = 1 << m.arch.va_bits
+    if addr + length > limit:
+        raise HypercallError(ENOMEM, f"range {addr:#x}+{length:#x} beyond the address space")
+    return m.kernel.do_mprotect(m.mm_of(cpu), addr, addr + length, prot_of(prot))
