@@ -355,6 +355,9 @@ class Arch(ABC):
     pgtable_policy: ClassVar[str] = "page"
     split_pte_ptlocks: ClassVar[bool] = True
     split_pmd_ptlocks: ClassVar[bool] = False
+    # CONFIG_HAVE_MOVE_PMD && arch_supports_page_table_move(): may mremap move a
+    # whole PTE table by its pmd (move_normal_pmd)? x86 and powerpc radix only.
+    have_move_pmd: bool = False
 
     def table_init(self, level: str) -> bytes | None:
         """Initial contents of a new table of `level` (None: all zero bytes).

@@ -25,6 +25,7 @@ from emu.kernel import steps as s
 from emu.kernel.filemap import PageCache
 from emu.kernel.mm import MM, VMA
 from emu.kernel.mprotect import PROT_EXEC, PROT_READ, PROT_WRITE, prot_of
+from emu.kernel.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
@@ -285,3 +286,32 @@ def sys_mprotect(m: ServiceHost, cpu: Caller, addr: int, length: int, prot: int)
     if addr + length > limit:
         raise HypercallError(ENOMEM, f"range {addr:#x}+{length:#x} beyond the address space")
     return m.kernel.do_mprotect(m.mm_of(cpu), addr, addr + length, prot_of(prot))
+
+
+@service("mremap")
+def sys_mremap(m: ServiceHost, cpu: Caller, addr: int, old_len: int, new_len: int, flags: int,
+               new_addr: int) -> s.KernelGen:
+    """Validate and run `mremap` (the call itself is described in emu.abi).
+
+    As v6.12 do_mremap() / mremap_to(): unknown flags, MREMAP_FIXED without
+    MREMAP_MAYMOVE, an unaligned address, a zero new length or a destination
+    outside the address space are -EINVAL; lengths are rounded up to a page."""
+    ps, limit = m.arch.page_size, 1 << m.arch.va_bits
+    if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
+        raise HypercallError(EINVAL, f"flags {flags:#x} has unknown bits")
+    if flags & MREMAP_DONTUNMAP:
+        raise HypercallError(EINVAL, "MREMAP_DONTUNMAP is not modelled")
+    if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
+        raise HypercallError(EINVAL, "MREMAP_FIXED without MREMAP_MAYMOVE")
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    old_len, new_len = -(-old_len // ps) * ps, -(-new_len // ps) * ps
+    if not new_len:
+        raise HypercallError(EINVAL, "new_len is 0")
+    if not old_len:
+        raise HypercallError(EINVAL, "old_len 0 (a duplicate of a shared mapping) is not modelled")
+    if addr + old_len > limit:
+        raise HypercallError(EFAULT, f"range {addr:#x}+{old_len:#x} beyond the address space")
+    if flags & MREMAP_FIXED and (new_addr % ps or new_len > limit or new_addr > limit - new_len):
+        raise HypercallError(EINVAL, f"new_addr {new_addr:#x}+{new_len:#x} unaligned or outside")
+    return m.kernel.do_mremap(m.mm_of(cpu), addr, old_len, new_len, flags, new_addr)

@@ -20,6 +20,7 @@ from emu.kernel.memory import MemoryMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
 from emu.kernel.mprotect import MprotectMixin
+from emu.kernel.mremap import MremapMixin
 from emu.kernel.pagewalk import PageWalkMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
@@ -29,7 +30,7 @@ from emu.kernel.userfaultfd import UserfaultfdMixin
 from emu.kernel.vma_split import VmaSplitMixin
 
 
-class Kernel(MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
+class Kernel(MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
              PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""

@@ -209,12 +209,26 @@ class MemoryMixin:
         that remain.
         """
         yield s.DownWrite(mm.mmap_lock)
+        yield from self.do_vmi_munmap(mm, start, end, unlock=True)
+        yield s.UpRead(mm.mmap_lock)
+        return 0
+
+    def do_vmi_munmap(self: Kernel, mm: MM, start: int, end: int, unlock: bool) -> s.KernelGen:
+        """do_vmi_munmap() (v6.12) with the mmap write lock held: split, detach, and with
+        `unlock` downgrade to the read lock before the zap (munmap()); without, keep
+        the write lock (mremap's unmap of the old range and of the destination).
+
+        Text and stack VMAs go like any other: the program's next fetch or
+        push there faults, and the fault finds no VMA (SIGSEGV).
+        """
         # vms_gather_munmap_vmas(): the VMAs straddling start and end are split first
         victims = yield from self.split_range(mm, start, end)
-        victims = [v for v in victims if v.kind != "text"]
         for v in victims:
             mm.vmas.remove(v)
-        yield s.DowngradeWrite(mm.mmap_lock)
+        if unlock:
+            yield s.DowngradeWrite(mm.mmap_lock)
+        if not victims:
+            return
         # vms_clear_ptes(): one mmu_gather over unmap_vmas() and free_pgtables();
         # tlb_finish_mmu() flushes once, then frees the gathered pages. Until
         # then nothing sent an IPI: a GUP-fast walk may read the pmd at any
@@ -228,5 +242,3 @@ class MemoryMixin:
             yield s.TlbFlushRange(min(v.start for v in victims), max(v.end for v in victims), mm)
         for folio in tlb:
             self.put_folio(folio)
-        yield s.UpRead(mm.mmap_lock)
-        return 0
