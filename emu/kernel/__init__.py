@@ -22,17 +22,21 @@ from emu.kernel.khugepaged import KhugepagedMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
+from emu.kernel.mprotect import MprotectMixin
+from emu.kernel.mremap import MremapMixin
 from emu.kernel.pagewalk import PageWalkMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
 from emu.kernel.secondary_mmu import SecondaryMmuMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
+from emu.kernel.vma_split import VmaSplitMixin
 
 
-class Kernel(ForkMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
-             PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupPinMixin, GupMixin, FaultArmvMixin, FilemapMixin,
-             MemoryMixin, CowMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
+class Kernel(ForkMixin, MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin,
+             SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin, KhugepagedMixin,
+             PtReclaimMixin, GupPinMixin, GupMixin, FaultArmvMixin, FilemapMixin, MemoryMixin,
+             CowMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003

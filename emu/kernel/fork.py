@@ -28,6 +28,7 @@ has no per-VMA locks (`vma_start_write` is the mmap write lock here).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
@@ -96,9 +97,7 @@ class ForkMixin:
     def vm_area_dup(self: Kernel, vma: VMA) -> VMA:
         """vm_area_dup() (v6.12): the same mapping for the child; the anon_vma is the
         child's own (anon_vma_fork), the file is shared."""
-        return VMA(vma.start, vma.end, vma.kind, vma.prot, vma.name, image=vma.image,
-                   file=vma.file, pgoff=vma.pgoff, pmd_mapping=vma.pmd_mapping,
-                   uffd_wp=vma.uffd_wp, uffd_missing=vma.uffd_missing, private=vma.private)
+        return replace(vma, anon_vma=False, mm=None)
 
     def anon_vma_fork(self: Kernel, vma: VMA, pvma: VMA) -> s.KernelGen:
         """anon_vma_fork() (v6.12 mm/rmap.c): the child's VMA gets an anon_vma of its own,
