@@ -248,20 +248,27 @@ def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
     scanning a candidate (retract reaches the child's VMAs through i_mmap); a vCPU
     pins a few pages of a writable stable region, writes them and unpins."""
     page = plan.page
-    writable = [r for r in regions if r.stable and r.writable]
+    # what fork copies and COW shares: anon memory and private file mappings
+    writable = [r for r in regions if r.stable and r.writable
+                and (r.kind == "anon" or (r.vma is not None and r.vma.private))] or \
+        [r for r in regions if r.stable and r.writable]
+    pinner = rng.randrange(len(lists))
     if rng.random() < 0.3 and writable:
         r = rng.choice(writable)
         n = max(1, min(4, r.touch_b // page))
         first = rng.randrange(0, r.touch_b // page - n + 1)
         addr = r.start_b + first * page
-        calls = lists[rng.randrange(len(lists))]
+        calls = lists[pinner]
         at = rng.randint(0, len(calls))
         calls[at:at] = [["pin_user_pages", _at(plan, addr), n, 1],
                         ["touch_write", _at(plan, addr), n, plan.expr(page)],
                         ["pin_user_pages", 0, 0, 0]]
+    _uffd_private_and_retract(rng, plan, regions, lists)
     if plan.cpus >= 4 or rng.random() >= 0.35:
         return
-    parent = lists[rng.randrange(len(lists))]
+    # another vCPU than the pinner's, where there is one: fork between its pin and write
+    forker = rng.choice([i for i in range(len(lists)) if i != pinner] or [pinner])
+    parent = lists[forker]
     parent.insert(rng.randint(0, len(parent)), ["fork", plan.cpus])
     stable = [r for r in regions if r.stable]
     child: list[list] = []
@@ -282,6 +289,30 @@ def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
         else:
             child.append([op, _at(plan, _focus_pmd(plan, r)[0])])
     plan.child = child
+
+
+def _uffd_private_and_retract(rng: random.Random, plan: Plan, regions: list[Region],
+                              lists: list[list[list]]) -> None:
+    """Now and then UFFDIO_COPY into a private mapping of a candidate's file while
+    another vCPU runs khugepaged over the candidate: mfill_atomic() gives the VMA an
+    anon_vma and maps an anon page, which retract_page_tables() must see under its
+    ptl."""
+    if not plan.thp or len(lists) < 2 or rng.random() >= 0.25:
+        return
+    by_name = {r.vma.name: r for r in regions if r.vma is not None}
+    privs = [r for r in regions if r.vma is not None and r.vma.private and r.vma.share
+             and int(by_name[r.vma.share].vma.name[1:]) < CANDIDATES]
+    if not privs:
+        return
+    r = rng.choice(privs)
+    cand = by_name[r.vma.share]
+    dst = r.start_b + rng.randrange(0, max(1, r.touch_b // plan.page)) * plan.page
+    a, b = rng.sample(range(len(lists)), 2)
+    lists[a] += [["uffdio_register", _at(plan, r.start_b), plan.expr(r.size_b), 1],
+                 ["uffdio_copy", _at(plan, dst), plan.expr(OUT_PMD * plan.pmd),
+                  plan.expr(plan.page)]]
+    lists[b].insert(rng.randint(0, len(lists[b])), ["khugepaged_scan",
+                                                     _at(plan, _focus_pmd(plan, cand)[0])])
 
 
 def _regions(plan: Plan) -> list[Region]:
