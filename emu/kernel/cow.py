@@ -93,17 +93,11 @@ class CowMixin:
     def do_cow_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
         """do_cow_fault() (v6.12): anon_vma, a new page, the file's page copied into it,
         finish_fault() maps the copy writable."""
-        vma = vmf.vma
         yield from self.vmf_anon_prepare(vmf)
-        cache = vma.file
-        index = self.vma_index(vma, vmf.addr)
-        if index >= cache.size_pages:
-            return VM_FAULT_SIGSEGV  # beyond EOF (truncated)
-        folio = cache.lookup(index)
-        if folio is None:
-            folio = self.cache_small_folio(cache, index)
-        folio.get()  # __do_fault(): filemap_fault()'s reference, the folio locked
-        yield s.DownWrite(folio.lock)
+        got = yield from self.do_fault_folio(vmf)
+        if got is None:
+            return VM_FAULT_SIGSEGV
+        folio, index = got
         ret = VM_FAULT_RETRY_ACCESS
         if folio.in_cache:
             page = folio.pa + (index - folio.index) * self.arch.page_size

@@ -143,18 +143,27 @@ class FilemapMixin:
         yield s.SpinUnlock(ptl)
         return done
 
-    def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
-        """do_read_fault/do_shared_fault + finish_fault (v6.12) for one page of a file folio."""
+    def do_fault_folio(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """__do_fault() -> filemap_fault() (v6.12): (folio, index) of the page cache's folio
+        for the fault, with filemap_fault()'s reference and locked; None beyond EOF."""
         vma = vmf.vma
         cache: PageCache = vma.file
         index = self.vma_index(vma, vmf.addr)
         if index >= cache.size_pages:
-            return VM_FAULT_SIGSEGV  # beyond EOF (truncated)
+            return None  # beyond EOF (truncated)
         folio = cache.lookup(index)
         if folio is None:
             folio = self.cache_small_folio(cache, index)
-        folio.get()  # filemap_fault()'s reference: the mapping gets its own in finish_fault
+        folio.get()  # the mapping (or the copy) gets its own reference later
         yield s.DownWrite(folio.lock)
+        return folio, index
+
+    def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """do_read_fault/do_shared_fault + finish_fault (v6.12) for one page of a file folio."""
+        got = yield from self.do_fault_folio(vmf)
+        if got is None:
+            return VM_FAULT_SIGSEGV
+        folio, index = got
         ret = yield from self.finish_fault(vmf, folio, index)
         yield s.UpWrite(folio.lock)
         self.put_folio(folio)
