@@ -123,3 +123,14 @@ def test_fork_of_no_parked_cpu_is_einval(machine_from):
     assert m.fork_child(m.cpus[0], 1) == "kid"
     fork_now(m)
     assert m.fork_child(m.cpus[0], 1) is None  # forked already
+
+
+def test_fork_pin_and_private_mmap_through_hypercalls():
+    """The `hypercall` program's exit status is the call's result."""
+    from test_services import call
+    assert call([13, 0]) == -22  # fork of a [[cpu]] that is no parked child
+    assert call([13, 5]) == -22  # of no [[cpu]] at all
+    assert call([14, 0x10000000, 1, 0]) == 1  # a read pin of a shmem page, held to exit
+    assert call([14, 0, 0, 0]) == 0  # unpin with nothing pinned
+    assert call([3, 0x20000000, 0x1000, 3]) == 0  # a MAP_PRIVATE shmem mapping
+    assert call([3, 0x20000000, 0x1000, 5]) == -22  # no kind 5
