@@ -134,3 +134,9 @@ def test_fork_pin_and_private_mmap_through_hypercalls():
     assert call([14, 0, 0, 0]) == 0  # unpin with nothing pinned
     assert call([3, 0x20000000, 0x1000, 3]) == 0  # a MAP_PRIVATE shmem mapping
     assert call([3, 0x20000000, 0x1000, 5]) == -22  # no kind 5
+
+
+def test_pgtable_dump_of_an_exited_child_says_so(capsys):
+    from emu.cli import main
+    assert main(["pgtable", "dump", "fork_pin", "--arch", "s390", "--process", "kid"]) == 2
+    assert "exited during the run" in capsys.readouterr().err
