@@ -253,6 +253,7 @@ def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
                 and (r.kind == "anon" or (r.vma is not None and r.vma.private))] or \
         [r for r in regions if r.stable and r.writable]
     pinner = rng.randrange(len(lists))
+    pin_at = None  # where the pinner's pin ends in its list
     if rng.random() < 0.3 and writable:
         r = rng.choice(writable)
         n = max(1, min(4, r.touch_b // page))
@@ -263,13 +264,19 @@ def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
         calls[at:at] = [["pin_user_pages", _at(plan, addr), n, 1],
                         ["touch_write", _at(plan, addr), n, plan.expr(page)],
                         ["pin_user_pages", 0, 0, 0]]
+        pin_at = at + 1
     _uffd_private_and_retract(rng, plan, regions, lists)
     if plan.cpus >= 4 or rng.random() >= 0.35:
         return
-    # another vCPU than the pinner's, where there is one: fork between its pin and write
-    forker = rng.choice([i for i in range(len(lists)) if i != pinner] or [pinner])
-    parent = lists[forker]
-    parent.insert(rng.randint(0, len(parent)), ["fork", plan.cpus])
+    if pin_at is not None and rng.random() < 0.5:
+        # the pinner forks with its pages pinned (a DMA user calling fork): fork must
+        # copy them for the child, or the write after it copies them away from the pins
+        lists[pinner].insert(pin_at, ["fork", plan.cpus])
+    else:
+        # another vCPU than the pinner's, where there is one: fork racing the pin
+        forker = rng.choice([i for i in range(len(lists)) if i != pinner] or [pinner])
+        parent = lists[forker]
+        parent.insert(rng.randint(0, len(parent)), ["fork", plan.cpus])
     stable = [r for r in regions if r.stable]
     child: list[list] = []
     for _ in range(rng.randint(1, 3)):
