@@ -140,3 +140,24 @@ def test_pgtable_dump_of_an_exited_child_says_so(capsys):
     from emu.cli import main
     assert main(["pgtable", "dump", "fork_pin", "--arch", "s390", "--process", "kid"]) == 2
     assert "exited during the run" in capsys.readouterr().err
+
+
+def test_mprotect_keeps_cow_shared_pages_read_only(machine_from):
+    """can_change_pte_writable(): after fork, mprotect(rw) leaves the shared anon pages
+    read-only (the next write copies); an exclusive page becomes writable."""
+    from emu.kernel.mprotect import prot_of
+    m = machine_from(FORK.format(arch="x86-pae"))
+    pmd = m.arch.pmd_size
+    k = m.kernel
+    page = pa_in(m, m.mm, 8 * pmd)
+    child = fork_now(m)
+    for prot in (1, 3):  # PROT_READ, then PROT_READ | PROT_WRITE
+        m.run_kernel_now(k.do_mprotect(m.mm, 8 * pmd, 9 * pmd, prot_of(prot)), "mprotect")
+    assert pa_in(m, m.mm, 8 * pmd) == page and pa_in(m, m.mm, 8 * pmd, write=True) is None
+    m.run_kernel_now(k.handle_mm_fault(8 * pmd, Access.WRITE, child), "child write")
+    for prot in (1, 3):  # now the parent's page is its own again: reused, then writable
+        m.run_kernel_now(k.do_mprotect(m.mm, 8 * pmd, 9 * pmd, prot_of(prot)), "mprotect")
+    assert pa_in(m, m.mm, 8 * pmd, write=True) is None  # not exclusive until a fault says so
+    m.run_kernel_now(k.handle_mm_fault(8 * pmd, Access.WRITE, m.mm), "parent write")
+    assert pa_in(m, m.mm, 8 * pmd, write=True) == page
+    assert audit(k) == []

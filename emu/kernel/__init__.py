@@ -33,10 +33,10 @@ from emu.kernel.userfaultfd import UserfaultfdMixin
 from emu.kernel.vma_split import VmaSplitMixin
 
 
-class Kernel(ForkMixin, MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin,
-             SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin, KhugepagedMixin,
-             PtReclaimMixin, GupPinMixin, GupMixin, FaultArmvMixin, FilemapMixin, MemoryMixin,
-             CowMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
+class Kernel(ForkMixin, CowMixin, MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin,
+             UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin,
+             KhugepagedMixin, PtReclaimMixin, GupPinMixin, GupMixin, FaultArmvMixin, FilemapMixin,
+             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
