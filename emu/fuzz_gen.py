@@ -261,10 +261,13 @@ def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
         addr = r.start_b + first * page
         calls = lists[pinner]
         at = rng.randint(0, len(calls))
-        calls[at:at] = [["pin_user_pages", _at(plan, addr), n, 1],
+        # written first, as a DMA buffer is: FOLL_PIN | FOLL_WRITE of the fast path
+        # needs present writable ptes (the rest is slow GUP's, not modelled)
+        calls[at:at] = [["touch_write", _at(plan, addr), n, plan.expr(page)],
+                        ["pin_user_pages", _at(plan, addr), n, 1],
                         ["touch_write", _at(plan, addr), n, plan.expr(page)],
                         ["pin_user_pages", 0, 0, 0]]
-        pin_at = at + 1
+        pin_at = at + 2
     _uffd_private_and_retract(rng, plan, regions, lists)
     if plan.cpus >= 4 or rng.random() >= 0.35:
         return
