@@ -225,3 +225,36 @@ def test_detached_table_flags_a_store_only_by_the_holder_of_that_tables_lock():
     held.append(Spinlock("ptl", page=frame))
     with pytest.raises(Violation, match="update is lost"):
         det.on_kernel_store(0, pte, 8, 0, "set_pte")
+
+
+def test_torn_read_remembers_the_values_walker_ad_updates_put_in_an_entry():
+    """A lockless reader may conclude the value of an A/D update that a later
+    update replaced: the walker's writes are history too."""
+    torn = TornRead()
+    m = machine([torn])
+    pte = first_pte(m)
+    v0 = m.mem.read_int(pte, 8, m.arch.byteorder) & ~0x60
+    m.mem.write_int(pte, 8, v0, m.arch.byteorder)  # old and clean
+    young = v0 | 0x20  # _PAGE_ACCESSED
+    for value in (young, young | 0x40):  # then _PAGE_DIRTY, as the walker's hook reports them
+        torn.on_walker_write(0, pte, 8, value, "pte")
+        m.mem.write_int(pte, 8, value, m.arch.byteorder)
+    store(m, pte, 8, 0)
+    observe(m, pte, young)
+    with pytest.raises(Violation, match="never held"):
+        observe(m, pte, v0 | 0x40)  # dirty but not young: never there
+
+
+def test_frame_story_tells_the_last_four_events_oldest_first():
+    from emu.check.uaf import frame_story
+    m = machine([])
+    pa = m.frames.alloc("story", 0)
+    for i in range(3):
+        m.frames.free(pa, 0, f"free {i}")
+        while m.frames.alloc("story", 0) != pa:
+            pass
+    fi = m.frames.info(pa)
+    story = frame_story(fi)
+    assert story.count("step ") == 4
+    assert story.endswith(fi.history[-1].what) and fi.history[-4].what in story.split(";")[0]
+    assert fi.history[-5].what not in story or fi.history[-5].what == fi.history[-3].what
