@@ -258,3 +258,59 @@ def test_frame_story_tells_the_last_four_events_oldest_first():
     assert story.count("step ") == 4
     assert story.endswith(fi.history[-1].what) and fi.history[-4].what in story.split(";")[0]
     assert fi.history[-5].what not in story or fi.history[-5].what == fi.history[-3].what
+
+
+def s390_halves_machine(checkers) -> Machine:
+    """s390 as Linux <= 6.7 has it: two 2 KiB pte tables share a page."""
+    text = f"""
+    [machine]
+    arch = "s390"
+    cpus = 2
+    memory_mib = 32
+    [kernel]
+    version = "6.6"
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "anon"
+    populate = 1
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    return Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=list(checkers))
+
+
+def test_detached_table_flags_a_store_into_any_half_of_a_page_waiting_for_rcu():
+    """s390 (tables ≤ 6.7: two 2 KiB pte tables per page): once the page's free
+    is deferred, a store into either half by its ptl holder is lost, even into
+    the half that was freed first (its sub-table state says "free")."""
+    from emu.check import DetachedTable
+    det = DetachedTable()
+    m = s390_halves_machine([det])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    fi = m.frames.info(frame)
+    half = m.kernel.policy.half_size(m.kernel)
+    assert fi.subtables  # this page holds halves
+    m.frames.set_state(frame, FrameState.RCU_PENDING, 1, "test: call_rcu(pte_free_now)")
+    fi.subtables.update({0: "free", half: "pending"})
+    m.kernel.cpus[0].held.append(Spinlock("ptl", page=frame))
+    for off in (0, half):
+        with pytest.raises(Violation, match="update is lost"):
+            det.on_kernel_store(0, frame + off, 8, 0, "set_pte")
+
+
+def test_use_after_free_flags_a_touch_of_a_freed_half_of_a_live_table_page():
+    uaf = UseAfterFree()
+    m = s390_halves_machine([uaf])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    fi = m.frames.info(frame)
+    half = m.kernel.policy.half_size(m.kernel)
+    assert fi.state is FrameState.PGTABLE and pte == frame  # the table in the first half
+    fi.subtables[half] = "free"  # the other half: freed, the page lives on
+    uaf.on_walker_read(0, pte, 8, 0, "pte")  # the live half: fine
+    with pytest.raises(Violation, match="page-table fragment that was freed") as exc:
+        uaf.on_walker_read(0, frame + half + 8, 8, 0, "pte")
+    assert exc.value.frame == frame
