@@ -314,3 +314,46 @@ def test_use_after_free_flags_a_touch_of_a_freed_half_of_a_live_table_page():
     with pytest.raises(Violation, match="page-table fragment that was freed") as exc:
         uaf.on_walker_read(0, frame + half + 8, 8, 0, "pte")
     assert exc.value.frame == frame
+
+
+def test_wild_pointer_flags_a_kernel_load_from_a_data_frame_and_names_what_it_followed():
+    from emu.check import WildPointer
+    wild = WildPointer()
+    m = machine([wild])
+    data = m.frames.alloc("anon page", 0)
+    wild.on_lockless_value(1, 0x1234, 8, 0xabc067, "pmdp_get_lockless")
+    with pytest.raises(Violation) as exc:
+        wild.on_kernel_load(0, data, 8, 0, "ptep_get")
+    assert "a data frame (anon page), never a page table of this mm. Frame history" \
+        in exc.value.message  # cpu0 followed nothing: no source sentence
+    with pytest.raises(Violation, match="It followed the value 0xabc067 that "
+                       "pmdp_get_lockless of the entry at 0x1234"):
+        wild.on_kernel_load(1, data, 8, 0, "ptep_get")
+    wild.on_service_end(1, "gup_fast")  # the call is over: what it followed is forgotten
+    with pytest.raises(Violation) as exc:
+        wild.on_kernel_load(1, data, 8, 0, "ptep_get")
+    assert "It followed" not in exc.value.message
+
+
+def test_wild_pointer_leaves_freed_tables_to_use_after_free_but_flags_never_allocated_frames():
+    from emu.check import WildPointer
+    wild = WildPointer()
+    m = machine([wild])
+    frame = m.frames.frame_base(first_pte(m))
+    never = next(m.frames.pa(s.pfn) for s in m.frames.frames
+                 if s.generation == 0 and s.state is FrameState.FREE)
+    with pytest.raises(Violation, match="a frame never allocated"):
+        wild.on_kernel_load(0, never, 8, 0, "ptep_get")
+    m.frames.free(frame, 1, "test: pte table freed")
+    wild.on_kernel_load(0, frame, 8, 0, "ptep_get")  # use-after-free's to report
+
+
+def test_wild_pointer_checks_every_walker_read_below_the_root():
+    """s390's walk reads its root (pud) table first, then the pmd: a pmd read
+    landing in a data frame is wild."""
+    from emu.check import WildPointer
+    wild = WildPointer()
+    m = s390_halves_machine([wild])
+    data = m.frames.alloc("anon page", 0)
+    with pytest.raises(Violation, match="walker reading a pmd entry"):
+        wild.on_walker_read(0, data, 8, 0, "pmd")
