@@ -165,3 +165,49 @@ def test_dpor_runs_each_trace_once_and_no_race_that_happens_before_orders(progra
     assert {_signature(r, programs) for r in runs} == traces
     assert search.complete == len(runs) == len(traces)
     assert search.blocked == blocked
+
+
+# ---- guided replay and anchors, over synthetic runnable sets --------------------------
+
+def drive(strategy, runnables):
+    return [strategy.choose(list(r), i) for i, r in enumerate(runnables)]
+
+
+def test_guided_replay_count_points_then_the_interrupted_task_first():
+    from emu.sched.guided import GuidedReplay
+    g = GuidedReplay([(0, 2), (1, 1)])
+    got = drive(g, [(0, 1, 2)] * 4 + [(0, 2)] + [(0, 1, 2)] * 2)
+    # points: cpu0 twice, cpu1 once; then cpu1 (current) keeps going; blocked,
+    # cpu0 (the one it interrupted) stands in; cpu1 back as soon as it can
+    assert got == [0, 0, 1, 1, 0, 1, 1]
+    g = GuidedReplay([(1, 1)])
+    assert drive(g, [(0, 1, 2), (0, 2), (0, 2)]) == [1, 0, 0]  # never-ran: lowest first
+
+
+def test_guided_replay_anchor_points_wait_for_the_anchor_or_the_cap():
+    from emu.sched.guided import GuidedReplay
+    g = GuidedReplay([(0, 1, "store x", 1), (1, 1)],
+                     lambda t: "store x" if t == 0 and g.made.get(0, 0) == 3 else "other")
+    # cpu0 runs until it is about to make "store x" (its 4th step), not just 1 step
+    got = drive(g, [(0, 1)] * 6)
+    assert got[:4] == [0, 0, 0, 1]
+    g = GuidedReplay([(0, 1, "never", 1), (1, 1)], lambda t: "load x")
+    got = drive(g, [(0, 1)] * 1006)
+    assert got.index(1) == 1004  # the cap: 4 n + 1000 steps of the point's task
+
+
+def test_guided_replay_without_descriptions_reads_anchor_points_as_counts():
+    from emu.sched.guided import GuidedReplay
+    g = GuidedReplay([(0, 2, "store x", 5), (1, 1)])
+    assert drive(g, [(0, 1)] * 3) == [0, 0, 1]
+
+
+def test_anchor_recorder_records_where_each_task_was_left():
+    from emu.sched.guided import AnchorRecorder
+    desc = {0: "a-step", 1: "b-step"}
+    rec = AnchorRecorder([0, 0, 1, 0, 1], lambda t: desc[t])
+    drive(rec, [(0, 1), (0, 1), (0, 1), (0, 1), (1,)])
+    # cpu0 left runnable after 2 steps (about to make its 3rd "a-step"); cpu1 after 1;
+    # cpu0 left at 3 when it could no longer run: a count; cpu1 ends the run
+    assert rec.finish() == [(0, 2, "a-step", 3), (1, 1, "b-step", 2), (0, 3), (1, 2)]
+    assert rec.finish() == [(0, 2, "a-step", 3), (1, 1, "b-step", 2), (0, 3), (1, 2)]
