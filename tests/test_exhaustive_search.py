@@ -58,6 +58,12 @@ W = {("e", 1): "w"}
 TWO_BY_TWO = {0: [W, W], 1: [W, W]}
 
 
+def test_a_search_that_has_run_nothing_is_not_finished():
+    """What `ptemu explore --strategy exhaustive --schedules 0` reports as exhausted."""
+    search = ExhaustiveSearch(FakeRecorder("frames"))
+    assert search.finished is False and search.complete == search.blocked == 0
+
+
 def test_the_unreduced_search_runs_every_interleaving_once():
     search, runs = explore(TWO_BY_TWO, mode="none")
     assert sorted(runs) == ["aabb", "abab", "abba", "baab", "baba", "bbaa"]
