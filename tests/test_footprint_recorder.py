@@ -116,6 +116,10 @@ def test_coarse_mode_writes_kernel_state_on_entry_return_and_traps():
     rec.begin(0)
     m.trapped = True
     assert rec.take()[("kpy",)] == "w"
+    m, rec = recorder("coarse")  # a user instruction that stays in user mode: no kernel state
+    m.cpus[0].mode = Mode.GUEST
+    rec.begin(0)
+    assert rec.take() == {("tlb", 0): "r", ("rcu",): "c"}
     m, rec = recorder("frames")  # the default mode trusts the model's contract
     m.cpus[0].mode = Mode.GUEST
     rec.begin(0)
