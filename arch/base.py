@@ -287,6 +287,13 @@ class Arch(ABC):
     def pte_mkdirty(self, val: int) -> int:
         return val
 
+    def pte_wrprotect(self, val: int) -> int:
+        """pte_wrprotect(): the same mapping, read-only (fork's COW, v6.12)."""
+        raise NotImplementedError(f"{self.name}: pte_wrprotect")
+
+    def pte_mkwrite(self, val: int) -> int:
+        """pte_mkwrite_novma(): the same mapping, writable (a COW write fault, v6.12)."""
+        raise NotImplementedError(f"{self.name}: pte_mkwrite")
     def pte_modify(self, val: int, prot: Prot) -> int:
         """pte_modify(): the same page under `prot`, keeping its young and dirty state
         (_PAGE_CHG_MASK). Built from the arch's own mk_pte/mkyoung/mkdirty, so it needs

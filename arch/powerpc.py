@@ -265,6 +265,12 @@ class PowerPC(Arch):
     def pte_mkdirty(self, val: int) -> int:
         return val | C | SW3  # pte_mkdirty() also sets _PAGE_SOFT_DIRTY
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val & ~WRITE
+
+    def pte_mkwrite(self, val: int) -> int:
+        return val | WRITE
+
     def pmd_trans_huge(self, val: int) -> bool:
         if not self.entry_present("pmd", val):
             return False

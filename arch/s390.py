@@ -309,6 +309,15 @@ class S390(Arch):
             val &= ~PAGE_PROTECT
         return val
 
+    def pte_wrprotect(self, val: int) -> int:
+        return (val & ~PAGE_WRITE) | PAGE_PROTECT
+
+    def pte_mkwrite(self, val: int) -> int:
+        val |= PAGE_WRITE
+        if val & PAGE_DIRTY:
+            val &= ~PAGE_PROTECT
+        return val
+
     def pmd_trans_huge(self, val: int) -> bool:
         return val != SEG_EMPTY and bool(val & SEG_LARGE)
 

@@ -323,6 +323,13 @@ class Sparc64(Arch):
         val |= MOD
         return val | W if val & WRITE else val
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val & ~(WRITE | W)  # the hardware W bit goes with the software one
+
+    def pte_mkwrite(self, val: int) -> int:
+        val |= WRITE
+        return val | W if val & MOD else val
+
     def pmd_trans_huge(self, val: int) -> bool:
         return bool(val & PMD_HUGE)
 

@@ -205,6 +205,12 @@ class X86Pae(Arch):
     def pte_mkdirty(self, val: int) -> int:
         return val | D
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val & ~RW  # no shadow stacks on 32-bit: no SavedDirty games
+
+    def pte_mkwrite(self, val: int) -> int:
+        return val | RW
+
     def pmd_trans_huge(self, val: int) -> bool:
         return bool(val & P) and bool(val & PSE)
 

@@ -24,7 +24,9 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(0, "exit", 1, "exit(code): this vCPU's program is finished."),
     Call(1, "log", 1, "log(value): put a value in the trace."),
     Call(2, "getcpu", 0, "getcpu(): the vCPU's index."),
-    Call(3, "mmap", 3, "mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file."),
+    Call(3, "mmap", 3, "mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file, "
+                       "3 shmem MAP_PRIVATE, 4 file MAP_PRIVATE (reads map the page cache's "
+                       "page read-only, writes copy it: do_cow_fault, wp_page_copy)."),
     Call(4, "munmap", 2, "munmap(addr, len): remove whole VMAs in the range, zap, free page tables."),
     Call(5, "truncate", 2, "truncate(addr, size): truncate the shmem/file object mapped at addr "
                            "to size bytes."),
@@ -45,6 +47,20 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(12, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
                               "with code (the others at their next return to user mode); "
                               "the last one tears the mm down (exit_mmap)."),
+    Call(13, "fork", 1, "fork(cpu): fork the caller's process; the child, a new process "
+                        "named by the `child` key of the scenario's cpu entry number cpu, a "
+                        "copy of the caller's address space (dup_mmap: anon pages shared copy-on-write, write-protected in "
+                        "both; file VMAs without an anon_vma not copied; pinned anon pages "
+                        "copied now), runs that parked vCPU's program. Returns the child's "
+                        "process number (> 0), or -EINVAL."),
+    Call(14, "pin_user_pages", 3, "pin_user_pages(addr, nr, write): pin_user_pages_fast "
+                                  "(FOLL_PIN | FOLL_LONGTERM): pin up to nr pages from addr "
+                                  "locklessly, backing off while a fork write-protects "
+                                  "(mm->write_protect_seq), and keep the pins, as a driver does "
+                                  "for DMA, until pin_user_pages(0, 0, 0) unpins them all or "
+                                  "the vCPU exits. Returns the number pinned (unpinned). The "
+                                  "GUP pin oracle reports a pinned page its process stops "
+                                  "mapping."),
     Call(15, "mremap", 5, "mremap(addr, old_len, new_len, flags, new_addr): shrink, grow in "
                           "place, or with MREMAP_MAYMOVE|MREMAP_FIXED (1|2) move the mapping "
                           "and its page tables to new_addr (move_page_tables: whole PTE "

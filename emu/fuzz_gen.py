@@ -7,7 +7,8 @@ one shipped-format scenario: 2-4 vCPUs, a few VMAs of every kind and size
 `pmd_mapping = false`, a second mapping of another VMA's file), and on each
 vCPU a call list (guest/calls.py) over every hypercall with arguments that
 are mostly valid and sometimes hostile (misaligned, out of range, unmapped,
-huge counts, unknown numbers and advice).
+huge counts, unknown numbers and advice). Some file mappings are MAP_PRIVATE,
+some workloads fork a parked child and some pin pages (`_fork_and_pin_calls`).
 
 What the generator keeps legal, because Linux would kill the guest the same
 way (a SIGSEGV or SIGBUS is the program's bug, not the kernel's): guest loads
@@ -89,6 +90,7 @@ class Vma:
     pmd_mapping: bool = True
     share: str = ""
     stable: bool = True  # touched by guests; never unmapped or truncated
+    private: bool = False  # shmem/file MAP_PRIVATE (see _fork_and_private)
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Plan:
     vmas: list[Vma] = field(default_factory=list)
     out_pages: int = 1
     thp: bool = True  # the arch has PMD-sized pages (arm 2-level has none)
+    child: list[list] | None = None  # a forked child's call list (its vCPU comes last)
 
     def slot_base(self, slot: int) -> int:
         return (FIRST_SLOT + SLOT_PMDS * slot) * self.pmd
@@ -152,11 +155,16 @@ def generate(target: Target, seed: int) -> str:
     plan = Plan(target, a.page_size, a.pmd_size, a.va_bits, a.word_size, cpus)
     plan.thp = a.supports_huge_pmd()
     _plan_vmas(rng, plan, contended)
+    # fork and private mappings draw from an RNG of their own: the rest of a
+    # workload is what it was before they existed
+    extra = random.Random(sub_seed(seed, 0xF02C))
+    _private_vmas(extra, plan)
     regions = _regions(plan)
     if contended:
         lists = _contended_calls(rng, plan, regions)
     else:
         lists = [_calls(rng, plan, regions, cpu) for cpu in range(plan.cpus)]
+    _fork_and_pin_calls(extra, plan, regions, lists)
     return _toml(plan, lists, seed)
 
 
@@ -221,6 +229,90 @@ def _plan_vmas(rng: random.Random, plan: Plan, contended: bool = False) -> None:
                 v.thp = False
                 v.stable = w.stable  # one file: truncating it reaches both mappings
         plan.vmas.append(v)
+
+
+def _private_vmas(rng: random.Random, plan: Plan) -> None:
+    """Some second mappings of a file become MAP_PRIVATE: reads share the page cache
+    with the other mapping, writes copy (an anon_vma, which retract_page_tables and
+    fork's vma_needs_copy look at)."""
+    for i, v in enumerate(plan.vmas):
+        if v.kind != "anon" and i >= CANDIDATES and rng.random() < (0.5 if v.share else 0.3):
+            v.private = True
+
+
+def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
+                        lists: list[list[list]]) -> None:
+    """fork and FOLL_PIN pins, added to lists already made: a vCPU (there is room for
+    one more) forks a parked child at a random point of its list, the child walking
+    and writing the stable regions (COW of what fork shared) and now and then
+    scanning a candidate (retract reaches the child's VMAs through i_mmap); a vCPU
+    pins a few pages of a writable stable region, writes them and unpins."""
+    page = plan.page
+    # what fork copies and COW shares: anon memory and private file mappings
+    writable = [r for r in regions if r.stable and r.writable
+                and (r.kind == "anon" or (r.vma is not None and r.vma.private))] or \
+        [r for r in regions if r.stable and r.writable]
+    pinner = rng.randrange(len(lists))
+    if rng.random() < 0.3 and writable:
+        r = rng.choice(writable)
+        n = max(1, min(4, r.touch_b // page))
+        first = rng.randrange(0, r.touch_b // page - n + 1)
+        addr = r.start_b + first * page
+        calls = lists[pinner]
+        at = rng.randint(0, len(calls))
+        calls[at:at] = [["pin_user_pages", _at(plan, addr), n, 1],
+                        ["touch_write", _at(plan, addr), n, plan.expr(page)],
+                        ["pin_user_pages", 0, 0, 0]]
+    _uffd_private_and_retract(rng, plan, regions, lists)
+    if plan.cpus >= 4 or rng.random() >= 0.35:
+        return
+    # another vCPU than the pinner's, where there is one: fork between its pin and write
+    forker = rng.choice([i for i in range(len(lists)) if i != pinner] or [pinner])
+    parent = lists[forker]
+    parent.insert(rng.randint(0, len(parent)), ["fork", plan.cpus])
+    stable = [r for r in regions if r.stable]
+    child: list[list] = []
+    for _ in range(rng.randint(1, 3)):
+        r = rng.choice(stable)
+        op = rng.choice(["touch_read", "touch_write", "gup_fast", "madvise_dontneed",
+                         "khugepaged_scan"] if plan.thp else
+                        ["touch_read", "touch_write", "gup_fast", "madvise_dontneed"])
+        if op == "touch_write" and not r.writable:
+            op = "touch_read"
+        pages = max(1, min(r.touch_b, 4 * page) // page)
+        if op.startswith("touch"):
+            child.append([op, _at(plan, r.start_b), pages, plan.expr(page)])
+        elif op == "gup_fast":
+            child.append([op, _at(plan, r.start_b), pages, plan.expr(OUT_PMD * plan.pmd), 0])
+        elif op == "madvise_dontneed":
+            child.append(["madvise", _at(plan, r.start_b), plan.expr(pages * page), MADV_DONTNEED])
+        else:
+            child.append([op, _at(plan, _focus_pmd(plan, r)[0])])
+    plan.child = child
+
+
+def _uffd_private_and_retract(rng: random.Random, plan: Plan, regions: list[Region],
+                              lists: list[list[list]]) -> None:
+    """Now and then UFFDIO_COPY into a private mapping of a candidate's file while
+    another vCPU runs khugepaged over the candidate: mfill_atomic() gives the VMA an
+    anon_vma and maps an anon page, which retract_page_tables() must see under its
+    ptl."""
+    if not plan.thp or len(lists) < 2 or rng.random() >= 0.25:
+        return
+    by_name = {r.vma.name: r for r in regions if r.vma is not None}
+    privs = [r for r in regions if r.vma is not None and r.vma.private and r.vma.share
+             and int(by_name[r.vma.share].vma.name[1:]) < CANDIDATES]
+    if not privs:
+        return
+    r = rng.choice(privs)
+    cand = by_name[r.vma.share]
+    dst = r.start_b + rng.randrange(0, max(1, r.touch_b // plan.page)) * plan.page
+    a, b = rng.sample(range(len(lists)), 2)
+    lists[a] += [["uffdio_register", _at(plan, r.start_b), plan.expr(r.size_b), 1],
+                 ["uffdio_copy", _at(plan, dst), plan.expr(OUT_PMD * plan.pmd),
+                  plan.expr(plan.page)]]
+    lists[b].insert(rng.randint(0, len(lists[b])), ["khugepaged_scan",
+                                                     _at(plan, _focus_pmd(plan, cand)[0])])
 
 
 def _regions(plan: Plan) -> list[Region]:
@@ -591,7 +683,8 @@ def _memory_mib(plan: Plan) -> int:
 def _toml(plan: Plan, lists: list[list[list]], seed: int) -> str:
     t = plan.target
     lines = [f'description = "ptemu fuzz workload {seed:#x} for {t.label}"', "",
-             "[machine]", f'arch = "{t.arch}"', f"cpus = {plan.cpus}",
+             "[machine]", f'arch = "{t.arch}"',
+             f"cpus = {plan.cpus + (plan.child is not None)}",
              f"memory_mib = {_memory_mib(plan)}"]
     if t.options:
         lines += ["", "[arch_options]"] + [f'{k} = "{v}"' for k, v in t.options]
@@ -609,12 +702,18 @@ def _toml(plan: Plan, lists: list[list[list]], seed: int) -> str:
             lines.append("pmd_mapping = false")
         if v.share:
             lines.append(f'share = "{v.share}"')
+        if v.private:
+            lines.append("private = true")
     lines += ["", "[[vma]]", 'name = "gup-out"', f"start = {_value(plan.expr(OUT_PMD * plan.pmd))}",
               f"size = {_value(plan.expr(_out_pages(plan) * plan.page))}", 'kind = "anon"',
               "populate = true"]
     for calls in lists:
         lines += ["", "[[cpu]]", "calls = ["]
         lines += [f"  [{', '.join(_value(x) for x in rec)}]," for rec in calls]
+        lines.append("]")
+    if plan.child is not None:  # parked until a vCPU calls fork(plan.cpus)
+        lines += ["", "[[cpu]]", 'child = "forked"', "calls = ["]
+        lines += [f"  [{', '.join(_value(x) for x in rec)}]," for rec in plan.child]
         lines.append("]")
     return "\n".join(lines) + "\n"
 

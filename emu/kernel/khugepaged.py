@@ -114,6 +114,12 @@ class KhugepagedMixin:
         """retract_page_tables()'s mmu_notifier_invalidate_range_end() (seed 002 v2)."""
         yield from self.mmu_notifier_invalidate_range_end(rng)
 
+    def retract_recheck_under_ptl(self: Kernel, vma) -> bool:  # noqa: ANN001
+        """retract_page_tables()'s checks repeated under pmd_lock + ptl (v6.6+, seed 004;
+        023f47a8250c first made them safe): may this VMA's table go? A COW fault's
+        anon_vma_prepare() or UFFDIO_REGISTER may have come since the first look."""
+        return not vma.anon_vma and not vma.uffd_wp
+
     # ---- retract_page_tables ---------------------------------------------------------
     def retract_page_tables(self: Kernel, cache: PageCache, pgoff: int) -> s.KernelGen:
         """retract_page_tables() (v6.6-v6.14, seed 004): no mmap lock; pmd_lock + ptl, checks
@@ -147,7 +153,7 @@ class KhugepagedMixin:
             # Repeat the checks under ptl: no mmap_lock is held, so a racing
             # fault may have added an anon_vma or userfaultfd may have armed.
             success = False
-            if not vma.anon_vma and not vma.uffd_wp:
+            if self.retract_recheck_under_ptl(vma):
                 pgt_pmd = yield from self.pmdp_collapse_flush(addr, pmd_pa, mm)
                 yield from self.pmdp_get_lockless_sync()
                 success = True
@@ -381,7 +387,8 @@ class KhugepagedMixin:
                 result = SCAN_TRUNCATED  # folio_mapping(folio) != mapping
             else:
                 # try_to_unmap(): no PTE may map the old page once it is copied
-                yield from self.unmap_mapping_range(cache, index + i, index + i + 1)
+                yield from self.unmap_mapping_range(cache, index + i, index + i + 1,
+                                                    even_cows=False)
                 # the page cache's reference and ours, nothing else (Linux's
                 # "ref_count != 3" also counts the LRU isolation ptemu lacks)
                 if old.refcount != 2 or old.mapcount:

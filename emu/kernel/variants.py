@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import emu.kernel.fork_variants  # noqa: F401 - fork's and COW's
 import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
 import emu.kernel.notifier_variants  # noqa: F401 - the mmu notifier calls'
 import emu.kernel.uffd_variants  # noqa: F401 - userfaultfd's
