@@ -15,7 +15,9 @@ from emu.kernel.fault_armv import FaultArmvMixin
 from emu.kernel.filemap import FilemapMixin
 from emu.kernel.folio import Folio
 from emu.kernel.gup import GupMixin
+from emu.kernel.huge_memory import HugeMemoryMixin
 from emu.kernel.khugepaged import KhugepagedMixin
+from emu.kernel.khugepaged_anon import KhugepagedAnonMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
@@ -28,7 +30,7 @@ from emu.kernel.userfaultfd import UserfaultfdMixin
 
 
 class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
-             PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
+             PageWalkMixin, KhugepagedAnonMixin, KhugepagedMixin, PtReclaimMixin, HugeMemoryMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 

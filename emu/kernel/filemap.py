@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 class FilemapMixin:
     # ---- setup ------------------------------------------------------------------
     def setup_vma(self: Kernel, vma: VMA, spec: object) -> None:
-        """A shmem/file VMA gets its own page cache; `thp` puts one PMD folio in it."""
+        """A shmem/file VMA gets its own page cache; `thp` puts one PMD folio in it (anon:
+        `thp` is VM_HUGEPAGE, as MADV_HUGEPAGE sets it)."""
+        if vma.kind == "anon":
+            vma.hugepage = bool(getattr(spec, "thp", False))
         if vma.kind not in ("shmem", "file"):
             return
         npages = (vma.end - vma.start) // self.arch.page_size
