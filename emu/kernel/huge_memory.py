@@ -323,25 +323,36 @@ class HugeMemoryMixin:
         write = a.pmd_huge_write(old_pmd)
         dirty = a.pmd_dirty(old_pmd)
         folio.get(nr - 1)  # folio_ref_add(HPAGE_PMD_NR - 1): one per pte, minus the pmd's
-        lv = a.level("pte")
         prot = vma.prot if write else replace(vma.prot, write=False)
-        for i in range(nr):  # set_ptes() into the stack-pmd's table, not yet visible
+        ptes = []
+        for i in range(nr):
             pte = a.pte_mkyoung(a.mk_pte(folio.pa + i * a.page_size, prot))
-            if dirty:
-                pte = a.pte_mkdirty(pte)
-            yield from self.set_entry("pte", pgtable + i * lv.entry_size, pte,
-                                      "__split_huge_pmd_locked: set_ptes")
+            ptes.append(a.pte_mkdirty(pte) if dirty else pte)
         # folio_add_anon_rmap_ptes(nr) then folio_remove_rmap_pmd(): mapcount nr
         folio.mapcount += nr - 1
-        yield from self.split_populate(mm, pmd_pa, pgtable)
+        yield from self.split_install(mm, pmd_pa, pgtable, ptes)
         return old_pmd
 
     def split_invalidate(self: Kernel, mm: MM, haddr: int, pmd_pa: int) -> s.KernelGen:
         """__split_huge_pmd_locked()'s `old_pmd = pmdp_invalidate(vma, haddr, pmd)` (v6.12)."""
         return (yield from self.pmdp_invalidate(mm, haddr, pmd_pa))
 
+    def split_install(self: Kernel, mm: MM, pmd_pa: int, pgtable: int,
+                      ptes: list[int]) -> s.KernelGen:
+        """The ptes go into the withdrawn table through the stack pmd (`pmd_populate(mm,
+        &_pmd, pgtable)`, set_ptes), then `smp_wmb(); /* make pte visible before pmd */
+        pmd_populate(mm, pmd, pgtable)` (v6.12): no walker sees the table half filled.
+        nr_ptes is unchanged: the deposit was counted."""
+        yield from self.split_set_ptes(pgtable, ptes)
+        yield from self.split_populate(mm, pmd_pa, pgtable)
+
+    def split_set_ptes(self: Kernel, pgtable: int, ptes: list[int]) -> s.KernelGen:
+        """__split_huge_pmd_locked()'s set_ptes() of every page (v6.12)."""
+        w = self.entry_size("pte")
+        for i, pte in enumerate(ptes):
+            yield from self.set_entry("pte", pgtable + i * w, pte, "__split_huge_pmd_locked: set_ptes")
+
     def split_populate(self: Kernel, mm: MM, pmd_pa: int, pgtable: int) -> s.KernelGen:
-        """`smp_wmb(); pmd_populate(mm, pmd, pgtable)` (v6.12): the table goes live; nr_ptes
-        is unchanged (the deposit was counted)."""
+        """`pmd_populate(mm, pmd, pgtable)` of the split (v6.12): the table goes live."""
         yield from self.set_entry("pmd", pmd_pa, self.arch.mk_table_entry("pmd", pgtable),
                                   "__split_huge_pmd_locked: pmd_populate")
