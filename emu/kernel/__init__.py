@@ -21,16 +21,20 @@ from emu.kernel.khugepaged_anon import KhugepagedAnonMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
+from emu.kernel.mprotect import MprotectMixin
+from emu.kernel.mremap import MremapMixin
 from emu.kernel.pagewalk import PageWalkMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
 from emu.kernel.secondary_mmu import SecondaryMmuMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
+from emu.kernel.vma_split import VmaSplitMixin
 
 
-class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
-             PageWalkMixin, KhugepagedAnonMixin, KhugepagedMixin, PtReclaimMixin, HugeMemoryMixin, GupMixin, FaultArmvMixin, FilemapMixin,
+class Kernel(MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin,
+             SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin, KhugepagedAnonMixin,
+             KhugepagedMixin, PtReclaimMixin, HugeMemoryMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
