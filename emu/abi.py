@@ -31,8 +31,8 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(6, "fault_around", 1, "fault_around(addr): map the page-cache pages around addr "
                                "(filemap_map_pages)."),
     Call(7, "madvise", 3, "madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table "
-                          "reclaim), MADV_HUGEPAGE / MADV_NOHUGEPAGE (14 / 15, whole anon "
-                          "VMAs) or MADV_COLLAPSE (25, shmem/file/anon)."),
+                          "reclaim), MADV_HUGEPAGE / MADV_NOHUGEPAGE (14 / 15: VM_HUGEPAGE, VMAs split "
+                          "at its ends) or MADV_COLLAPSE (25, shmem/file/anon)."),
     Call(8, "gup_fast", 4, "gup_fast(addr, nr, out, write): pin pages locklessly, write their "
                            "physical addresses (one word each) to out, unpin; returns the "
                            "number pinned."),

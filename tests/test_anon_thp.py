@@ -227,3 +227,45 @@ def test_khugepaged_collapses_only_vm_hugepage_vmas():
     assert m.run_kernel_now(k.khugepaged_scan_file(m.mm, BASE), "khugepaged") == 0
     _pmd_pa, now = pmd_of(m, BASE)
     assert m.arch.pmd_trans_huge(now) and audit(k) == []
+
+
+# ---- with the VMA operations: mremap, mprotect, MADV_HUGEPAGE of part of a VMA --------------
+@pytest.mark.parametrize(("arch", "opts"), ARCHES, ids=IDS)
+def test_mremap_moves_the_thp_and_its_deposit(arch, opts):
+    """move_huge_pmd(): the deposit follows the pmd where pmd_move_must_withdraw() says
+    (hash: always; elsewhere when the pmd locks differ); the moved THP zaps cleanly."""
+    m = machine(arch, opts)
+    a, k = m.arch, m.kernel
+    m.mem.write(a.pmd_huge_pa(pmd_of(m, BASE)[1]) + 16, b"thp!")
+    new = BASE + 64 * a.pmd_size  # another pmd table on every arch
+    assert m.run_kernel_now(k.do_mremap(m.mm, BASE, a.pmd_size, a.pmd_size, 3, new),
+                            "mremap") == new
+    _pmd_pa, val = pmd_of(m, new)
+    assert a.pmd_trans_huge(val) and m.mem.read(a.pmd_huge_pa(val) + 16, 4) == b"thp!"
+    assert audit(k) == []
+    assert m.run_kernel_now(k.do_munmap(m.mm, new, new + a.pmd_size), "munmap") == 0
+    assert deposited_tables(m.mm) == [] and audit(k) == []
+
+
+@pytest.mark.parametrize(("arch", "opts"), ARCHES[:1] + ARCHES[3:4], ids=["x86-pae", "s390"])
+def test_mprotect_of_part_of_a_thp_splits_it_and_keeps_the_pages(arch, opts):
+    m = machine(arch, opts)
+    a, k = m.arch, m.kernel
+    folio = k.folio_of(a.pmd_huge_pa(pmd_of(m, BASE)[1]))
+    assert m.run_kernel_now(k.do_mprotect(m.mm, BASE, BASE + a.page_size,
+                                          type(m.mm.vmas[0].prot)(write=False)), "mprotect") == 0
+    _pmd_pa, now = pmd_of(m, BASE)
+    assert not a.pmd_trans_huge(now)
+    pte = k.read_entry_now(a.table_pa("pmd", now), a.level("pte").entry_size)
+    assert a.pte_pa(pte) == folio.pa and not a.pte_write(pte)
+    assert folio.mapcount == folio.nr_pages and audit(k) == []
+
+
+def test_madv_hugepage_of_part_of_a_vma_splits_it():
+    m = pte_mapped("x86-pae", "", pages=1)
+    k, pmd = m.kernel, m.arch.pmd_size
+    assert m.run_kernel_now(k.madvise_hugepage(m.mm, BASE + pmd, BASE + 2 * pmd, 14), "m") == 0
+    low, high = m.mm.find_vma(BASE), m.mm.find_vma(BASE + pmd)
+    assert low is not high and not low.hugepage and high.hugepage
+    assert m.run_kernel_now(k.madvise_hugepage(m.mm, BASE + pmd, BASE + 2 * pmd, 15), "m") == 0
+    assert m.mm.find_vma(BASE) is m.mm.find_vma(BASE + pmd)  # merged again

@@ -18,18 +18,20 @@ CAUGHT = [
     ("thp_collapse_gup", "sparc64", "zap_huge_pmd_no_withdraw", 5),
     ("thp_split_walker", "s390", "split_populate_before_ptes", 50),
     ("thp_split_walker", "powerpc", "split_populate_before_ptes", 100),
+    ("thp_mremap", "x86-pae", "move_huge_pmd_no_deposit_move", 5),
+    ("thp_mremap_hash", None, "move_huge_pmd_no_deposit_move", 5),
 ]
 
 
 @pytest.mark.parametrize(("scenario", "arch", "variant", "budget"), CAUGHT,
-                         ids=[f"{v}@{a}" for _s, a, v, _b in CAUGHT])
+                         ids=[f"{v}@{s}@{a}" for s, a, v, _b in CAUGHT])
 def test_variant_is_caught(scenario, arch, variant, budget):
     res = explore(ExploreConfig(scenario, arch=arch, strategy="pct", depth=3, schedules=budget,
                                 variants=(variant,), minimize=False))
     assert res.report is not None, f"{variant} not caught on {scenario}@{arch} in {budget}"
 
 
-@pytest.mark.parametrize("scenario", ["thp_collapse_gup", "thp_split_walker"])
+@pytest.mark.parametrize("scenario", ["thp_collapse_gup", "thp_split_walker", "thp_mremap"])
 @pytest.mark.parametrize("arch", ["x86-pae", "s390"])
 def test_shipped_thp_scenarios_are_clean(scenario, arch):
     res = explore(ExploreConfig(scenario, arch=arch, strategy="pct", depth=3, schedules=25))
@@ -45,3 +47,8 @@ def test_where_the_gup_sync_variant_cannot_show():
     assert "IPI" in v.not_applicable(get_arch("sparc64"))
     assert "serialize" in v.not_applicable(get_arch("powerpc", mmu="hash"))
     assert "no THP" in v.not_applicable(get_arch("arm"))
+
+
+def test_mremap_on_hash_is_clean():
+    res = explore(ExploreConfig("thp_mremap_hash", strategy="pct", depth=3, schedules=15))
+    assert res.report is None, res.report and res.report.message

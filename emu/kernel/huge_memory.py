@@ -73,18 +73,27 @@ class HugeMemoryMixin:
         return self.arch.supports_huge_pmd() and vma.start <= start and start + pmd <= vma.end
 
     def madvise_hugepage(self: Kernel, mm: MM, start: int, end: int, advice: int) -> s.KernelGen:
-        """madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) (v6.12 hugepage_madvise under
-        mmap_write_lock): set or clear VM_HUGEPAGE on the VMAs of the range (whole VMAs;
-        a partial one would be split, which ptemu leaves to mprotect's model)."""
+        """madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) (v6.12 madvise_vma_behavior ->
+        hugepage_madvise, under mmap_write_lock): VM_HUGEPAGE set or cleared on [start, end),
+        the VMAs split at its ends and merged again where they may (madvise_update_vma);
+        -ENOMEM if part of the range is unmapped (what comes before it is changed)."""
         yield s.DownWrite(mm.mmap_lock)
-        vmas = [v for v in mm.vmas if v.start < end and start < v.end]
-        if not vmas or any(v.start < start or v.end > end for v in vmas):
-            yield s.UpWrite(mm.mmap_lock)
-            return -22
-        for v in vmas:
-            v.hugepage = advice == MADV_HUGEPAGE
+        want = advice == MADV_HUGEPAGE
+        ret = 0
+        addr = start
+        while addr < end:
+            vma = mm.find_vma(addr)
+            if vma is None:
+                ret = -12
+                break
+            hi = min(end, vma.end)
+            if vma.hugepage != want:
+                (vma,) = yield from self.split_range(mm, addr, hi)
+                vma.hugepage = want
+                yield from self.vma_merge_neighbours(mm, vma)
+            addr = hi
         yield s.UpWrite(mm.mmap_lock)
-        return 0
+        return ret
 
     # ---- faults -----------------------------------------------------------------------
     def create_huge_pmd(self: Kernel, vmf: Vmf) -> s.KernelGen:
@@ -226,6 +235,27 @@ class HugeMemoryMixin:
         pgtable = yield from self.pgtable_trans_huge_withdraw(mm, pmd_pa, addr)
         yield from self.pte_free(mm, pgtable)
         self.mm_dec_nr_ptes(mm)
+
+    def pmd_move_must_withdraw(self: Kernel, mm: MM, old_pmd: int, old_addr: int,
+                               new_pmd: int, new_addr: int) -> bool:
+        """pmd_move_must_withdraw() (v6.12) for an anon THP: the deposit lives where the pmd
+        does (a slot beside it: always) or with its pmd lock (when the locks differ)."""
+        if self.arch.thp_deposit == "slot":
+            return True  # book3s64 hash: "we need to withdraw and deposit always"
+        return self.thp_deposit_home(mm, old_pmd, old_addr) != \
+            self.thp_deposit_home(mm, new_pmd, new_addr)
+
+    def move_huge_pmd_deposit(self: Kernel, mm: MM, pmdval: int, old_pmd: int, old_addr: int,
+                              new_pmd: int, new_addr: int) -> s.KernelGen:
+        """move_huge_pmd()'s `if (pmd_move_must_withdraw()) { withdraw(old); deposit(new); }`
+        (v6.12; both pmd locks held). Forgetting it on powerpc hash was b3084f4db3ae
+        ("powerpc/thp: Fix crash on mremap")."""
+        folio = self.folio_of(self.arch.pmd_huge_pa(pmdval))
+        if folio is None or folio.kind != "anon":
+            return
+        if self.pmd_move_must_withdraw(mm, old_pmd, old_addr, new_pmd, new_addr):
+            pgtable = yield from self.pgtable_trans_huge_withdraw(mm, old_pmd, old_addr)
+            yield from self.pgtable_trans_huge_deposit(mm, new_pmd, new_addr, pgtable)
 
     # ---- zap ----------------------------------------------------------------------------
     def zap_huge_pmd(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int,

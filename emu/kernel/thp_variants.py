@@ -79,3 +79,26 @@ class SplitPopulateBeforePtes:
                       ptes: list[int]) -> s.KernelGen:
         yield from self.split_populate(mm, pmd_pa, pgtable)
         yield from self.split_set_ptes(pgtable, ptes)
+
+
+def _deposit_moves(arch) -> str | None:  # noqa: ANN001
+    if not arch.supports_huge_pmd():
+        return f"{arch.name} has no THP"
+    if arch.thp_deposit != "slot" and not arch.split_pmd_ptlocks:
+        return "the deposit hangs off the mm (no split pmd locks): it never has to move"
+    return None
+
+
+@variant("move_huge_pmd_no_deposit_move",
+         "move_huge_pmd() (mremap) moves an anon huge pmd but leaves its deposited PTE table "
+         "with the old pmd, where pmd_move_must_withdraw() says it must follow: the bug of "
+         "b3084f4db3ae (\"powerpc/thp: Fix crash on mremap\", 2014; hash keeps the deposit "
+         "in a slot beside the pmd), and on every arch with split pmd locks once the new pmd "
+         "is in another pmd table: the zap of the moved THP withdraws nothing (Linux crashed "
+         "in pgtable_trans_huge_withdraw)",
+         applies=_deposit_moves)
+class MoveHugePmdNoDepositMove:
+    def move_huge_pmd_deposit(self: Kernel, mm: MM, pmdval: int, old_pmd: int, old_addr: int,
+                              new_pmd: int, new_addr: int) -> s.KernelGen:
+        return
+        yield
