@@ -196,8 +196,9 @@ def deposit_problems(k: Kernel, mm: MM, mm_tables: dict[str, list[int]],
     out = []
     for home in sorted(set(want) | set(have)):
         if want[home] != have[home]:
-            out.append(f"{who}: {have[home]} PTE tables deposited at pmd_huge_pte home "
-                       f"{home:#x} for {want[home]} anon huge pmds (a deposit leaked or lost)")
+            where = "mm->pmd_huge_pte" if home < 0 else f"the pmd_huge_pte of {home:#x}"
+            out.append(f"{who}: {have[home]} PTE tables deposited at {where} for "
+                       f"{want[home]} anon huge pmds (a deposit leaked or lost)")
     return out
 
 
