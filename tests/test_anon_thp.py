@@ -269,3 +269,32 @@ def test_madv_hugepage_of_part_of_a_vma_splits_it():
     assert low is not high and not low.hugepage and high.hugepage
     assert m.run_kernel_now(k.madvise_hugepage(m.mm, BASE + pmd, BASE + 2 * pmd, 15), "m") == 0
     assert m.mm.find_vma(BASE) is m.mm.find_vma(BASE + pmd)  # merged again
+
+
+def test_powerpc_hash_deposits_with_a_file_thp_too():
+    """arch_needs_pgtable_deposit(): a shmem THP mapped by do_set_pmd() gets a deposited
+    table in the pmd slot on hash (none on radix); its zap frees it."""
+    for opts, want in (('mmu = "hash"', 1), ("", 0)):
+        text = textwrap.dedent(f"""
+            [machine]
+            arch = "powerpc"
+            cpus = 1
+            memory_mib = 96
+            [arch_options]
+            {opts}
+            [[vma]]
+            start = "{BASE}"
+            size = "pmd_size"
+            kind = "shmem"
+            thp = true
+            populate = 1
+            [[cpu]]
+            program = "touch"
+            args = [{BASE}, 1, 4096]
+            """)
+        m = Machine(scenario.parse(text, "<test>"), checkers=default_checkers())
+        a, k = m.arch, m.kernel
+        assert a.pmd_trans_huge(pmd_of(m, BASE)[1])
+        assert len(deposited_tables(m.mm)) == want and audit(k) == []
+        assert m.run_kernel_now(k.do_munmap(m.mm, BASE, BASE + a.pmd_size), "munmap") == 0
+        assert deposited_tables(m.mm) == [] and audit(k) == []

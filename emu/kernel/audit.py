@@ -177,8 +177,9 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
 
 def deposit_problems(k: Kernel, mm: MM, mm_tables: dict[str, list[int]],
                      deposits: list[tuple[int, int]], who: str) -> list[str]:
-    """Every anon huge pmd has one deposited PTE table and every deposit belongs to one
-    (v6.12 pgtable_trans_huge_deposit's pairing): counted per pmd_huge_pte home."""
+    """Every anon huge pmd (every huge pmd where arch_needs_pgtable_deposit) has one
+    deposited PTE table and every deposit belongs to one (v6.12
+    pgtable_trans_huge_deposit's pairing): counted per pmd_huge_pte home."""
     a = k.arch
     if not a.supports_huge_pmd():
         return []
@@ -189,7 +190,7 @@ def deposit_problems(k: Kernel, mm: MM, mm_tables: dict[str, list[int]],
             if val == a.empty_entry("pmd") or not a.pmd_trans_huge(val):
                 continue
             folio = k.folio_of(a.pmd_huge_pa(val))
-            if folio is not None and folio.kind == "anon":
+            if k.thp_deposits_for(folio):
                 pmd_pa = t + i * lv.entry_size
                 want[k.thp_deposit_home(mm, pmd_pa, i << lv.shift)] += 1
     have = Counter(home for home, _t in deposits)

@@ -133,16 +133,25 @@ class FilemapMixin:
         mm = vmf.vma.mm
         if not folio.in_cache:
             return False
+        # powerpc hash deposits a table with every huge pmd (arch_needs_pgtable_deposit)
+        prealloc = (yield from self.pte_alloc_one(mm)) if self.arch_needs_pgtable_deposit() else None
+        haddr = vmf.addr - vmf.addr % self.arch.pmd_size
         ptl = yield from self.pmd_lock(mm, vmf.pmd_pa, vmf.addr)
         cur = yield from self.read_entry("pmd", vmf.pmd_pa)
         done = False
         if self.arch.entry_none("pmd", cur):
+            if prealloc is not None:  # deposit_prealloc_pte()
+                yield from self.pgtable_trans_huge_deposit(mm, vmf.pmd_pa, haddr, prealloc)
+                self.mm_inc_nr_ptes(mm)
+                prealloc = None
             folio.map()
             mm.rss[folio.kind] += folio.nr_pages
             yield from self.set_entry("pmd", vmf.pmd_pa,
                                       self.arch.mk_pmd_huge(folio.pa, vmf.vma.prot), "do_set_pmd")
             done = True
         yield s.SpinUnlock(ptl)
+        if prealloc is not None:
+            yield from self.pte_free(mm, prealloc)
         return done
 
     def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:

@@ -62,6 +62,15 @@ def deposited_tables(mm: MM) -> list[tuple[int, int]]:
 
 
 class HugeMemoryMixin:
+    def arch_needs_pgtable_deposit(self: Kernel) -> bool:
+        """arch_needs_pgtable_deposit() (v6.12): powerpc hash deposits a table with file THPs
+        too (its fragment holds the huge page's hash slots); everywhere else only anon."""
+        return self.arch.thp_deposit == "slot"
+
+    def thp_deposits_for(self: Kernel, folio: Folio | None) -> bool:
+        """Does a huge pmd mapping `folio` have a deposited table (v6.12 zap_huge_pmd's test)?"""
+        return folio is not None and (folio.kind == "anon" or self.arch_needs_pgtable_deposit())
+
     # ---- eligibility ----------------------------------------------------------------
     def thp_vma_allowable(self: Kernel, vma: VMA, addr: int) -> bool:
         """thp_vma_allowable_order(PMD_ORDER) && thp_vma_suitable_order() (v6.12) for an anon
@@ -149,8 +158,8 @@ class HugeMemoryMixin:
 
     # ---- the deposit ------------------------------------------------------------------
     def thp_deposit_home(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> int:
-        """Where pmd_huge_pte lives: per pmd (powerpc hash's slot), the pmd table's ptdesc
-        (split pmd ptlocks), else the mm (-1)."""
+        """Where pmd_huge_pte() (v6.12) lives: per pmd (powerpc hash's slot), the pmd table's
+        ptdesc (split pmd ptlocks), else the mm (-1)."""
         if self.arch.thp_deposit == "slot":
             return pmd_pa
         if not self.arch.split_pmd_ptlocks:
@@ -251,7 +260,7 @@ class HugeMemoryMixin:
         (v6.12; both pmd locks held). Forgetting it on powerpc hash was b3084f4db3ae
         ("powerpc/thp: Fix crash on mremap")."""
         folio = self.folio_of(self.arch.pmd_huge_pa(pmdval))
-        if folio is None or folio.kind != "anon":
+        if not self.thp_deposits_for(folio):
             return
         if self.pmd_move_must_withdraw(mm, old_pmd, old_addr, new_pmd, new_addr):
             pgtable = yield from self.pgtable_trans_huge_withdraw(mm, old_pmd, old_addr)
@@ -261,8 +270,9 @@ class HugeMemoryMixin:
     def zap_huge_pmd(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int,
                      tlb: list[Folio] | None = None) -> s.KernelGen:
         """zap_huge_pmd() (v6.12): pmdp_huge_get_and_clear_full under pmd_lock; an anon THP's
-        deposit goes by zap_deposited_table(); flush, then put (into `tlb`, unflushed, if the
-        caller gathers). File THPs deposit nothing (no arch_needs_pgtable_deposit here)."""
+        deposit (a file THP's too on powerpc hash, arch_needs_pgtable_deposit) goes by
+        zap_deposited_table(); flush, then put (into `tlb`, unflushed, if the caller
+        gathers)."""
         a = self.arch
         ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
         cur = yield from self.read_entry("pmd", pmd_pa)
@@ -271,7 +281,7 @@ class HugeMemoryMixin:
             cur = yield from self.get_and_clear_entry("pmd", pmd_pa,
                                                       "zap_huge_pmd: pmdp_huge_get_and_clear", cur)
             folio = self.folio_of(a.pmd_huge_pa(cur))
-            if folio is not None and folio.kind == "anon":
+            if self.thp_deposits_for(folio):
                 yield from self.zap_anon_deposit(mm, pmd_pa, addr)
         yield s.SpinUnlock(ptl)
         if folio is not None:
@@ -285,7 +295,8 @@ class HugeMemoryMixin:
             self.put_folio(folio)
 
     def zap_anon_deposit(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
-        """zap_huge_pmd()'s `if (folio_test_anon) zap_deposited_table()` (v6.12)."""
+        """zap_huge_pmd()'s zap_deposited_table() of an anon THP (or, where
+        arch_needs_pgtable_deposit(), a file one) (v6.12)."""
         yield from self.zap_deposited_table(mm, pmd_pa, addr)
 
     # ---- split -------------------------------------------------------------------------
@@ -340,6 +351,8 @@ class HugeMemoryMixin:
             old = yield from self.get_and_clear_entry("pmd", pmd_pa,
                                                       "__split_huge_pmd: pmdp_huge_clear_flush")
             yield s.TlbFlushRange(haddr, haddr + a.pmd_size, mm)
+            if self.thp_deposits_for(folio):
+                yield from self.zap_deposited_table(mm, pmd_pa, haddr)
             if folio is not None:
                 folio.unmap()
                 mm.rss[self.mm_counter_kind(folio)] -= folio.nr_pages
