@@ -29,11 +29,12 @@ ARCHES = [("x86-pae", ""), ("powerpc", ""), ("powerpc", 'mmu = "hash"'), ("s390"
 IDS = ["x86-pae", "powerpc-radix", "powerpc-hash", "s390", "sparc64"]
 
 
-def machine(arch: str, opts: str = "", thp: bool = True, populate: int = 1) -> Machine:
+def machine(arch: str, opts: str = "", thp: bool = True, populate: int = 1,
+            cpus: int = 1) -> Machine:
     text = f"""
     [machine]
     arch = "{arch}"
-    cpus = 1
+    cpus = {cpus}
     memory_mib = 96
     [arch_options]
     {opts}
@@ -298,3 +299,29 @@ def test_powerpc_hash_deposits_with_a_file_thp_too():
         assert len(deposited_tables(m.mm)) == want and audit(k) == []
         assert m.run_kernel_now(k.do_munmap(m.mm, BASE, BASE + a.pmd_size), "munmap") == 0
         assert deposited_tables(m.mm) == [] and audit(k) == []
+
+
+@pytest.mark.parametrize(("arch", "opts"), ARCHES, ids=IDS)
+def test_mid_split_the_invalidated_pmd_stops_gup_fast_and_a_fault_waits(arch, opts):
+    """Between pmdp_invalidate() and pmd_populate(): the pmd is still trans-huge to Linux
+    but not valid for the hardware; GUP-fast (pmd_access_permitted) pins nothing and a
+    fault waits for the split's pmd_lock in huge_pmd_set_accessed(), then finds the ptes."""
+    from arch.base import Access
+    from emu.testing import Interleaving
+
+    m = machine(arch, opts, cpus=2)
+    a, k = m.arch, m.kernel
+    pmd_pa, _val = pmd_of(m, BASE)
+    il = Interleaving(m)
+    il.start(0, k.split_huge_pmd_address(m.mm, BASE))
+    il.run_until(0, lambda op: isinstance(op, s.Store) and "set_ptes" in op.what)
+    mid = k.read_entry_now(pmd_pa, a.level("pmd").entry_size)
+    assert a.pmd_trans_huge(mid) and not a.pmd_huge_valid(mid) and a.entry_present("pmd", mid)
+    gup = il.start(1, k.gup_fast(m.mm, BASE, 2, False), "gup")
+    il.run_while_runnable(1)
+    assert gup.done and gup.result == []
+    fault = il.start(1, k.handle_mm_fault(BASE + a.page_size, Access.WRITE, m.mm), "fault")
+    il.run_while_runnable(1)
+    assert not fault.done  # spinning on the pmd lock the split holds
+    il.finish()
+    assert not a.pmd_trans_huge(pmd_of(m, BASE)[1]) and audit(k) == []
