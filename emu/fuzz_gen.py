@@ -439,11 +439,20 @@ def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
 
 def _anon_thp_vmas(rng: random.Random, plan: Plan) -> None:
     """VM_HUGEPAGE (`thp = true`) on some anon VMAs holding a whole PMD range: their faults
-    map PMD folios with a deposited table, and khugepaged may collapse them."""
+    map PMD folios with a deposited table, and khugepaged may collapse them. Where the arch
+    has THP, most workloads also get one more anon VMA of one PMD range: a THP (one page
+    faulted in: the whole folio) or PTE-mapped pages for a collapse."""
     ppmd = plan.pmd // plan.page
+    if not plan.thp:
+        return
     for v in plan.vmas:
-        if v.kind == "anon" and plan.thp and v.start_pages == 0 and v.size_pages >= ppmd:
+        if v.kind == "anon" and v.start_pages == 0 and v.size_pages >= ppmd:
             v.thp = rng.random() < 0.5
+    if rng.random() < 0.7:
+        huge = rng.random() < 0.6
+        v = Vma(f"v{len(plan.vmas)}", "anon", 0, ppmd, len(plan.vmas), thp=huge,
+                populate=1 if huge else rng.randint(2, 16), stable=rng.random() < 0.5)
+        plan.vmas.append(v)
 
 
 def _thp_focus(plan: Plan, regions: list[Region]) -> list[Region]:
@@ -487,22 +496,35 @@ def _anon_thp_contended(rng: random.Random, plan: Plan,
     last pages (the split fills them last), GUP-fast from its start. None: not this
     time."""
     focus = _thp_focus(plan, regions)
-    if not plan.thp or not focus or rng.random() >= 0.35:
+    if not plan.thp or not focus or rng.random() >= 0.5:
         return None
     r = rng.choice(focus)
     start, _length = _focus_pmd(plan, r)
     page, pmd = plan.page, plan.pmd
-    kind = rng.choice(["split", "split", "collapse", "dontneed_page", "khugepaged"])
+    kinds = ["split", "split", "collapse", "collapse", "dontneed_page", "dontneed_pmd",
+             "khugepaged"] + (["munmap", "mremap"] if not r.stable else [])
+    kind = rng.choice(kinds)
     first: list[list] = []
     if kind == "split":
         first.append(["split_huge_pmd", _at(plan, start + rng.randrange(0, pmd, page))])
     elif kind == "collapse":
         first.append(["madvise", _at(plan, start), plan.expr(pmd), MADV_COLLAPSE])
-        if not r.stable:
+        if not r.stable:  # the deposited old table is freed at once by the zap
             first.append(["munmap", _at(plan, r.start_b), plan.expr(r.size_b)])
     elif kind == "dontneed_page":  # part of a THP: zap_pmd_range splits it first
         first.append(["madvise", _at(plan, start + rng.randrange(0, pmd, page)),
                       plan.expr(page), MADV_DONTNEED])
+    elif kind == "dontneed_pmd":  # zap_huge_pmd and its deposit
+        first.append(["madvise", _at(plan, start), plan.expr(pmd), MADV_DONTNEED])
+    elif kind == "munmap":
+        first.append(["munmap", _at(plan, r.start_b), plan.expr(r.size_b)])
+    elif kind == "mremap":
+        # far enough for another pmd table (x86-pae: 1 GiB), then away with it
+        far = 512 * pmd if 512 * pmd + start < (1 << (plan.va_bits - 1)) else 64 * pmd
+        dest = start + far
+        first.append(["mremap", _at(plan, start), plan.expr(pmd), plan.expr(pmd), 3,
+                      _at(plan, dest)])
+        first.append(["munmap", _at(plan, dest), plan.expr(pmd)])
     else:
         first.append(["khugepaged_scan", _at(plan, start)])
     lists = [first]
@@ -670,8 +692,8 @@ def _memory_mib(plan: Plan) -> int:
         nbytes = v.size_pages * plan.page
         # files: a PMD folio per range for collapse; anon THP: whole PMD folios, and one more
         # for a collapse
-        total += nbytes + (-(-nbytes // plan.pmd) * plan.pmd if v.kind != "anon" or v.thp
-                           else 0)
+        total += nbytes + (-(-nbytes // plan.pmd) * plan.pmd
+                           if v.kind != "anon" or v.size_pages * plan.page >= plan.pmd else 0)
     total += plan.cpus * 4 * plan.pmd + 8 * (1 << 20)
     mib = -(-total // (1 << 20))
     return max(16, 1 << (mib - 1).bit_length())
