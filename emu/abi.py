@@ -33,12 +33,14 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(6, "fault_around", 1, "fault_around(addr): map the page-cache pages around addr "
                                "(filemap_map_pages)."),
     Call(7, "madvise", 3, "madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table "
-                          "reclaim) or MADV_COLLAPSE (25, shmem/file)."),
+                          "reclaim), MADV_HUGEPAGE / MADV_NOHUGEPAGE (14 / 15: VM_HUGEPAGE, VMAs split "
+                          "at its ends) or MADV_COLLAPSE (25, shmem/file/anon)."),
     Call(8, "gup_fast", 4, "gup_fast(addr, nr, out, write): pin pages locklessly, write their "
                            "physical addresses (one word each) to out, unpin; returns the "
                            "number pinned."),
     Call(9, "khugepaged_scan", 1, "khugepaged_scan(addr): one khugepaged pass over the PMD range "
-                                  "at addr (no mmap_lock)."),
+                                  "at addr (shmem/file: collapse_file and retract, no mmap_lock; "
+                                  "anon, VM_HUGEPAGE VMAs only: collapse_huge_page)."),
     Call(10, "rcu_barrier", 0, "rcu_barrier(): wait until every queued RCU callback has run."),
     Call(11, "race_begin", 0, "race_begin(): the end of this vCPU's set-up. A program that calls "
                               "it runs free up to it when the machine is built, at Unicorn "
@@ -83,6 +85,9 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                                   "count pages from addr, rounds times, through its own "
                                   "translations (filled by its own walk, faulting pages in); "
                                   "returns the reads that got one."),
+    Call(25, "split_huge_pmd", 1, "split_huge_pmd(addr): __split_huge_pmd() of the huge pmd "
+                                  "mapping addr (anon: pmdp_invalidate, withdraw the deposited "
+                                  "table, populate it; file: clear); 0, or -EINVAL if none."),
     Call(23, "uffdio_register", 3, "uffdio_register(addr, len, mode): UFFDIO_REGISTER whole VMAs "
                                    "of the range; mode 1 MISSING, 2 WP, 3 both."),
     Call(24, "uffdio_copy", 3, "uffdio_copy(dst, src, len): UFFDIO_COPY len bytes from src into "

@@ -155,15 +155,21 @@ def generate(target: Target, seed: int) -> str:
     plan = Plan(target, a.page_size, a.pmd_size, a.va_bits, a.word_size, cpus)
     plan.thp = a.supports_huge_pmd()
     _plan_vmas(rng, plan, contended)
-    # fork and private mappings draw from an RNG of their own: the rest of a
-    # workload is what it was before they existed
+    # fork and private mappings, and anon THP, draw from RNGs of their own: the
+    # rest of a workload is what it was before they existed
     extra = random.Random(sub_seed(seed, 0xF02C))
     _private_vmas(extra, plan)
+    thp_rng = random.Random(f"anon-thp:{seed}")
+    _anon_thp_vmas(thp_rng, plan)
     regions = _regions(plan)
+    lists = None
     if contended:
-        lists = _contended_calls(rng, plan, regions)
+        lists = _anon_thp_contended(thp_rng, plan, regions)
+        if lists is None:
+            lists = _contended_calls(rng, plan, regions)
     else:
-        lists = [_calls(rng, plan, regions, cpu) for cpu in range(plan.cpus)]
+        lists = [_calls(rng, plan, regions, cpu) + _anon_thp_calls(thp_rng, plan, regions)
+                 for cpu in range(plan.cpus)]
     _fork_and_pin_calls(extra, plan, regions, lists)
     return _toml(plan, lists, seed)
 
@@ -532,6 +538,107 @@ def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
     return out
 
 
+def _anon_thp_vmas(rng: random.Random, plan: Plan) -> None:
+    """VM_HUGEPAGE (`thp = true`) on some anon VMAs holding a whole PMD range: their faults
+    map PMD folios with a deposited table, and khugepaged may collapse them. Where the arch
+    has THP, most workloads also get one more anon VMA of one PMD range: a THP (one page
+    faulted in: the whole folio) or PTE-mapped pages for a collapse."""
+    ppmd = plan.pmd // plan.page
+    if not plan.thp:
+        return
+    for v in plan.vmas:
+        if v.kind == "anon" and v.start_pages == 0 and v.size_pages >= ppmd:
+            v.thp = rng.random() < 0.5
+    if rng.random() < 0.7:
+        huge = rng.random() < 0.6
+        v = Vma(f"v{len(plan.vmas)}", "anon", 0, ppmd, len(plan.vmas), thp=huge,
+                populate=1 if huge else rng.randint(2, 16), stable=rng.random() < 0.5)
+        plan.vmas.append(v)
+
+
+def _thp_focus(plan: Plan, regions: list[Region]) -> list[Region]:
+    """Anon regions with a whole PMD range (what a THP, a split or a collapse needs)."""
+    return [r for r in regions if r.kind == "anon" and r.vma is not None
+            and _focus_pmd(plan, r)[1] >= plan.pmd and r.start_b % plan.pmd == 0]
+
+
+def _anon_thp_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> list[list]:
+    """Anon THP calls a vCPU makes after its others: MADV_HUGEPAGE (whole VMAs, else
+    -EINVAL), a fault that may map a PMD folio, split_huge_pmd (-EINVAL where no huge
+    pmd or no THP), MADV_COLLAPSE and a khugepaged pass of an anon range; now and then
+    a hostile address or a partial range."""
+    if rng.random() >= 0.3:
+        return []
+    focus = _thp_focus(plan, regions) or regions
+    r = rng.choice(focus)
+    start, length = _focus_pmd(plan, r)
+    out: list[list] = []
+    if rng.random() < 0.5:
+        out.append(["madvise", _at(plan, r.start_b), plan.expr(r.size_b), 14])  # MADV_HUGEPAGE
+    if r.stable and r.writable and rng.random() < 0.6:
+        out.append(["touch_write", _at(plan, start), 1, plan.expr(plan.page)])
+    for op in rng.sample(["split", "collapse", "khugepaged"], rng.randint(1, 3)):
+        addr = start + rng.randrange(0, length, plan.page)
+        where = _hostile_addr(rng, plan, addr) if rng.random() < HOSTILE else _at(plan, addr)
+        if op == "split":
+            out.append(["split_huge_pmd", where])
+        elif op == "collapse":
+            out.append(["madvise", _at(plan, start), _len(plan, length), MADV_COLLAPSE])
+        else:
+            out.append(["khugepaged_scan", where])
+    return out
+
+
+def _anon_thp_contended(rng: random.Random, plan: Plan,
+                        regions: list[Region]) -> list[list] | None:
+    """A share of the contended workloads races an anon THP's life on one PMD range:
+    vCPU 0 splits it, collapses it (then unmaps it, when it may: the deposited table is
+    freed then), zaps part of it or runs khugepaged; the others walk it: writes to its
+    last pages (the split fills them last), GUP-fast from its start. None: not this
+    time."""
+    focus = _thp_focus(plan, regions)
+    if not plan.thp or not focus or rng.random() >= 0.5:
+        return None
+    r = rng.choice(focus)
+    start, _length = _focus_pmd(plan, r)
+    page, pmd = plan.page, plan.pmd
+    kinds = ["split", "split", "collapse", "collapse", "dontneed_page", "dontneed_pmd",
+             "khugepaged"] + (["munmap", "mremap"] if not r.stable else [])
+    kind = rng.choice(kinds)
+    first: list[list] = []
+    if kind == "split":
+        first.append(["split_huge_pmd", _at(plan, start + rng.randrange(0, pmd, page))])
+    elif kind == "collapse":
+        first.append(["madvise", _at(plan, start), plan.expr(pmd), MADV_COLLAPSE])
+        if not r.stable:  # the deposited old table is freed at once by the zap
+            first.append(["munmap", _at(plan, r.start_b), plan.expr(r.size_b)])
+    elif kind == "dontneed_page":  # part of a THP: zap_pmd_range splits it first
+        first.append(["madvise", _at(plan, start + rng.randrange(0, pmd, page)),
+                      plan.expr(page), MADV_DONTNEED])
+    elif kind == "dontneed_pmd":  # zap_huge_pmd and its deposit
+        first.append(["madvise", _at(plan, start), plan.expr(pmd), MADV_DONTNEED])
+    elif kind == "munmap":
+        first.append(["munmap", _at(plan, r.start_b), plan.expr(r.size_b)])
+    elif kind == "mremap":
+        # far enough for another pmd table (x86-pae: 1 GiB), then away with it
+        far = 512 * pmd if 512 * pmd + start < (1 << (plan.va_bits - 1)) else 64 * pmd
+        dest = start + far
+        first.append(["mremap", _at(plan, start), plan.expr(pmd), plan.expr(pmd), 3,
+                      _at(plan, dest)])
+        first.append(["munmap", _at(plan, dest), plan.expr(pmd)])
+    else:
+        first.append(["khugepaged_scan", _at(plan, start)])
+    lists = [first]
+    for _cpu in range(1, plan.cpus):
+        if r.stable and r.writable and rng.random() < 0.6:
+            n = rng.randint(1, 8)
+            lists.append([["touch_write", _at(plan, start + pmd - n * page), n, plan.expr(page)]])
+        else:
+            n = rng.randint(1, 16)
+            lists.append([["gup_fast", _at(plan, start), n, plan.expr(OUT_PMD * pmd), 0]])
+    return lists
+
+
 def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> list[list]:
     """Every vCPU's short call list aimed at one focus range. First a way to tear
     its tables down (khugepaged or MADV_COLLAPSE where the arch has PMD-sized
@@ -684,7 +791,10 @@ def _memory_mib(plan: Plan) -> int:
     total = 0
     for v in plan.vmas:
         nbytes = v.size_pages * plan.page
-        total += nbytes + (-(-nbytes // plan.pmd) * plan.pmd if v.kind != "anon" else 0)
+        # files: a PMD folio per range for collapse; anon THP: whole PMD folios, and one more
+        # for a collapse
+        total += nbytes + (-(-nbytes // plan.pmd) * plan.pmd
+                           if v.kind != "anon" or v.size_pages * plan.page >= plan.pmd else 0)
     total += plan.cpus * 4 * plan.pmd + 8 * (1 << 20)
     mib = -(-total // (1 << 20))
     return max(16, 1 << (mib - 1).bit_length())

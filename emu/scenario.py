@@ -97,7 +97,7 @@ class VmaSpec:
     kind: str
     prot: str = "rw"
     populate: bool | int = False  # True: every page; N: the first N pages
-    thp: bool = False  # shmem/file: back with one PMD-sized folio
+    thp: bool = False  # shmem/file: back with one PMD-sized folio; anon: VM_HUGEPAGE
     # False: faults map even a PMD-sized folio with PTEs (as when khugepaged's
     # retract had to skip the VMA), leaving it for collapse_pte_mapped_thp()
     pmd_mapping: bool = True

@@ -31,6 +31,7 @@ MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MAP_PRIVATE_KINDS = {3: "shmem", 4: "file"}  # MAP_PRIVATE of a new shmem / file object
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
 MADV_COLLAPSE = 25
+MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 GUP_MAX_PAGES = 4096
 
 
@@ -146,8 +147,12 @@ def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int
     check_user_range(m, addr, length, m.arch.page_size)
     if advice == MADV_DONTNEED:
         return m.kernel.madvise_dontneed(m.mm_of(cpu), addr, addr + length)
+    if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
+        require_thp(m, "MADV_HUGEPAGE")
+        return m.kernel.madvise_hugepage(m.mm_of(cpu), addr, addr + length, advice)
     if advice != MADV_COLLAPSE:
-        raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, MADV_COLLAPSE=25)")
+        raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, "
+                             "MADV_HUGEPAGE=14, MADV_NOHUGEPAGE=15, MADV_COLLAPSE=25)")
     require_thp(m, "MADV_COLLAPSE")
     return m.kernel.madvise_collapse(m.mm_of(cpu), addr, addr + length)
 
@@ -158,6 +163,21 @@ def require_thp(m: ServiceHost, what: str) -> None:
     if not m.arch.supports_huge_pmd():
         raise HypercallError(EINVAL, f"{what}: {m.arch.name} has no PMD-sized pages "
                              "(no CONFIG_TRANSPARENT_HUGEPAGE)")
+
+
+@service("split_huge_pmd")
+def sys_split_huge_pmd(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
+    """Validate and run `split_huge_pmd` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, 1)
+    require_thp(m, "split_huge_pmd")
+    return _split_huge_pmd(m.kernel, m.mm_of(cpu), addr)
+
+
+def _split_huge_pmd(k, mm: MM, addr: int) -> s.KernelGen:  # noqa: ANN001
+    yield s.DownRead(mm.mmap_lock)
+    ret = yield from k.split_huge_pmd_address(mm, addr)
+    yield s.UpRead(mm.mmap_lock)
+    return ret
 
 
 @service("gup_fast")

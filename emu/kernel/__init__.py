@@ -18,7 +18,9 @@ from emu.kernel.folio import Folio
 from emu.kernel.fork import ForkMixin
 from emu.kernel.gup import GupMixin
 from emu.kernel.gup_pin import GupPinMixin
+from emu.kernel.huge_memory import HugeMemoryMixin
 from emu.kernel.khugepaged import KhugepagedMixin
+from emu.kernel.khugepaged_anon import KhugepagedAnonMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
@@ -35,8 +37,9 @@ from emu.kernel.vma_split import VmaSplitMixin
 
 class Kernel(ForkMixin, CowMixin, MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin,
              UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin,
-             KhugepagedMixin, PtReclaimMixin, GupPinMixin, GupMixin, FaultArmvMixin, FilemapMixin,
-             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
+             KhugepagedAnonMixin, KhugepagedMixin, PtReclaimMixin, HugeMemoryMixin, GupPinMixin,
+             GupMixin, FaultArmvMixin, FilemapMixin, MemoryMixin, FaultMixin, PgtableMixin,
+             PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003

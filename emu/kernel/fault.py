@@ -67,6 +67,9 @@ class FaultMixin:
         if self.arch.pmd_trans_huge(pmdval):
             return (yield from self.huge_pmd_fault(vmf, pmdval))
         if self.arch.entry_none("pmd", pmdval):
+            ret = yield from self.create_huge_pmd(vmf)
+            if ret is not None:  # not VM_FAULT_FALLBACK
+                return ret
             done = yield from self.maybe_map_huge_pmd(vmf)
             if done:
                 return VM_FAULT_RETRY_ACCESS
@@ -74,14 +77,16 @@ class FaultMixin:
         return (yield from self.handle_pte_fault(vmf))
 
     def huge_pmd_fault(self: Kernel, vmf: Vmf, pmdval: int) -> s.KernelGen:
-        """A fault on a PMD-mapped huge page (v6.12 __handle_mm_fault): present means spurious;
-        retry. A write to a private file mapping's read-only huge pmd is do_huge_pmd_wp_page():
-        a file pmd is split by clearing it (__split_huge_pmd), and the retried access
-        copies its page through the pte path (do_cow_fault).
+        """A fault on a PMD-mapped huge page (v6.12 __handle_mm_fault). A write to a private
+        file mapping's read-only huge pmd is do_huge_pmd_wp_page(): a file pmd is split by
+        clearing it (__split_huge_pmd), and the retried access copies its page through the
+        pte path (do_cow_fault). Otherwise huge_pmd_set_accessed (waits out a split holding
+        pmd_lock), then retry.
         """
         if vmf.access == Access.WRITE and vmf.vma.private:
             yield from self.zap_huge_pmd(vmf.vma.mm, vmf.vma, vmf.pmd_pa, vmf.addr)
-        return VM_FAULT_RETRY_ACCESS
+            return VM_FAULT_RETRY_ACCESS
+        return (yield from self.huge_pmd_set_accessed(vmf, pmdval))
 
     def handle_pte_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
         """handle_pte_fault() (v6.13; 6.6-6.12's _nolock makes the same steps): map with

@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 class FilemapMixin:
     # ---- setup ------------------------------------------------------------------
     def setup_vma(self: Kernel, vma: VMA, spec: object) -> None:
-        """A shmem/file VMA gets its own page cache; `thp` puts one PMD folio in it."""
+        """A shmem/file VMA gets its own page cache; `thp` puts one PMD folio in it (anon:
+        `thp` is VM_HUGEPAGE, as MADV_HUGEPAGE sets it)."""
+        if vma.kind == "anon":
+            vma.hugepage = bool(getattr(spec, "thp", False))
         if vma.kind not in ("shmem", "file"):
             return
         npages = (vma.end - vma.start) // self.arch.page_size
@@ -131,16 +134,25 @@ class FilemapMixin:
         mm = vmf.vma.mm
         if not folio.in_cache:
             return False
+        # powerpc hash deposits a table with every huge pmd (arch_needs_pgtable_deposit)
+        prealloc = (yield from self.pte_alloc_one(mm)) if self.arch_needs_pgtable_deposit() else None
+        haddr = vmf.addr - vmf.addr % self.arch.pmd_size
         ptl = yield from self.pmd_lock(mm, vmf.pmd_pa, vmf.addr)
         cur = yield from self.read_entry("pmd", vmf.pmd_pa)
         done = False
         if self.arch.entry_none("pmd", cur):
+            if prealloc is not None:  # deposit_prealloc_pte()
+                yield from self.pgtable_trans_huge_deposit(mm, vmf.pmd_pa, haddr, prealloc)
+                self.mm_inc_nr_ptes(mm)
+                prealloc = None
             folio.map()
             mm.rss[folio.kind] += folio.nr_pages
             yield from self.set_entry("pmd", vmf.pmd_pa,
                                       self.arch.mk_pmd_huge(folio.pa, vmf.vma.page_prot), "do_set_pmd")
             done = True
         yield s.SpinUnlock(ptl)
+        if prealloc is not None:
+            yield from self.pte_free(mm, prealloc)
         return done
 
     def do_fault_folio(self: Kernel, vmf: Vmf) -> s.KernelGen:

@@ -159,13 +159,25 @@ class ForkMixin:
     def copy_pmd_range(self: Kernel, dst_vma: VMA, src_vma: VMA, addr: int,
                        end: int) -> s.KernelGen:
         """copy_pmd_range() for one pmd (v6.12): pmd_alloc in the child; a huge file pmd is
-        left to the child's faults (copy_huge_pmd copies only anon THPs); none/bad skipped."""
+        left to the child's faults (copy_huge_pmd copies only anon THPs); none/bad skipped.
+
+        An anon THP is split first and copied pte by pte: what Linux's
+        copy_huge_pmd() does for one that may be pinned (-EAGAIN after
+        __split_huge_pmd, then the fall-through to copy_pte_range). Linux shares
+        an unpinned one by its pmd, write-protected; ptemu, which has no COW of
+        a huge pmd (wp_huge_pmd), splits every one.
+        """
         a = self.arch
         src_pmd = yield from self.pmd_offset_alloc(src_vma.mm, addr, alloc=False)
         if src_pmd is None:
             return 0
         dst_pmd = yield from self.pmd_offset_alloc(dst_vma.mm, addr, alloc=True)
         pmdval = yield from self.read_entry("pmd", src_pmd, "copy_pmd_range")
+        if a.pmd_trans_huge(pmdval):
+            folio = self.folio_of(a.pmd_huge_pa(pmdval))
+            if folio is not None and folio.kind == "anon":
+                yield from self.split_huge_pmd(src_vma, src_pmd, addr)
+                pmdval = yield from self.read_entry("pmd", src_pmd, "copy_pmd_range")
         if a.pmd_trans_huge(pmdval) or a.entry_none("pmd", pmdval) \
                 or a.entry_bad("pmd", pmdval) or not a.entry_present("pmd", pmdval):
             return 0

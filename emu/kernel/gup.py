@@ -137,6 +137,10 @@ class GupMixin:
         recheck.
         """
         a = self.arch
+        # pmd_access_permitted(): not a pmd pmdp_invalidate() made non-present (a split in
+        # progress), nor a read-only one for a write
+        if not a.pmd_huge_valid(pmd) or (write and not a.pmd_huge_write(pmd)):
+            return False
         stop = min(end, addr - addr % a.pmd_size + a.pmd_size)
         pages = range(addr, stop, a.page_size)
         # one reference per page pinned, as try_grab_folio_fast(folio, refs) takes

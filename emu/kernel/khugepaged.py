@@ -436,11 +436,15 @@ class KhugepagedMixin:
 
     # ---- entry points for services -----------------------------------------------------------
     def madvise_collapse(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """madvise_collapse() (v6.6-v6.12) on a shmem/file range: 0, or a negative errno."""
+        """madvise_collapse() (v6.6-v6.12) on a shmem/file range (anon: madvise_collapse_anon):
+        0, or a negative errno."""
         a = self.arch
         pmd_size = a.pmd_size
         yield s.DownRead(mm.mmap_lock)
         vma = mm.find_vma(start)
+        if vma is not None and vma.kind == "anon" and end <= vma.end:
+            yield s.UpRead(mm.mmap_lock)
+            return (yield from self.madvise_collapse_anon(mm, start, end))
         if vma is None or vma.kind not in ("shmem", "file") or end > vma.end:
             yield s.UpRead(mm.mmap_lock)
             return -22
@@ -463,6 +467,8 @@ class KhugepagedMixin:
         collapse_pte_mapped_thp without install).
         """
         vma = mm.find_vma(addr)
+        if vma is not None and vma.kind == "anon":
+            return (yield from self.khugepaged_scan_anon(mm, addr))
         if vma is None or vma.kind not in ("shmem", "file"):
             return -22
         haddr = addr - addr % self.arch.pmd_size

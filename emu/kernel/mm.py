@@ -31,7 +31,10 @@ class VMA:
     file: object | None = None
     pgoff: int = 0
     anon_vma: bool = False  # set once an anon page is mapped (khugepaged skips those)
+    # anon_vma->root->rwsem: rmap walkers read it, collapse_huge_page writes it
+    anon_vma_lock: RwSem = field(default_factory=lambda: RwSem("anon_vma"), repr=False)
     pmd_mapping: bool = True  # may faults map a PMD-sized folio with one PMD?
+    hugepage: bool = False  # VM_HUGEPAGE (anon: THP faults and khugepaged; MADV_HUGEPAGE)
     uffd_wp: bool = False  # VM_UFFD_WP (UFFDIO_REGISTER_MODE_WP)
     uffd_missing: bool = False  # VM_UFFD_MISSING (UFFDIO_REGISTER_MODE_MISSING)
     # MAP_PRIVATE of a shmem/file object: reads map the page cache's page
