@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emu.kernel import steps as s
+from emu.kernel.known_variants import _collapses
 from emu.kernel.variant_registry import variant
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ class ForkSharesPinnedPages:
          "not repeat it under pmd_lock + ptl (before 023f47a8250c \"mm/khugepaged: fix "
          "->anon_vma race\" and seed 004's rechecks): a UFFDIO_COPY into a MAP_PRIVATE file "
          "mapping that gave the VMA its anon_vma and mapped an anon page meanwhile has that "
-         "page's PTE table freed under it")
+         "page's PTE table freed under it",
+         applies=_collapses)
 class RetractNoAnonVmaRecheck:
     def retract_recheck_under_ptl(self: Kernel, vma: VMA) -> bool:
         return not vma.uffd_wp
