@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
+import emu.kernel.mremap_variants  # noqa: F401 - mremap's
 import emu.kernel.notifier_variants  # noqa: F401 - the mmu notifier calls'
 import emu.kernel.uffd_variants  # noqa: F401 - userfaultfd's
 import emu.kernel.walker_variants  # noqa: F401 - and those of the page walker's users
