@@ -61,6 +61,9 @@ class MremapMixin:
         """do_mremap() (v6.12) on page-aligned, validated arguments: the new address, or
         -errno."""
         yield s.DownWrite(mm.mmap_lock)
+        if mm.find_vma(addr) is None:  # vma_lookup()
+            yield s.UpWrite(mm.mmap_lock)
+            return -EFAULT
         if flags & MREMAP_FIXED:
             ret = yield from self.mremap_to(mm, addr, old_len, new_addr, new_len)
         else:
@@ -78,10 +81,7 @@ class MremapMixin:
     def mremap_in_place(self: Kernel, mm: MM, addr: int, old_len: int, new_len: int,
                         flags: int) -> s.KernelGen:
         """do_mremap()'s shrink and grow without MREMAP_FIXED (v6.12)."""
-        if old_len >= new_len:
-            vma = self.vma_to_resize(mm, addr, old_len)
-            if isinstance(vma, int):
-                return vma
+        if old_len >= new_len:  # "Always allow a shrinking remap"
             if old_len > new_len:
                 yield from self.do_vmi_munmap(mm, addr + new_len, addr + old_len, unlock=False)
             return addr
