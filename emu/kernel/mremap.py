@@ -50,6 +50,7 @@ from emu.kernel.version import MOVE_PMD_RECHECK
 if TYPE_CHECKING:
     from emu.kernel import Kernel
     from emu.kernel.mm import MM, VMA
+    from emu.kernel.sync import Spinlock
 
 MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4  # include/uapi/linux/mman.h
 EAGAIN, ENOMEM, EFAULT, EINVAL = 11, 12, 14, 22
@@ -341,7 +342,7 @@ class MremapMixin:
         return err
 
     def move_ptes_unlock(self: Kernel, mm: MM, old_addr: int, old_end: int, force_flush: bool,
-                         old_ptl, new_ptl) -> s.KernelGen:  # noqa: ANN001
+                         old_ptl: Spinlock, new_ptl: Spinlock) -> s.KernelGen:
         """move_ptes()' end (v6.12, since eb66ae030829 in 4.20): flush_tlb_range() of the old
         range while both ptls are held, then drop them."""
         if force_flush:

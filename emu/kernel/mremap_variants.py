@@ -28,6 +28,7 @@ from emu.kernel.variant_registry import variant
 if TYPE_CHECKING:
     from emu.kernel import Kernel
     from emu.kernel.mm import MM, VMA
+    from emu.kernel.sync import Spinlock
 
 
 def _needs_move_pmd(arch: object) -> str | None:
@@ -53,7 +54,7 @@ class MoveNormalPmdNoRecheck:
          "CPU still maps it through its old-address TLB entry")
 class MovePtesFlushAfterUnlock:
     def move_ptes_unlock(self: Kernel, mm: MM, old_addr: int, old_end: int, force_flush: bool,
-                         old_ptl, new_ptl) -> s.KernelGen:  # noqa: ANN001
+                         old_ptl: Spinlock, new_ptl: Spinlock) -> s.KernelGen:
         if new_ptl is not old_ptl:
             yield s.SpinUnlock(new_ptl)
         yield s.SpinUnlock(old_ptl)
