@@ -108,7 +108,7 @@ class MprotectMixin:
                         if done:
                             break
                     else:
-                        yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr)  # __split_huge_pmd
+                        yield from self.split_huge_pmd(vma, pmd_pa, addr)
                         continue
                 ret = yield from self.change_pte_range(mm, vma, pmd_pa, addr, nxt)
                 if not self.change_pte_range_retry(ret):

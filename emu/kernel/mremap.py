@@ -219,7 +219,7 @@ class MremapMixin:
                         yield from self.drop_rmap_locks(vma)
                     if moved:
                         return
-                yield from self.zap_huge_pmd(mm, vma, old_pmd, old_addr)  # split_huge_pmd
+                yield from self.split_huge_pmd(vma, old_pmd, old_addr)
             elif a.have_move_pmd and extent == a.pmd_size:
                 # move_pgt_entry(NORMAL_PMD, ..., true): the rmap locks, always
                 yield from self.take_rmap_locks(vma)
@@ -240,8 +240,9 @@ class MremapMixin:
 
     def move_huge_pmd(self: Kernel, mm: MM, old_addr: int, new_addr: int, old_pmd: int,
                       new_pmd: int) -> s.KernelGen:
-        """move_huge_pmd() (v6.12, file THP: nothing deposited): under the old pmd lock (the new
-        nested), get-and-clear the old pmd, set the new, flush the old range."""
+        """move_huge_pmd() (v6.12): under the old pmd lock (the new nested), get-and-clear the
+        old pmd, move an anon THP's deposited table where it must (move_huge_pmd_deposit),
+        set the new, flush the old range."""
         a = self.arch
         cur = yield from self.read_entry("pmd", new_pmd, "move_huge_pmd: new pmd")
         if not a.entry_none("pmd", cur):
@@ -257,6 +258,7 @@ class MremapMixin:
         pmdval = yield from self.get_and_clear_entry("pmd", old_pmd,
                                                      "move_huge_pmd: pmdp_huge_get_and_clear",
                                                      pmdval)
+        yield from self.move_huge_pmd_deposit(mm, pmdval, old_pmd, old_addr, new_pmd, new_addr)
         yield from self.set_entry("pmd", new_pmd, pmdval, "move_huge_pmd: set_pmd_at")
         yield s.TlbFlushRange(old_addr, old_addr + a.pmd_size, mm)  # flush_pmd_tlb_range
         if new_ptl is not old_ptl:
