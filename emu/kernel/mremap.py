@@ -33,8 +33,8 @@ each routine says its version), under `mmap_write_lock`:
   before releasing the page": the new ptl keeps the page from being freed
   by an rmap walker until no TLB maps the old address).
 
-The anon_vma lock of take_rmap_locks() is not modelled (ptemu's anon_vma is
-a flag); i_mmap_rwsem is. MREMAP_DONTUNMAP, and a move without
+A split or moved VMA shares its anon_vma (and its lock) with the original, as
+anon_vma_clone() links it. MREMAP_DONTUNMAP, and a move without
 MREMAP_FIXED (get_unmapped_area placement), are not modelled.
 """
 
@@ -166,12 +166,16 @@ class MremapMixin:
 
     # ---- the rmap locks -------------------------------------------------------------
     def take_rmap_locks(self: Kernel, vma: VMA) -> s.KernelGen:
-        """take_rmap_locks() (v6.12): i_mmap_lock_write (the anon_vma lock is not modelled)."""
+        """take_rmap_locks() (v6.12): i_mmap_lock_write, then anon_vma_lock_write."""
         if vma.file is not None:
             yield s.DownWrite(vma.file.i_mmap_rwsem)
+        if vma.anon_vma:
+            yield s.DownWrite(vma.anon_vma_lock)
 
     def drop_rmap_locks(self: Kernel, vma: VMA) -> s.KernelGen:
-        """drop_rmap_locks() (v6.12)."""
+        """drop_rmap_locks() (v6.12): the anon_vma lock, then i_mmap."""
+        if vma.anon_vma:
+            yield s.UpWrite(vma.anon_vma_lock)
         if vma.file is not None:
             yield s.UpWrite(vma.file.i_mmap_rwsem)
 
