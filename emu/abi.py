@@ -27,7 +27,9 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(3, "mmap", 3, "mmap(addr, len, kind): a fixed mapping; kind 0 anon, 1 shmem, 2 file, "
                        "3 shmem MAP_PRIVATE, 4 file MAP_PRIVATE (reads map the page cache's "
                        "page read-only, writes copy it: do_cow_fault, wp_page_copy)."),
-    Call(4, "munmap", 2, "munmap(addr, len): remove whole VMAs in the range, zap, free page tables."),
+    Call(4, "munmap", 2, "munmap(addr, len): unmap [addr, addr+len), splitting the VMAs at its "
+                         "ends (len rounded up to a page), zap, free the page tables no VMA "
+                         "still uses; the caller's own text and stack too."),
     Call(5, "truncate", 2, "truncate(addr, size): truncate the shmem/file object mapped at addr "
                            "to size bytes."),
     Call(6, "fault_around", 1, "fault_around(addr): map the page-cache pages around addr "

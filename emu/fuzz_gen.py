@@ -14,9 +14,12 @@ What the generator keeps legal, because Linux would kill the guest the same
 way (a SIGSEGV or SIGBUS is the program's bug, not the kernel's): guest loads
 and stores (`touch_read` / `touch_write`) only go to VMAs nobody unmaps or
 truncates ("stable" VMAs, and a vCPU's own mmap between its mmap and its
-munmap); munmap and truncate only go to the others ("volatile" VMAs); no
-range a hostile call names covers a stack or a program's text. Everything
-else is fair game for every vCPU at once.
+munmap); munmap, truncate, mremap and mprotect to read-only only go to the
+others ("volatile" VMAs); no range a hostile call names covers a stack or a
+program's text. Everything else is fair game for every vCPU at once. The
+exceptions die as Linux kills them, with `signal = "SIGSEGV"` on their
+[[cpu]]: a vCPU that munmaps its own text, and the workloads built around
+one range another vCPU moves with mremap (every vCPU of those).
 
 Determinism: `generate(target, seed)` uses only its own `random.Random`; the
 text depends on nothing else (no hash order, no clock).
@@ -122,6 +125,9 @@ class Plan:
     vmas: list[Vma] = field(default_factory=list)
     out_pages: int = 1
     thp: bool = True  # the arch has PMD-sized pages (arm 2-level has none)
+    # vCPUs whose program may die of SIGSEGV ([[cpu]] signal): it munmaps its own
+    # text, or touches a range another vCPU moves away (_remap_calls, mremap focus)
+    signalled: set[int] = field(default_factory=set)
     child: list[list] | None = None  # a forked child's call list (its vCPU comes last)
 
     def slot_base(self, slot: int) -> int:
@@ -500,11 +506,89 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
         else:
             calls.append([rng.choice(NR_UNKNOWN), 1, 2, 3])
     calls.extend(_walker_and_notifier_calls(rng, plan, regions))
+    calls.extend(_remap_calls(rng, plan, regions, cpu))
     if own is not None and rng.random() < 0.7:
         calls.append(["munmap", _at(plan, own.start_b), plan.expr(own.size_b)])
     if rng.random() < 0.05:
         calls.append(["exit", 0])
+    elif rng.random() < OWN_TEXT:
+        # munmap of its own text: the next fetch is SIGSEGV, and the process dies
+        calls.append(["munmap", "text", plan.expr(plan.page)])
+        plan.signalled.add(cpu)
     return calls
+
+
+OWN_TEXT = 0.05  # share of vCPUs that end by unmapping their own text
+MREMAP_MOVE = 3  # MREMAP_MAYMOVE | MREMAP_FIXED
+
+
+def _remap_calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> list[list]:
+    """mprotect, mremap and munmap of part of a VMA: a few calls a vCPU makes after its
+    others. What may change under the guests' own loads and stores stays legal:
+    mprotect of a region guests touch only adds PROT_EXEC (a split, new ptes,
+    then a merge back); read-only, a move or a partial unmap only hit the volatile
+    regions nobody touches. A move goes to this vCPU's own slot, past its mmap
+    (PMD-aligned, or a page off, so move_normal_pmd and move_ptes both run).
+    Hostile ones get Linux's errors: misaligned, zero or overlapping lengths,
+    unknown flags or prot bits, MREMAP_FIXED alone, a source nothing maps."""
+    page, pmd = plan.page, plan.pmd
+    dest = plan.slot_base(len(plan.vmas) + cpu) + 2 * pmd
+    volatile = [r for r in regions if not r.stable]
+    out: list[list] = []
+    if rng.random() < 0.3:  # mprotect
+        if rng.random() < HOSTILE:
+            r = _pick(rng, regions)
+            which = rng.randrange(4)
+            if which == 0:
+                out.append(["mprotect", f"{_at(plan, r.start_b)} + 1", plan.expr(page), 3])
+            elif which == 1:
+                out.append(["mprotect", _at(plan, r.start_b), plan.expr(page), 8])
+            elif which == 2:
+                out.append(["mprotect", _at(plan, r.start_b), plan.expr(page), 0])
+            else:  # running past the region: -ENOMEM (what is mapped becomes rwx)
+                out.append(["mprotect", _at(plan, r.start_b), plan.expr(r.size_b + 3 * pmd), 7])
+        else:
+            r = _pick(rng, regions)
+            addr, length = _subrange(rng, plan, r)
+            ro = not r.stable and rng.random() < 0.5
+            out.append(["mprotect", _at(plan, addr), plan.expr(length), 1 if ro else 7])
+            if rng.random() < 0.6:
+                out.append(["mprotect", _at(plan, addr), plan.expr(length), 3])
+    if rng.random() < 0.3:  # mremap
+        if rng.random() < HOSTILE or not volatile:
+            r = _pick(rng, regions)
+            which = rng.randrange(6)
+            args = [_at(plan, r.start_b), plan.expr(page), plan.expr(page), MREMAP_MOVE,
+                    plan.expr(dest)]
+            if which == 0:
+                args[0] = f"{args[0]} + 1"
+            elif which == 1:
+                args[3] = rng.choice([2, 8, 4])  # FIXED alone, unknown, DONTUNMAP
+            elif which == 2:
+                args[2] = 0
+            elif which == 3:  # overlapping source and destination
+                args[4] = args[0]
+            elif which == 4:  # nothing mapped at the source
+                args[0] = plan.expr(dest + pmd // 2 // page * page)
+            else:
+                args[4] = f"{plan.expr(dest)} + 1"
+            out.append(["mremap", *args])
+        else:
+            r = rng.choice(volatile)
+            addr, length = _subrange(rng, plan, r, pmd_aligned=rng.random() < 0.5)
+            length = min(length, pmd)
+            to = dest + (0 if rng.random() < 0.6 else page)
+            new_len = rng.choice([length, length, max(page, length // 2 // page * page)])
+            out.append(["mremap", _at(plan, addr), plan.expr(length), plan.expr(new_len),
+                        MREMAP_MOVE, plan.expr(to)])
+    if volatile and rng.random() < 0.2:  # munmap of part of a VMA: a split
+        r = rng.choice(volatile)
+        pages = r.size_b // page
+        if pages > 2:
+            first = rng.randrange(1, pages - 1)
+            n = rng.randint(1, pages - 1 - first)
+            out.append(["munmap", _at(plan, r.start_b + first * page), plan.expr(n * page)])
+    return out
 
 
 def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
@@ -648,7 +732,9 @@ def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> l
     valid: the hostile ones are the other workloads' business."""
     kinds = (["khugepaged_scan", "madvise_collapse"] if plan.thp else []) + \
         ["madvise_dontneed", "munmap", "truncate"]
-    kind = rng.choice(kinds)
+    kind = rng.choice(kinds + ["mremap"])
+    if kind == "mremap":
+        return _contended_mremap(rng, plan, regions, kinds)
     fits = [r for r in regions if _may_destroy(kind, r)]
     cands = [r for r in fits if r.vma is not None and int(r.vma.name[1:]) < CANDIDATES]
     if kind in ("khugepaged_scan", "madvise_collapse") and cands and rng.random() < 0.8:
@@ -670,6 +756,39 @@ def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> l
                 # (fragments of one page, halves of one page)
                 calls.append(_walk(rng, plan, focus if rng.random() < 0.85 else rng.choice(regions)))
         lists.append(calls)
+    return lists
+
+
+def _contended_mremap(rng: random.Random, plan: Plan, regions: list[Region],
+                      kinds: list[str]) -> list[list]:
+    """vCPU 0 moves a file range (MREMAP_MAYMOVE|MREMAP_FIXED, its PMD ranges when it
+    has whole ones) while the others walk it (their own loads and stores too),
+    collapse or truncate it: a move racing retract_page_tables(), truncate and the
+    walkers. A guest that touches the range once it has moved, or past a
+    truncated end, dies of SIGSEGV as in Linux, so every vCPU may."""
+    files = [r for r in regions if r.kind != "anon"] or regions
+    cands = [r for r in files if r.vma is not None and int(r.vma.name[1:]) < CANDIDATES]
+    focus = rng.choice(cands if cands and rng.random() < 0.8 else files)
+    start, length = _focus_pmd(plan, focus)
+    dest = plan.slot_base(len(plan.vmas)) + 2 * plan.pmd
+    if rng.random() < 0.3:
+        dest += plan.page  # misaligned: move_ptes
+    lists: list[list] = [[["mremap", _at(plan, start), plan.expr(length), plan.expr(length),
+                           MREMAP_MOVE, plan.expr(dest)]]]
+    if rng.random() < 0.5:
+        lists[0].append(["touch_read", _at(plan, dest), 1, plan.expr(plan.page)])
+    others = [k for k in kinds if k != "munmap"]
+    touchable = replace(focus, stable=True)
+    for _ in range(1, plan.cpus):
+        calls: list[list] = []
+        if rng.random() < 0.4:
+            calls.append(["touch_write" if focus.writable else "touch_read", _at(plan, start), 1,
+                          plan.expr(plan.page)])
+        if rng.random() < 0.5:
+            calls.append(_destroy(rng, plan, focus, rng.choice(others)))
+        calls.append(_walk(rng, plan, touchable))
+        lists.append(calls)
+    plan.signalled.update(range(plan.cpus + 1))  # a forked child's vCPU comes last
     return lists
 
 
@@ -827,12 +946,18 @@ def _toml(plan: Plan, lists: list[list[list]], seed: int) -> str:
     lines += ["", "[[vma]]", 'name = "gup-out"', f"start = {_value(plan.expr(OUT_PMD * plan.pmd))}",
               f"size = {_value(plan.expr(_out_pages(plan) * plan.page))}", 'kind = "anon"',
               "populate = true"]
-    for calls in lists:
-        lines += ["", "[[cpu]]", "calls = ["]
+    for cpu, calls in enumerate(lists):
+        lines += ["", "[[cpu]]"]
+        if cpu in plan.signalled:
+            lines.append('signal = "SIGSEGV"')
+        lines.append("calls = [")
         lines += [f"  [{', '.join(_value(x) for x in rec)}]," for rec in calls]
         lines.append("]")
     if plan.child is not None:  # parked until a vCPU calls fork(plan.cpus)
-        lines += ["", "[[cpu]]", 'child = "forked"', "calls = ["]
+        lines += ["", "[[cpu]]", 'child = "forked"']
+        if plan.cpus in plan.signalled:
+            lines.append('signal = "SIGSEGV"')
+        lines.append("calls = [")
         lines += [f"  [{', '.join(_value(x) for x in rec)}]," for rec in plan.child]
         lines.append("]")
     return "\n".join(lines) + "\n"

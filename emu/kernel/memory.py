@@ -87,7 +87,8 @@ class MemoryMixin:
                       even_cows: bool = True) -> s.KernelGen:
         """zap_pte_range() (v6.12, one pte per step rather than 6.9's batches): ptep_get_and_clear
         under the ptl, flush, put (into `tlb`, unflushed, if the caller gathers: a
-        batch that never fills, so no force_flush).
+        batch that never fills, so no force_flush). The flush covers the present ptes
+        cleared (__tlb_adjust_range), none if none was (tlb_flush_mmu_tlbonly()).
         """
         a = self.arch
         r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
@@ -97,6 +98,9 @@ class MemoryMixin:
         ps = a.page_size
         lv = a.level("pte")
         released: list[Folio] = []
+        # tlb_remove_tlb_entry() -> __tlb_adjust_range(): the gather's range spans
+        # the present ptes cleared, and nothing else
+        lo = hi = None
         for addr in range(start, end, ps):
             ptep = ptep0 + (lv.index(addr) - lv.index(start)) * lv.entry_size
             cur = yield from self.read_entry("pte", ptep, "zap_pte_range")
@@ -110,6 +114,8 @@ class MemoryMixin:
                                                       "zap_pte_range: ptep_get_and_clear", cur)
             if not a.pte_present(cur):
                 continue
+            lo = addr if lo is None else lo
+            hi = addr + ps
             folio = self.folio_of(a.pte_pa(cur))
             if folio is None:
                 continue
@@ -120,8 +126,10 @@ class MemoryMixin:
         if tlb is not None:
             tlb.extend(released)
             return
-        # tlb_finish_mmu(): flush before the pages can be reused
-        yield s.TlbFlushRange(start, end, mm)
+        # tlb_finish_mmu(): flush before the pages can be reused; a gather that
+        # cleared no present pte has an empty range and flushes nothing
+        if lo is not None:
+            yield s.TlbFlushRange(lo, hi, mm)
         for folio in released:
             self.put_folio(folio)
 

@@ -78,8 +78,8 @@ class VmaSplitMixin:
         directly below `b`."""
         if a.end != b.start or a.kind != b.kind or a.prot != b.prot or a.file is not b.file:
             return False
-        if (a.uffd_wp, a.uffd_missing, a.pmd_mapping, a.hugepage) != \
-                (b.uffd_wp, b.uffd_missing, b.pmd_mapping, b.hugepage):  # vm_flags differ
+        if (a.uffd_wp, a.uffd_missing, a.pmd_mapping, a.hugepage, a.private) != \
+                (b.uffd_wp, b.uffd_missing, b.pmd_mapping, b.hugepage, b.private):  # vm_flags
             return False
         if a.kind == "text":
             return False  # each program image is its own mapping
