@@ -87,3 +87,10 @@ def test_context_switches_count_task_changes_for_lists_and_decoded_schedules(tex
     c = decode(text)
     assert context_switches(c) == switches
     assert context_switches(list(c)) == switches
+
+
+def test_pct_refuses_a_depth_below_one_with_its_own_message():
+    from emu.sched.pct import PCTStrategy
+    with pytest.raises(ValueError, match="PCT depth must be at least 1, got 0"):
+        PCTStrategy(1, depth=0)
+    assert PCTStrategy(1, depth=1).change_at == {}  # depth 1: no change point
