@@ -121,3 +121,11 @@ def test_a_replay_past_its_end_goes_on_round_robin_unless_strict():
     assert strict.choose([0, 1], 0) == 1
     with pytest.raises(ReplayDivergence, match="ended after 1 steps"):
         strict.choose([0, 1], 1)
+
+
+def test_pct_by_default_changes_priority_once_within_the_first_thousand_steps():
+    from emu.sched.pct import PCTStrategy
+    points = [PCTStrategy(seed).change_at for seed in range(5000)]
+    assert all(len(p) == 1 and list(p.values()) == [1] for p in points)  # depth 2
+    steps = [next(iter(p)) for p in points]
+    assert min(steps) == 0 and max(steps) == 999  # k = 1000: every step 0..999 can be drawn
