@@ -277,6 +277,12 @@ class Arm(Arch):
     def pte_mkdirty(self, val: int) -> int:
         return val | L_PTE_DIRTY
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val | L_PTE_RDONLY  # set_pte_ext() derives the hardware copy
+
+    def pte_mkwrite(self, val: int) -> int:
+        return val & ~L_PTE_RDONLY
+
     def pte_mkuncached(self, val: int) -> int:
         # fault-armv.c do_adjust_pte(): the memory type becomes shared_pte_mask
         # (L_PTE_MT_BUFFERABLE: normal, non-cacheable).

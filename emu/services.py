@@ -14,6 +14,7 @@ from emu.hypercall import (
     EEXIST,
     EFAULT,
     EINVAL,
+    ENOMEM,
     Caller,
     HypercallError,
     ServiceHost,
@@ -23,10 +24,14 @@ from emu.hypercall import (
 from emu.kernel import steps as s
 from emu.kernel.filemap import PageCache
 from emu.kernel.mm import MM, VMA
+from emu.kernel.mprotect import PROT_EXEC, PROT_READ, PROT_WRITE, prot_of
+from emu.kernel.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
+MAP_PRIVATE_KINDS = {3: "shmem", 4: "file"}  # MAP_PRIVATE of a new shmem / file object
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
 MADV_COLLAPSE = 25
+MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 GUP_MAX_PAGES = 4096
 
 
@@ -77,17 +82,21 @@ def copy_to_user(m: ServiceHost, cpu: Caller, addr: int, values: list[int], widt
 def sys_mmap(m: ServiceHost, cpu: Caller, addr: int, length: int, kind: int) -> s.KernelGen:
     """Validate and run `mmap` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
-    if kind not in MAP_KINDS:
-        raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem) or 2 (file)")
-    return _mmap(m, m.mm_of(cpu), addr, length, MAP_KINDS[kind])
+    if kind not in MAP_KINDS and kind not in MAP_PRIVATE_KINDS:
+        raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem), 2 (file), "
+                             "3 (private shmem) or 4 (private file)")
+    private = kind in MAP_PRIVATE_KINDS
+    return _mmap(m, m.mm_of(cpu), addr, length,
+                 MAP_PRIVATE_KINDS[kind] if private else MAP_KINDS[kind], private)
 
 
-def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str) -> s.KernelGen:
+def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str,
+          private: bool = False) -> s.KernelGen:
     yield s.DownWrite(mm.mmap_lock)
     if mm.overlaps(addr, addr + length):
         yield s.UpWrite(mm.mmap_lock)
         return -EEXIST
-    vma = VMA(addr, addr + length, kind, Prot(), f"mmap@{addr:#x}")
+    vma = VMA(addr, addr + length, kind, Prot(), f"mmap@{addr:#x}", private=private)
     mm.insert_vma(vma)
     if kind != "anon":
         cache = PageCache(vma.name, kind, length // m.arch.page_size)
@@ -99,8 +108,16 @@ def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str) -> s.Kernel
 
 @service("munmap")
 def sys_munmap(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
-    """Validate and run `munmap` (the call itself is described in emu.abi)."""
-    check_user_range(m, addr, length, m.arch.page_size)
+    """Validate and run `munmap` (the call itself is described in emu.abi).
+
+    As v6.12 do_vmi_munmap(): addr must be page-aligned, len is rounded up
+    to a page, and an empty or out-of-range result is -EINVAL."""
+    ps = m.arch.page_size
+    check_user_range(m, addr, length)
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    length = -(-length // ps) * ps
+    check_user_range(m, addr, length)
     return m.kernel.do_munmap(m.mm_of(cpu), addr, addr + length)
 
 
@@ -130,8 +147,12 @@ def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int
     check_user_range(m, addr, length, m.arch.page_size)
     if advice == MADV_DONTNEED:
         return m.kernel.madvise_dontneed(m.mm_of(cpu), addr, addr + length)
+    if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
+        require_thp(m, "MADV_HUGEPAGE")
+        return m.kernel.madvise_hugepage(m.mm_of(cpu), addr, addr + length, advice)
     if advice != MADV_COLLAPSE:
-        raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, MADV_COLLAPSE=25)")
+        raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, "
+                             "MADV_HUGEPAGE=14, MADV_NOHUGEPAGE=15, MADV_COLLAPSE=25)")
     require_thp(m, "MADV_COLLAPSE")
     return m.kernel.madvise_collapse(m.mm_of(cpu), addr, addr + length)
 
@@ -142,6 +163,21 @@ def require_thp(m: ServiceHost, what: str) -> None:
     if not m.arch.supports_huge_pmd():
         raise HypercallError(EINVAL, f"{what}: {m.arch.name} has no PMD-sized pages "
                              "(no CONFIG_TRANSPARENT_HUGEPAGE)")
+
+
+@service("split_huge_pmd")
+def sys_split_huge_pmd(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
+    """Validate and run `split_huge_pmd` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, 1)
+    require_thp(m, "split_huge_pmd")
+    return _split_huge_pmd(m.kernel, m.mm_of(cpu), addr)
+
+
+def _split_huge_pmd(k, mm: MM, addr: int) -> s.KernelGen:  # noqa: ANN001
+    yield s.DownRead(mm.mmap_lock)
+    ret = yield from k.split_huge_pmd_address(mm, addr)
+    yield s.UpRead(mm.mmap_lock)
+    return ret
 
 
 @service("gup_fast")
@@ -253,3 +289,87 @@ def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
 def _barrier() -> s.KernelGen:
     yield s.RcuBarrier()
     return 0
+
+
+@service("fork")
+def sys_fork(m: ServiceHost, cpu: Caller, index: int) -> s.KernelGen:
+    """Validate and run `fork` (the call itself is described in emu.abi)."""
+    name = m.fork_child(cpu, index)
+    if name is None:
+        raise HypercallError(EINVAL, f"[[cpu]] {index} is no parked child (child = ...) of "
+                             "the caller's process, or it was forked already")
+    return _fork(m, cpu, index, name)
+
+
+def _fork(m: ServiceHost, cpu: Caller, index: int, name: str) -> s.KernelGen:
+    child = yield from m.kernel.dup_mm(m.mm_of(cpu), name)
+    m.start_forked(index, child)
+    return m.kernel.mms.index(child)  # the child's "pid": its process number, > 0
+
+
+@service("pin_user_pages")
+def sys_pin_user_pages(m: ServiceHost, cpu: Caller, addr: int, nr_pages: int,
+                       write: int) -> s.KernelGen | int:
+    """Validate and run `pin_user_pages` (the call itself is described in emu.abi)."""
+    if nr_pages == 0:
+        return m.kernel.release_pins(cpu.index)
+    check_user_range(m, addr, max(nr_pages, 1) * m.arch.page_size)
+    if not 0 < nr_pages <= GUP_MAX_PAGES:
+        raise HypercallError(EINVAL, f"nr_pages {nr_pages} not in 0..{GUP_MAX_PAGES}")
+    return _pin(m, cpu, addr, nr_pages, bool(write))
+
+
+def _pin(m: ServiceHost, cpu: Caller, addr: int, nr: int, write: bool) -> s.KernelGen:
+    mm = m.mm_of(cpu)
+    pinned = yield from m.kernel.pin_user_pages_fast(mm, addr, nr, write)
+    m.kernel.hold_pins(cpu.index, mm, addr, pinned)
+    return len(pinned)
+@service("mprotect")
+def sys_mprotect(m: ServiceHost, cpu: Caller, addr: int, length: int, prot: int) -> s.KernelGen | int:
+    """Validate and run `mprotect` (the call itself is described in emu.abi).
+
+    As v6.12 do_mprotect_pkey(): addr must be page-aligned, len is rounded up
+    to a page and 0 does nothing, unknown prot bits are -EINVAL."""
+    ps = m.arch.page_size
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
+        raise HypercallError(EINVAL, f"prot {prot:#x} has unknown bits")
+    if prot == 0:
+        raise HypercallError(EINVAL, "PROT_NONE is not modelled")
+    if length == 0:
+        return 0
+    length = -(-length // ps) * ps
+    limit = 1 << m.arch.va_bits
+    if addr + length > limit:
+        raise HypercallError(ENOMEM, f"range {addr:#x}+{length:#x} beyond the address space")
+    return m.kernel.do_mprotect(m.mm_of(cpu), addr, addr + length, prot_of(prot))
+
+
+@service("mremap")
+def sys_mremap(m: ServiceHost, cpu: Caller, addr: int, old_len: int, new_len: int, flags: int,
+               new_addr: int) -> s.KernelGen:
+    """Validate and run `mremap` (the call itself is described in emu.abi).
+
+    As v6.12 do_mremap() / mremap_to(): unknown flags, MREMAP_FIXED without
+    MREMAP_MAYMOVE, an unaligned address, a zero new length or a destination
+    outside the address space are -EINVAL; lengths are rounded up to a page."""
+    ps, limit = m.arch.page_size, 1 << m.arch.va_bits
+    if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
+        raise HypercallError(EINVAL, f"flags {flags:#x} has unknown bits")
+    if flags & MREMAP_DONTUNMAP:
+        raise HypercallError(EINVAL, "MREMAP_DONTUNMAP is not modelled")
+    if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
+        raise HypercallError(EINVAL, "MREMAP_FIXED without MREMAP_MAYMOVE")
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    old_len, new_len = -(-old_len // ps) * ps, -(-new_len // ps) * ps
+    if not new_len:
+        raise HypercallError(EINVAL, "new_len is 0")
+    if not old_len:
+        raise HypercallError(EINVAL, "old_len 0 (a duplicate of a shared mapping) is not modelled")
+    if addr + old_len > limit:
+        raise HypercallError(EFAULT, f"range {addr:#x}+{old_len:#x} beyond the address space")
+    if flags & MREMAP_FIXED and (new_addr % ps or new_len > limit or new_addr > limit - new_len):
+        raise HypercallError(EINVAL, f"new_addr {new_addr:#x}+{new_len:#x} unaligned or outside")
+    return m.kernel.do_mremap(m.mm_of(cpu), addr, old_len, new_len, flags, new_addr)

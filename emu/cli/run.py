@@ -88,7 +88,9 @@ def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
     bits = 8 * m.arch.word_size
     for cpu, code in r.exit_codes.items():
         shown = f"exit({code})"
-        if cpu in r.result_exits and code is not None:
+        if m.cpus[cpu].signalled:
+            shown = f"exit({code}): killed by {m.cpus[cpu].signalled}"
+        elif cpu in r.result_exits and code is not None:
             signed = code - (1 << bits) if code >= 1 << (bits - 1) else code
             shown = f"exit({code}): the call returned {signed}"
         t.add_row(f"cpu{cpu}", r.crashes.get(cpu) or shown)
@@ -190,6 +192,9 @@ def cmd_pgtable_dump(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"--process {args.process}: the scenario has no such process "
                          f"(its processes: {', '.join(m.process)})")
+    if mm.dead:
+        raise UsageError(f"process {mm.name} exited during the run and its page tables were "
+                         "freed: nothing to dump (a forked child exists only once forked)")
     rows = dump_rows(m.arch, m.mem, m.frames, mm.root, start, end)
     who = f" of process {mm.name}" if len(m.process) > 1 else ""
     t = Table(title=f"{m.arch.name} page tables{who} [{start:#x}, {end:#x}) root {mm.root:#x}")

@@ -9,32 +9,43 @@ put in front of these by `emu.kernel.variants.build_kernel_class`.
 from __future__ import annotations
 
 from emu.kernel.core import KernelCore
+from emu.kernel.cow import CowMixin
 from emu.kernel.exit import ExitMixin
 from emu.kernel.fault import FaultMixin
 from emu.kernel.fault_armv import FaultArmvMixin
 from emu.kernel.filemap import FilemapMixin
 from emu.kernel.folio import Folio
+from emu.kernel.fork import ForkMixin
 from emu.kernel.gup import GupMixin
+from emu.kernel.gup_pin import GupPinMixin
+from emu.kernel.huge_memory import HugeMemoryMixin
 from emu.kernel.khugepaged import KhugepagedMixin
+from emu.kernel.khugepaged_anon import KhugepagedAnonMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
+from emu.kernel.mprotect import MprotectMixin
+from emu.kernel.mremap import MremapMixin
 from emu.kernel.pagewalk import PageWalkMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
 from emu.kernel.secondary_mmu import SecondaryMmuMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
+from emu.kernel.vma_split import VmaSplitMixin
 
 
-class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
-             PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
-             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
+class Kernel(ForkMixin, CowMixin, MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin,
+             UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin,
+             KhugepagedAnonMixin, KhugepagedMixin, PtReclaimMixin, HugeMemoryMixin, GupPinMixin,
+             GupMixin, FaultArmvMixin, FilemapMixin, MemoryMixin, FaultMixin, PgtableMixin,
+             PgAllocMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
         self.folios: dict[int, Folio] = {}  # page pa -> folio holding it
+        self.pins: dict[int, list] = {}  # vCPU -> the gup_pin.Pin records it holds
         self.policy = self.make_policy()
 
     def make_policy(self) -> TablePolicy:
