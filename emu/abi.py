@@ -31,7 +31,8 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(6, "fault_around", 1, "fault_around(addr): map the page-cache pages around addr "
                                "(filemap_map_pages)."),
     Call(7, "madvise", 3, "madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table "
-                          "reclaim) or MADV_COLLAPSE (25, shmem/file)."),
+                          "reclaim), MADV_PAGEOUT (21: reclaim; anon pages to swap) or "
+                          "MADV_COLLAPSE (25, shmem/file)."),
     Call(8, "gup_fast", 4, "gup_fast(addr, nr, out, write): pin pages locklessly, write their "
                            "physical addresses (one word each) to out, unpin; returns the "
                            "number pinned."),
@@ -61,6 +62,9 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(24, "uffdio_copy", 3, "uffdio_copy(dst, src, len): UFFDIO_COPY len bytes from src into "
                                "the registered anon/shmem range at dst (mfill_atomic); bytes "
                                "copied, or -EAGAIN / -EEXIST / -ENOENT / -EFAULT if none."),
+    Call(30, "migrate", 2, "migrate(addr, len): move_pages() of every page mapped in the range "
+                           "to a new frame (migration entries, copy, remove_migration_ptes; no "
+                           "mmap_lock while it runs); returns the folios moved."),
 )}
 
 

@@ -26,6 +26,7 @@ from emu.kernel.mm import MM, VMA
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
+MADV_PAGEOUT = 21
 MADV_COLLAPSE = 25
 GUP_MAX_PAGES = 4096
 
@@ -130,8 +131,11 @@ def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int
     check_user_range(m, addr, length, m.arch.page_size)
     if advice == MADV_DONTNEED:
         return m.kernel.madvise_dontneed(m.mm_of(cpu), addr, addr + length)
+    if advice == MADV_PAGEOUT:
+        return m.kernel.madvise_pageout(m.mm_of(cpu), addr, addr + length)
     if advice != MADV_COLLAPSE:
-        raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, MADV_COLLAPSE=25)")
+        raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, "
+                             "MADV_PAGEOUT=21, MADV_COLLAPSE=25)")
     require_thp(m, "MADV_COLLAPSE")
     return m.kernel.madvise_collapse(m.mm_of(cpu), addr, addr + length)
 
@@ -253,3 +257,10 @@ def sys_rcu_barrier(m: ServiceHost, cpu: Caller) -> s.KernelGen:
 def _barrier() -> s.KernelGen:
     yield s.RcuBarrier()
     return 0
+
+
+@service("migrate")
+def sys_migrate(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
+    """Validate and run `migrate` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, length, m.arch.page_size)
+    return m.kernel.migrate_range(m.mm_of(cpu), addr, addr + length)

@@ -17,25 +17,32 @@ from emu.kernel.folio import Folio
 from emu.kernel.gup import GupMixin
 from emu.kernel.khugepaged import KhugepagedMixin
 from emu.kernel.memory import MemoryMixin
+from emu.kernel.migrate import MigrateMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
 from emu.kernel.pagewalk import PageWalkMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
 from emu.kernel.pt_reclaim import PtReclaimMixin
+from emu.kernel.rmap import RmapMixin
 from emu.kernel.secondary_mmu import SecondaryMmuMixin
+from emu.kernel.swap import SwapDevice, SwapMixin
+from emu.kernel.swapin import SwapinMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
+from emu.kernel.vmscan import VmscanMixin
 
 
 class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
              PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
-             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin, KernelCore):
+             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin,
+             MigrateMixin, VmscanMixin, RmapMixin, SwapinMixin, SwapMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
         self.folios: dict[int, Folio] = {}  # page pa -> folio holding it
         self.policy = self.make_policy()
+        self.swap_device = SwapDevice()  # emu/kernel/swap.py
 
     def make_policy(self) -> TablePolicy:
         """The arch's page-table allocation policy (variants may substitute one)."""

@@ -29,6 +29,9 @@ class Folio:
     lock: RwSem = field(default_factory=lambda: RwSem("folio_lock"))
     index: int = 0  # page-cache index of the head (file folios)
     in_cache: bool = False
+    # the swap slot of an anon folio in the swap cache (folio->swap), or None
+    swap: int | None = None
+    isolated: bool = False  # off the LRU: taken by reclaim or migration
 
     @property
     def large(self) -> bool:

@@ -63,7 +63,7 @@ class MemoryMixin:
             pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
             if pmd_pa is not None:
                 pmdval = yield from self.pmdp_get_lockless(pmd_pa)
-                if a.pmd_trans_huge(pmdval):
+                if a.pmd_trans_huge(pmdval) or self.is_pmd_migration_entry(pmdval):
                     yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr, tlb)
                 elif not a.entry_none("pmd", pmdval):
                     yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd, tlb)
@@ -82,6 +82,9 @@ class MemoryMixin:
             cur = yield from self.get_and_clear_entry("pmd", pmd_pa,
                                                       "zap_huge_pmd: pmdp_huge_get_and_clear", cur)
             folio = self.folio_of(a.pmd_huge_pa(cur))
+        elif self.is_pmd_migration_entry(cur):
+            yield from self.get_and_clear_entry("pmd", pmd_pa, "zap_huge_pmd: migration entry", cur)
+            yield from self.zap_nonpresent_pmd(mm, cur)
         yield s.SpinUnlock(ptl)
         if folio is not None:
             folio.unmap()
@@ -115,6 +118,7 @@ class MemoryMixin:
             cur = yield from self.get_and_clear_entry("pte", ptep,
                                                       "zap_pte_range: ptep_get_and_clear", cur)
             if not a.pte_present(cur):
+                yield from self.zap_nonpresent_pte(mm, cur)
                 continue
             folio = self.folio_of(a.pte_pa(cur))
             if folio is None:
@@ -169,7 +173,7 @@ class MemoryMixin:
             if pmd_pa is None:
                 continue
             pmdval = yield from self.read_entry("pmd", pmd_pa, "free_pgtables")
-            if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
+            if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval) or a.is_swap_pmd(pmdval):
                 continue
             table = a.table_pa("pmd", pmdval)
             yield from self.clear_entry("pmd", pmd_pa, "free_pgtables: pmd_clear")
