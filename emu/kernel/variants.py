@@ -21,6 +21,7 @@ from pathlib import Path
 
 import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
 import emu.kernel.notifier_variants  # noqa: F401 - the mmu notifier calls'
+import emu.kernel.swap_variants  # noqa: F401 - swap, reclaim and migration's
 import emu.kernel.uffd_variants  # noqa: F401 - userfaultfd's
 import emu.kernel.walker_variants  # noqa: F401 - and those of the page walker's users
 from emu.kernel import Kernel

@@ -63,16 +63,17 @@ class VmscanMixin:
 
     def madvise_pageout_pte_range(self: Kernel, mm: MM, start: int, end: int,
                                   isolated: list[Folio]) -> s.KernelGen:
-        """madvise_cold_or_pageout_pte_range() (v6.12, pageout): a huge pmd is left alone
-        (its split is not modelled); each present pte's small folio mapped once is
-        isolated (folio_isolate_lru: one reference)."""
+        """madvise_cold_or_pageout_pte_range() (v6.12, pageout; walk_pmd_range() skips a none
+        pmd): a huge pmd is left alone (its split is not modelled); anything else goes
+        to pte_offset_map_lock(), which may find no table (a PMD migration entry, say)
+        and return; each present pte's small folio mapped once is isolated
+        (folio_isolate_lru: one reference)."""
         a = self.arch
         pmd_pa = yield from self.pmd_offset_alloc(mm, start, alloc=False)
         if pmd_pa is None:
             return
-        pmdval = yield from self.pmdp_get_lockless(pmd_pa)
-        if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval) or \
-                not a.entry_present("pmd", pmdval):
+        pmdval = yield from self.read_entry("pmd", pmd_pa, "madvise_pageout: *pmd")
+        if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
             return
         r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
         if r is None:
