@@ -287,6 +287,17 @@ class Arch(ABC):
     def pte_mkdirty(self, val: int) -> int:
         return val
 
+    def pte_modify(self, val: int, prot: Prot) -> int:
+        """pte_modify(): the same page under `prot`, keeping its young and dirty state
+        (_PAGE_CHG_MASK). Built from the arch's own mk_pte/mkyoung/mkdirty, so it needs
+        no bit layout of its own."""
+        new = self.mk_pte(self.pte_pa(val), prot)
+        if self.pte_mkyoung(val) == val:
+            new = self.pte_mkyoung(new)
+        if self.pte_mkdirty(val) == val:
+            new = self.pte_mkdirty(new)
+        return new
+
     def pmd_trans_huge(self, val: int) -> bool:
         """A PMD mapping a huge page; arches without THP keep the default."""
         return False
@@ -382,6 +393,9 @@ class Arch(ABC):
     pgtable_policy: ClassVar[str] = "page"
     split_pte_ptlocks: ClassVar[bool] = True
     split_pmd_ptlocks: ClassVar[bool] = False
+    # CONFIG_HAVE_MOVE_PMD && arch_supports_page_table_move(): may mremap move a
+    # whole PTE table by its pmd (move_normal_pmd)? x86 and powerpc radix only.
+    have_move_pmd: bool = False
 
     def table_init(self, level: str) -> bytes | None:
         """Initial contents of a new table of `level` (None: all zero bytes).

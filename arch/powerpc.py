@@ -181,6 +181,8 @@ class PowerPC(Arch):
         # hash_page() refills from the Linux tables in software, IRQs off
         self.software_walker = mmu == "hash"
         self.collapse_flush_serializes = mmu == "hash"
+        # arch_supports_page_table_move(): radix_enabled() (book3s64 pgtable.h)
+        self.have_move_pmd = mmu == "radix"
         self._child = {p.name: c for p, c in zip(self.levels, self.levels[1:], strict=False)}
         # The radix walk's geometry: the root's index width is the process-table
         # entry's RPDS; below it each entry's NLS says (Descend(table, nls)).

@@ -124,6 +124,7 @@ class X86Pae(Arch):
     stack_top: ClassVar[int] = 0xBF00_0000
     word_size: ClassVar[int] = 4
     split_pmd_ptlocks: ClassVar[bool] = True  # ARCH_ENABLE_SPLIT_PMD_PTLOCK for X86_PAE
+    have_move_pmd: ClassVar[bool] = True  # select HAVE_MOVE_PMD (arch/x86/Kconfig)
     # ptemu is the hypervisor: remote flushes are paravirt, as with Xen, which
     # is why x86 selects MMU_GATHER_RCU_TABLE_FREE under PARAVIRT.
     tlb_flush_kind: ClassVar[str] = "paravirt"

@@ -46,6 +46,17 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(12, "exit_group", 1, "exit_group(code): every vCPU of the caller's process exits "
                               "with code (the others at their next return to user mode); "
                               "the last one tears the mm down (exit_mmap)."),
+    Call(15, "mremap", 5, "mremap(addr, old_len, new_len, flags, new_addr): shrink, grow in "
+                          "place, or with MREMAP_MAYMOVE|MREMAP_FIXED (1|2) move the mapping "
+                          "and its page tables to new_addr (move_page_tables: whole PTE "
+                          "tables by their pmd where the arch can, else pte by pte); the new "
+                          "address, or -EINVAL / -EFAULT / -ENOMEM as Linux. MREMAP_DONTUNMAP "
+                          "and a move to a kernel-chosen address are not modelled."),
+    Call(16, "mprotect", 3, "mprotect(addr, len, prot): change the protection of [addr, "
+                            "addr+len) (prot: PROT_READ 1 | PROT_WRITE 2 | PROT_EXEC 4), "
+                            "splitting and merging VMAs; 0, -ENOMEM if the range is not all "
+                            "mapped, -EINVAL for a bad addr or prot (PROT_NONE is not "
+                            "modelled). A later write to a read-only VMA is SIGSEGV."),
     Call(20, "mincore", 3, "mincore(addr, len, vec): one byte per page of [addr, addr+len) "
                            "written to vec, 1 if resident (mapped, or in the page cache of a "
                            "shmem/file mapping), else 0; 0, or -ENOMEM if the range is not "

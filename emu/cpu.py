@@ -194,6 +194,8 @@ class VCpu:
         self.mmu_root: Any = None  # the root register and what the MMU latched with it
         self.killed: int | None = None  # exit_group() of its process: exit at user mode
         self.exit_pending: int | None = None  # the exit code, while mmput() runs
+        # the signal that killed its process ("SIGSEGV"), where the scenario allows it
+        self.signalled: str | None = None
 
     def load_root(self, hw_root: int) -> None:
         """Load the root register (CR3, the ASCE, TTBR0): the MMU latches what

@@ -122,3 +122,6 @@ class TaskPool:
 
     def result(self, handle: Any) -> Any:
         return self.ray.get(handle)
+
+    def close(self) -> None:
+        """Nothing to release: tasks end with their call (the Ray instance stays for reuse)."""

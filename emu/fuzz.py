@@ -23,7 +23,7 @@ from __future__ import annotations
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -210,6 +210,35 @@ def not_applicable(cfg: FuzzConfig, target: Target) -> str:
 Progress = Callable[[int, int, Outcome], None]  # (workloads done, total, last outcome)
 
 
+class _ProcessTaskPool:
+    """Workloads in local worker processes, with the interface of emu.explore_ray.TaskPool."""
+
+    def __init__(self, jobs: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no Unicorn state inherited by fork
+        self._pool = ProcessPoolExecutor(jobs, mp_context=ctx)
+        self.width = jobs
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def wait(self, pending: Iterable[Future]) -> set[Future]:
+        return wait(pending, return_when=FIRST_COMPLETED)[0]
+
+    def result(self, handle: Future) -> Any:
+        return handle.result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def _task_pool(cfg: FuzzConfig) -> Any:
+    """Where the workloads run: a Ray cluster (imported only when asked for) or local processes."""
+    if cfg.backend == "ray":
+        from emu.explore_ray import TaskPool
+        return TaskPool(cfg.address, cfg.jobs)
+    return _ProcessTaskPool(cfg.jobs)
+
+
 def fuzz(cfg: FuzzConfig, progress: Progress | None = None) -> FuzzResult:
     if cfg.workdir:
         return _fuzz(cfg, progress)
@@ -244,41 +273,27 @@ def _fuzz(cfg: FuzzConfig, progress: Progress | None) -> FuzzResult:
         if progress is not None:
             progress(len(done), len(indices), o)
 
-    if cfg.backend == "ray":
-        from emu.explore_ray import TaskPool
-        pool = TaskPool(cfg.address, cfg.jobs)
-        pending_ray: dict[Any, int] = {}
-        queue = list(indices)
-        while queue or pending_ray:
-            while queue and len(pending_ray) < 2 * pool.width:
-                i = queue.pop(0)
-                if wanted(i):
-                    pending_ray[pool.submit(run_workload, cfg, i)] = i
-            if not pending_ray:
-                break
-            for ref in sorted(pool.wait(pending_ray), key=lambda r: pending_ray[r]):
-                pending_ray.pop(ref)
-                record(pool.result(ref))
-    elif cfg.jobs <= 1:
+    if cfg.jobs <= 1 and cfg.backend != "ray":
         for i in indices:
             if wanted(i):
                 record(run_workload(cfg, i))
     else:
-        ctx = multiprocessing.get_context("spawn")  # no Unicorn state inherited by fork
-        with ProcessPoolExecutor(cfg.jobs, mp_context=ctx) as pool:
-            pending: dict[Future, int] = {}
+        pool = _task_pool(cfg)
+        try:
+            pending: dict[Any, int] = {}
             queue = list(indices)
             while queue or pending:
-                while queue and len(pending) < 2 * cfg.jobs:
+                while queue and len(pending) < 2 * pool.width:
                     i = queue.pop(0)
                     if wanted(i):
                         pending[pool.submit(run_workload, cfg, i)] = i
                 if not pending:
                     break
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in sorted(finished, key=lambda f: pending[f]):
-                    pending.pop(fut)
-                    record(fut.result())
+                for handle in sorted(pool.wait(pending), key=lambda h: pending[h]):
+                    pending.pop(handle)
+                    record(pool.result(handle))
+        finally:
+            pool.close()
     # in index order, and past a target's first hit nothing counts (variant mode):
     # so the figures do not depend on which worker finished first
     res.outcomes = [done[i] for i in sorted(done) if wanted(i)]

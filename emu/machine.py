@@ -36,6 +36,7 @@ from guest import calls as call_format
 from guest.asm import Program, inline_program, load_program, load_program_file
 
 CODE_SLOT = 0x10000  # bytes of text VMA per vCPU
+SIGSEGV_STATUS = 128 + 11  # a process killed by SIGSEGV, as a shell reports its status
 STACK_SIZE = 0x10000
 PROT_OF = {"r": Prot(write=False), "rw": Prot(), "rx": Prot(write=False, exec=True),
            "rwx": Prot(exec=True)}
@@ -216,8 +217,11 @@ class Machine(KernelHooks):
                 raise ScenarioError(sc.source, key, str(exc)) from None
             image = prog.code
             args_src = spec.args
+            # this vCPU's own text and stack, for programs that unmap them
+            stack_top = a.stack_top - i * 2 * STACK_SIZE
+            own = {**names, "text": base, "stack": stack_top - STACK_SIZE}
             if spec.calls is not None:
-                image, args_src = self._lay_out_calls(i, spec.calls, base, image, names)
+                image, args_src = self._lay_out_calls(i, spec.calls, base, image, own)
             if len(image) > CODE_SLOT:
                 raise ScenarioError(sc.source, f"cpu[{i}].program", "program larger than 64 KiB")
             self.programs[i] = prog
@@ -237,7 +241,7 @@ class Machine(KernelHooks):
             cpu.load_root(a.hw_root(mm.root))
             a.set_pc(cpu.uc, base)
             a.set_sp(cpu.uc, stack_top - 64)
-            args = [eval_int(x, names, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(args_src)]
+            args = [eval_int(x, own, sc.source, f"cpu[{i}].args[{j}]") for j, x in enumerate(args_src)]
             try:
                 a.set_args(cpu.uc, args)
             except ValueError as exc:
@@ -397,7 +401,8 @@ class Machine(KernelHooks):
             steps=self.step, schedule=encode(self.choices), violation=viol, deadlock=deadlock,
             step_limit=limit,
             exit_codes={c.index: c.exit_code for c in self.cpus if c.index in self.programs},
-            result_exits=frozenset(i for i, p in self.programs.items() if p.exit_is_result),
+            result_exits=frozenset(i for i, p in self.programs.items() if p.exit_is_result)
+            | {c.index for c in self.cpus if c.signalled},
             crashes={c.index: c.crash for c in self.cpus if c.crash},
             trace_digest=self.trace.digest(), memory_digest=self.memory_digest())
 
@@ -499,6 +504,7 @@ class Machine(KernelHooks):
             c.restore(ctx)
             c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
             c.killed = c.exit_pending = None
+            c.signalled = None
             c.task = c.walk = c.walk_req = None
             c.flush_all()
             if c.mmu_root is not None:
@@ -631,6 +637,26 @@ class Machine(KernelHooks):
                 c.killed = code
         self.request_exit(cpu, code)
 
+    def may_be_signalled(self, cpu: VCpu) -> bool:
+        """Does the scenario let this vCPU's program die of SIGSEGV (`[[cpu]] signal`)?"""
+        progs = self.scenario.programs
+        return cpu.index < len(progs) and progs[cpu.index].signal == "SIGSEGV"
+
+    def force_sigsegv(self, cpu: VCpu) -> None:
+        """force_sig_fault(SIGSEGV) with the default action: the whole process dies
+        (do_group_exit), its status 128 + 11 as a shell reports it; the last vCPU
+        tears the mm down. A guest outcome, not a crash of ptemu or of the run."""
+        mm = self.mm_of(cpu)
+        self.trace.add(self.step, f"cpu{cpu.index}", "note",
+                       f"SIGSEGV at guest pc {cpu.pc:#x}: process {mm.name} killed")
+        self._after_service(cpu, "fault")
+        for c in self.cpus:
+            if c.alive() and self.mm_of(c) is mm:
+                c.signalled = "SIGSEGV"
+        self.exit_group(cpu, SIGSEGV_STATUS)
+        code, cpu._exit_code = cpu._exit_code, None
+        self.exit_vcpu(cpu, code)
+
     def kill_now(self, cpu: VCpu) -> None:
         """A vCPU killed by exit_group() reaches user mode: it exits instead."""
         code = cpu.killed
@@ -642,6 +668,9 @@ class Machine(KernelHooks):
         if kind == "fault":
             if result == VM_FAULT_SIGSEGV:
                 va = cpu.pc
+                if self.may_be_signalled(cpu):
+                    self.force_sigsegv(cpu)
+                    return
                 cpu._crash(f"SIGSEGV: unresolvable fault (guest pc {va:#x})")
                 return
         elif kind == "hypercall":

@@ -109,6 +109,9 @@ class CpuSpec:
     asm: str = ""  # inline program text
     asm_line: int = 1  # the scenario file's line on which the inline text starts
     process: str = ""  # the [[process]] this vCPU runs ("": the first)
+    # "SIGSEGV": the program may die of it (a fault no VMA allows), its process
+    # killed as Linux kills it; "" (default): such a fault is a crash of the run
+    signal: str = ""
 
 
 def is_program_path(program: str) -> bool:
@@ -286,7 +289,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"cpu[{i}]"
         if not isinstance(c, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(c, {"program", "args", "asm", "calls", "process"}, source, path)
+        _check_keys(c, {"program", "args", "asm", "calls", "process", "signal"}, source, path)
         args = _get(c, "args", list, source, path, [])
         for j, a in enumerate(args):
             if isinstance(a, bool) or not isinstance(a, (int, str)):
@@ -298,6 +301,10 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         else:
             programs.append(_program(c, i, args, text, source, base_dir or Path.cwd()))
         programs[-1].process = _process_of(c, processes, source, path)
+        programs[-1].signal = _get(c, "signal", str, source, path, "")
+        if programs[-1].signal not in ("", "SIGSEGV"):
+            raise ScenarioError(source, f"{path}.signal",
+                                f"must be \"SIGSEGV\", got {programs[-1].signal!r}")
     if len(programs) > cpus:
         raise ScenarioError(source, "cpu", f"{len(programs)} programs for {cpus} cpus")
     if not programs:

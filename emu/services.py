@@ -14,6 +14,7 @@ from emu.hypercall import (
     EEXIST,
     EFAULT,
     EINVAL,
+    ENOMEM,
     Caller,
     HypercallError,
     ServiceHost,
@@ -23,6 +24,8 @@ from emu.hypercall import (
 from emu.kernel import steps as s
 from emu.kernel.filemap import PageCache
 from emu.kernel.mm import MM, VMA
+from emu.kernel.mprotect import PROT_EXEC, PROT_READ, PROT_WRITE, prot_of
+from emu.kernel.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
@@ -100,8 +103,16 @@ def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str) -> s.Kernel
 
 @service("munmap")
 def sys_munmap(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
-    """Validate and run `munmap` (the call itself is described in emu.abi)."""
-    check_user_range(m, addr, length, m.arch.page_size)
+    """Validate and run `munmap` (the call itself is described in emu.abi).
+
+    As v6.12 do_vmi_munmap(): addr must be page-aligned, len is rounded up
+    to a page, and an empty or out-of-range result is -EINVAL."""
+    ps = m.arch.page_size
+    check_user_range(m, addr, length)
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    length = -(-length // ps) * ps
+    check_user_range(m, addr, length)
     return m.kernel.do_munmap(m.mm_of(cpu), addr, addr + length)
 
 
@@ -264,3 +275,54 @@ def sys_migrate(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.Kernel
     """Validate and run `migrate` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
     return m.kernel.migrate_range(m.mm_of(cpu), addr, addr + length)
+
+
+@service("mprotect")
+def sys_mprotect(m: ServiceHost, cpu: Caller, addr: int, length: int, prot: int) -> s.KernelGen | int:
+    """Validate and run `mprotect` (the call itself is described in emu.abi).
+
+    As v6.12 do_mprotect_pkey(): addr must be page-aligned, len is rounded up
+    to a page and 0 does nothing, unknown prot bits are -EINVAL."""
+    ps = m.arch.page_size
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC):
+        raise HypercallError(EINVAL, f"prot {prot:#x} has unknown bits")
+    if prot == 0:
+        raise HypercallError(EINVAL, "PROT_NONE is not modelled")
+    if length == 0:
+        return 0
+    length = -(-length // ps) * ps
+    limit = 1 << m.arch.va_bits
+    if addr + length > limit:
+        raise HypercallError(ENOMEM, f"range {addr:#x}+{length:#x} beyond the address space")
+    return m.kernel.do_mprotect(m.mm_of(cpu), addr, addr + length, prot_of(prot))
+
+
+@service("mremap")
+def sys_mremap(m: ServiceHost, cpu: Caller, addr: int, old_len: int, new_len: int, flags: int,
+               new_addr: int) -> s.KernelGen:
+    """Validate and run `mremap` (the call itself is described in emu.abi).
+
+    As v6.12 do_mremap() / mremap_to(): unknown flags, MREMAP_FIXED without
+    MREMAP_MAYMOVE, an unaligned address, a zero new length or a destination
+    outside the address space are -EINVAL; lengths are rounded up to a page."""
+    ps, limit = m.arch.page_size, 1 << m.arch.va_bits
+    if flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP):
+        raise HypercallError(EINVAL, f"flags {flags:#x} has unknown bits")
+    if flags & MREMAP_DONTUNMAP:
+        raise HypercallError(EINVAL, "MREMAP_DONTUNMAP is not modelled")
+    if flags & MREMAP_FIXED and not flags & MREMAP_MAYMOVE:
+        raise HypercallError(EINVAL, "MREMAP_FIXED without MREMAP_MAYMOVE")
+    if addr % ps:
+        raise HypercallError(EINVAL, f"addr {addr:#x} not page-aligned")
+    old_len, new_len = -(-old_len // ps) * ps, -(-new_len // ps) * ps
+    if not new_len:
+        raise HypercallError(EINVAL, "new_len is 0")
+    if not old_len:
+        raise HypercallError(EINVAL, "old_len 0 (a duplicate of a shared mapping) is not modelled")
+    if addr + old_len > limit:
+        raise HypercallError(EFAULT, f"range {addr:#x}+{old_len:#x} beyond the address space")
+    if flags & MREMAP_FIXED and (new_addr % ps or new_len > limit or new_addr > limit - new_len):
+        raise HypercallError(EINVAL, f"new_addr {new_addr:#x}+{new_len:#x} unaligned or outside")
+    return m.kernel.do_mremap(m.mm_of(cpu), addr, old_len, new_len, flags, new_addr)

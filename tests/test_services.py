@@ -45,7 +45,8 @@ def call(args) -> int:
     ([3, 0x20000000, 0x1000, 7], -22),  # unknown kind
     ([7, 0x10000000, 0x1000, 99], -22),  # unknown madvise advice
     ([5, 0x30000000, 0], -22),  # truncate outside any file mapping
-    ([4, 0x10000000, 0x1000], -22),  # munmap of part of a VMA (no split is modelled)
+    ([4, 0x10000800, 0x1000], -22),  # munmap of an unaligned start
+    ([4, 0x10000000, 0x1000], 0),  # munmap of part of a VMA: the VMA is split
     ([99, 0, 0, 0], -38),  # unknown call: -ENOSYS
 ])
 def test_bad_hypercall_arguments_are_errnos_not_crashes(args, errno):

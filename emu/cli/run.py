@@ -88,7 +88,9 @@ def print_result(m, r, trace_last: int) -> int:  # noqa: ANN001
     bits = 8 * m.arch.word_size
     for cpu, code in r.exit_codes.items():
         shown = f"exit({code})"
-        if cpu in r.result_exits and code is not None:
+        if m.cpus[cpu].signalled:
+            shown = f"exit({code}): killed by {m.cpus[cpu].signalled}"
+        elif cpu in r.result_exits and code is not None:
             signed = code - (1 << bits) if code >= 1 << (bits - 1) else code
             shown = f"exit({code}): the call returned {signed}"
         t.add_row(f"cpu{cpu}", r.crashes.get(cpu) or shown)

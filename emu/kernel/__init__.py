@@ -20,6 +20,8 @@ from emu.kernel.memory import MemoryMixin
 from emu.kernel.migrate import MigrateMixin
 from emu.kernel.mincore import MincoreMixin
 from emu.kernel.mmu_notifier import MmuNotifierMixin
+from emu.kernel.mprotect import MprotectMixin
+from emu.kernel.mremap import MremapMixin
 from emu.kernel.pagewalk import PageWalkMixin
 from emu.kernel.pgalloc import POLICIES, PgAllocMixin, TablePolicy
 from emu.kernel.pgtable import PgtableMixin
@@ -29,10 +31,11 @@ from emu.kernel.secondary_mmu import SecondaryMmuMixin
 from emu.kernel.swap import SwapDevice, SwapMixin
 from emu.kernel.swapin import SwapinMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
+from emu.kernel.vma_split import VmaSplitMixin
 from emu.kernel.vmscan import VmscanMixin
 
 
-class Kernel(ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
+class Kernel(MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
              PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin,
              MigrateMixin, VmscanMixin, RmapMixin, SwapinMixin, SwapMixin, KernelCore):

@@ -201,10 +201,11 @@ class MemoryMixin:
         yield from self.policy.tlb_remove_table(self, mm, table, "pte")
 
     def do_munmap(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """munmap() of whole VMAs (v6.12 vms_gather_munmap_vmas / vms_complete_munmap_vmas;
+        """munmap() (v6.12 vms_gather_munmap_vmas / vms_complete_munmap_vmas;
         v6.6 do_vmi_align_munmap is the same in what ptemu can see).
 
-        Under mmap_write_lock: detach the VMAs from the mm (lockless walkers
+        Under mmap_write_lock: split the VMAs straddling the range's ends
+        (emu.kernel.vma_split), detach the VMAs inside it from the mm (lockless walkers
         starting later find nothing). Then mmap_write_downgrade(), as munmap()
         has done since 4.20: the zap (unmap_vmas) and free_pgtables(), which
         unlinks each file VMA from i_mmap before freeing its tables, run under
@@ -212,13 +213,26 @@ class MemoryMixin:
         that remain.
         """
         yield s.DownWrite(mm.mmap_lock)
-        victims = [v for v in mm.vmas if v.start < end and start < v.end and v.kind != "text"]
-        if any(v.start < start or v.end > end for v in victims):
-            yield s.UpWrite(mm.mmap_lock)
-            return -22  # partial VMA unmap (split) is not modelled: -EINVAL
+        yield from self.do_vmi_munmap(mm, start, end, unlock=True)
+        yield s.UpRead(mm.mmap_lock)
+        return 0
+
+    def do_vmi_munmap(self: Kernel, mm: MM, start: int, end: int, unlock: bool) -> s.KernelGen:
+        """do_vmi_munmap() (v6.12) with the mmap write lock held: split, detach, and with
+        `unlock` downgrade to the read lock before the zap (munmap()); without, keep
+        the write lock (mremap's unmap of the old range and of the destination).
+
+        Text and stack VMAs go like any other: the program's next fetch or
+        push there faults, and the fault finds no VMA (SIGSEGV).
+        """
+        # vms_gather_munmap_vmas(): the VMAs straddling start and end are split first
+        victims = yield from self.split_range(mm, start, end)
         for v in victims:
             mm.vmas.remove(v)
-        yield s.DowngradeWrite(mm.mmap_lock)
+        if unlock:
+            yield s.DowngradeWrite(mm.mmap_lock)
+        if not victims:
+            return
         # vms_clear_ptes(): one mmu_gather over unmap_vmas() and free_pgtables();
         # tlb_finish_mmu() flushes once, then frees the gathered pages. Until
         # then nothing sent an IPI: a GUP-fast walk may read the pmd at any
@@ -232,5 +246,3 @@ class MemoryMixin:
             yield s.TlbFlushRange(min(v.start for v in victims), max(v.end for v in victims), mm)
         for folio in tlb:
             self.put_folio(folio)
-        yield s.UpRead(mm.mmap_lock)
-        return 0

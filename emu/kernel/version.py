@@ -13,6 +13,11 @@ is named here once and tested by the routine (or arch) that differs:
 - 6.8: s390 gives each 2 KiB PTE table a whole 4 KiB page (d08d4e7cd6bf
   "s390/mm: use full 4KB page for 2KB PTE"); up to 6.7 two tables share a
   page (arch/s390.py).
+- 6.12: mremap's `move_normal_pmd()` rechecks, under the pmd locks, that the
+  old pmd still points to a table (6fa1066fc5d0, Jann Horn, "mm/mremap: fix
+  move_normal_pmd/retract_page_tables race"); before, a table retracted
+  between move_page_tables()' look and the locks left a new pmd made from
+  an empty one (emu/kernel/mremap.py).
 - 6.13: `pte_offset_map_ro_nolock()` / `_rw_nolock()` replace
   `pte_offset_map_nolock()` (seed 001); with them `collapse_pte_mapped_thp()`
   rechecks `pmd_same()` in steps 2 and 4 and arm's `adjust_pte()` rechecks
@@ -37,6 +42,7 @@ MODELLED: tuple[Version, ...] = tuple((6, n) for n in range(OLDEST[1], NEWEST[1]
 # The arch boundaries (6.2, 6.8) are named in arch/x86_pae.py and arch/s390.py.
 RW_NOLOCK = (6, 13)  # pte_offset_map_{ro,rw}_nolock and their pmd_same rechecks
 PT_RECLAIM = (6, 14)  # empty PTE table reclaim after MADV_DONTNEED
+MOVE_PMD_RECHECK = (6, 12)  # move_normal_pmd rechecks the old pmd under its locks (6fa1066fc5d0)
 
 
 # What each boundary changes, for `ptemu list versions` (the code that acts
@@ -44,6 +50,7 @@ PT_RECLAIM = (6, 14)  # empty PTE table reclaim after MADV_DONTNEED
 CHANGES: dict[Version, str] = {
     (6, 2): "x86-PAE get-and-clear and set_pmd: one 64-bit exchange (before: xchg low, then high)",
     (6, 8): "s390: one 2 KiB PTE table per 4 KiB page (before: two tables share a page)",
+    MOVE_PMD_RECHECK: "mremap's move_normal_pmd rechecks the old pmd under its locks (6fa1066fc5d0)",
     RW_NOLOCK: "pte_offset_map_ro/rw_nolock: collapse and arm adjust_pte recheck pmd_same",
     PT_RECLAIM: "MADV_DONTNEED reclaims empty PTE tables (modelled on every arch)",
 }
