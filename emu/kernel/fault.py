@@ -139,7 +139,7 @@ class FaultMixin:
         vma = vmf.vma
         page_addr = vmf.addr - vmf.addr % self.arch.page_size
         folio = self.new_folio(vma.kind, 1, f"{vma.kind} page for {page_addr:#x}")
-        folio.index = page_addr // self.arch.page_size  # linear_page_index(): the anon rmap's key
+        folio.index = self.vma_index(vma, page_addr)  # linear_page_index(): the anon rmap's key
         if vma.kind == "text":
             chunk = vma.image[page_addr - vma.start: page_addr - vma.start + self.arch.page_size]
             if chunk:

@@ -69,9 +69,11 @@ class RmapMixin:
         return sem
 
     def folio_address(self: Kernel, folio: Folio, vma: VMA) -> int | None:
-        """vma_address() (v6.12): where `vma` would map the folio's first page, or None."""
+        """vma_address() (v6.12): where `vma` would map the folio's first page, or None
+        (anon and file alike: the folio's linear index against the VMA's vm_pgoff,
+        which mremap keeps)."""
         ps = self.arch.page_size
-        addr = folio.index * ps if folio.kind == "anon" else vma.start + (folio.index - vma.pgoff) * ps
+        addr = vma.start + (folio.index - vma.pgoff) * ps
         return addr if vma.start <= addr < vma.end else None
 
     def rmap_walk(self: Kernel, folio: Folio, one, locked: bool = False) -> s.KernelGen:  # noqa: ANN001

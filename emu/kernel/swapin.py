@@ -102,7 +102,6 @@ class SwapinMixin:
         swap_free, set_pte_at; out: swapcache_clear."""
         a = self.arch
         mm = vmf.vma.mm
-        ps = a.page_size
         yield s.DownWrite(folio.lock)
         if not prepared and folio.swap != offset:
             # folio_free_swap() or reclaim let it go meanwhile: retry the fault
@@ -121,7 +120,7 @@ class SwapinMixin:
             yield from self.swapin_done(folio, offset, prepared)
             return VM_FAULT_RETRY_ACCESS  # out_nomap: someone else faulted it in
         yield from self.swap_free(offset, "do_swap_page")
-        folio.index = vmf.addr // ps
+        folio.index = self.vma_index(vmf.vma, vmf.addr)  # folio_add_new_anon_rmap()
         folio.map()
         mm.rss["anon"] += 1
         self.mm_swapents(mm, -1)
