@@ -427,6 +427,28 @@ def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
                     rng.choice([1, 1, 2, 3])])
         dst = r.start_b + rng.randrange(0, r.size_b, page)
         out.append(["uffdio_copy", _at(plan, dst), plan.expr(OUT_PMD * plan.pmd), plan.expr(page)])
+    return out + _swap_and_migration_calls(rng, plan, regions)
+
+
+def _swap_and_migration_calls(rng: random.Random, plan: Plan,
+                              regions: list[Region]) -> list[list]:
+    """MADV_PAGEOUT (reclaim to swap), migrate (migration entries) and the touches that
+    swap pages back in or wait on a migration, over the vCPU's regions. Drawn from a
+    generator seeded by `rng`'s state without advancing it, so the workloads the
+    generator made before these calls existed stay what they were."""
+    sub = random.Random(repr(rng.getstate()))
+    out: list[list] = []
+    stable = [r for r in regions if r.stable]  # touches only where nobody unmaps
+    for call, p in ((["madvise"], 0.35), (["migrate"], 0.3)):
+        if sub.random() >= p or not stable:
+            continue
+        r = _pick(sub, stable)
+        addr, length = _subrange(sub, plan, replace(r, size_b=r.touch_b))
+        out.append([*call, _at(plan, addr), _len(plan, length)] + ([21] if call == ["madvise"] else []))
+        if sub.random() < 0.7:
+            op = "touch_write" if r.writable and sub.random() < 0.5 else "touch_read"
+            out.append([op, _at(plan, addr), max(1, min(8, length // plan.page)),
+                        plan.expr(plan.page)])
     return out
 
 
