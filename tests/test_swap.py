@@ -94,3 +94,23 @@ def test_pageout_and_migration_racing_khugepaged_is_clean(arch):
     res = explore(ExploreConfig("pageout_khugepaged", arch=arch, strategy="pct", depth=3,
                                 schedules=25))
     assert res.report is None, res.report and res.report.message
+
+
+@pytest.mark.parametrize("arch", ["x86-pae", "s390"])
+def test_collapse_huge_page_swapin_swaps_the_range_back_in(arch):
+    m = machine("swapin_torn_pae", arch=arch)
+    k, mm = m.kernel, m.kernel.mm
+    pmd, ps = m.arch.pmd_size, m.arch.page_size
+    base = 8 * pmd
+    m.run_kernel_now(k.madvise_pageout(mm, base, base + 2 * ps), "pageout")
+    assert mm.swapents == 2
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(mm, base, alloc=False), "pmd")
+    vma = mm.find_vma(base)
+    from emu.kernel.khugepaged import SCAN_PMD_NULL, SCAN_SUCCEED
+    assert m.run_kernel_now(k.collapse_huge_page_swapin(mm, vma, base, pmd_pa), "swapin") \
+        == SCAN_SUCCEED
+    assert mm.swapents == 0 and mm.rss["anon"] == 2 and audit(k) == []
+    # a range whose table is gone: SCAN_PMD_NULL
+    other = m.run_kernel_now(k.pmd_offset_alloc(mm, base + pmd, alloc=True), "pmd")
+    assert m.run_kernel_now(k.collapse_huge_page_swapin(mm, vma, base + pmd, other), "none") \
+        == SCAN_PMD_NULL

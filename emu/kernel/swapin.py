@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from emu.kernel import Kernel
     from emu.kernel.fault import Vmf
     from emu.kernel.folio import Folio
-    from emu.kernel.mm import MM
+    from emu.kernel.mm import MM, VMA
 
 VM_FAULT_RETRY_ACCESS = 0
 VM_FAULT_SIGBUS = -7
@@ -181,3 +181,35 @@ class SwapinMixin:
         yield s.DownRead(folio.lock)
         yield s.UpRead(folio.lock)
         self.put_folio(folio)
+
+    # ---- khugepaged ------------------------------------------------------------------------
+    def collapse_huge_page_swapin(self: Kernel, mm: MM, vma: VMA, haddr: int,
+                                  pmd_pa: int) -> s.KernelGen:
+        """__collapse_huge_page_swapin() (v6.13, seed 001: pte_offset_map_ro_nolock, the ptl
+        only for do_swap_page()'s pte_same; 6.6-6.12 pte_offset_map_nolock, the same
+        steps): swap in every swap pte of the PMD range anon collapse_huge_page() is about
+        to collapse, under mmap_read_lock. No table now: SCAN_PMD_NULL."""
+        from emu.kernel.fault import Vmf
+        from emu.kernel.khugepaged import SCAN_PMD_NULL, SCAN_SUCCEED
+        a = self.arch
+        ps = a.page_size
+        esize = a.level("pte").entry_size
+        ptep: int | None = None
+        ptl: Spinlock | None = None
+        for addr in range(haddr, haddr + a.pmd_size, ps):
+            if ptep is None:
+                r = yield from self.pte_offset_map_ro_nolock(mm, pmd_pa, addr)
+                if r is None:
+                    return SCAN_PMD_NULL
+                ptep, ptl = r
+            else:
+                ptep += esize
+            vmf = Vmf(vma, addr, Access.READ, pmd_pa)
+            vmf.orig_pte = yield from self.ptep_get_lockless(ptep)
+            if not a.is_swap_pte(vmf.orig_pte):
+                continue
+            yield from self.do_swap_page(vmf, ptep, ptl)
+            ptep = None  # do_swap_page() unmapped it
+        if ptep is not None:
+            yield from self.pte_unmap(ptep)
+        return SCAN_SUCCEED
