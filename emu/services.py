@@ -326,3 +326,12 @@ def sys_mremap(m: ServiceHost, cpu: Caller, addr: int, old_len: int, new_len: in
     if flags & MREMAP_FIXED and (new_addr % ps or new_len > limit or new_addr > limit - new_len):
         raise HypercallError(EINVAL, f"new_addr {new_addr:#x}+{new_len:#x} unaligned or outside")
     return m.kernel.do_mremap(m.mm_of(cpu), addr, old_len, new_len, flags, new_addr)
+
+
+@service("uffdio_move")
+def sys_uffdio_move(m: ServiceHost, cpu: Caller, dst: int, src: int, length: int) -> s.KernelGen:
+    """Validate and run `uffdio_move` (the call itself is described in emu.abi)."""
+    ps = m.arch.page_size
+    check_user_range(m, dst, length, ps)
+    check_user_range(m, src, length, ps)
+    return m.kernel.move_pages(m.mm_of(cpu), dst, src, length)

@@ -30,6 +30,7 @@ from emu.kernel.rmap import RmapMixin
 from emu.kernel.secondary_mmu import SecondaryMmuMixin
 from emu.kernel.swap import SwapDevice, SwapMixin
 from emu.kernel.swapin import SwapinMixin
+from emu.kernel.uffd_move import UffdMoveMixin
 from emu.kernel.userfaultfd import UserfaultfdMixin
 from emu.kernel.vma_split import VmaSplitMixin
 from emu.kernel.vmscan import VmscanMixin
@@ -38,7 +39,7 @@ from emu.kernel.vmscan import VmscanMixin
 class Kernel(MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
              PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
              MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin,
-             MigrateMixin, VmscanMixin, RmapMixin, SwapinMixin, SwapMixin, KernelCore):
+             UffdMoveMixin, MigrateMixin, VmscanMixin, RmapMixin, SwapinMixin, SwapMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
