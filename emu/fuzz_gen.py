@@ -433,7 +433,7 @@ def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
 def _swap_and_migration_calls(rng: random.Random, plan: Plan,
                               regions: list[Region]) -> list[list]:
     """MADV_PAGEOUT (reclaim to swap), migrate (migration entries) and the touches that
-    swap pages back in or wait on a migration, over the vCPU's regions. Drawn from a
+    swap pages back in or wait on a migration, and UFFDIO_MOVE, over the vCPU's regions. Drawn from a
     generator seeded by `rng`'s state without advancing it, so the workloads the
     generator made before these calls existed stay what they were."""
     sub = random.Random(repr(rng.getstate()))
@@ -449,6 +449,17 @@ def _swap_and_migration_calls(rng: random.Random, plan: Plan,
             op = "touch_write" if r.writable and sub.random() < 0.5 else "touch_read"
             out.append([op, _at(plan, addr), max(1, min(8, length // plan.page)),
                         plan.expr(plan.page)])
+    anon = [r for r in regions if r.kind == "anon"]
+    if len(anon) >= 2 and sub.random() < 0.25:  # UFFDIO_MOVE between two anon regions
+        dst, src = sub.sample(anon, 2)
+        out.append(["uffdio_register", _at(plan, dst.start_b), plan.expr(dst.size_b), 1])
+        n = sub.randint(1, 4)
+        d = dst.start_b + sub.randrange(0, max(plan.page, dst.size_b - n * plan.page + 1),
+                                        plan.page)
+        s_ = src.start_b + sub.randrange(0, max(plan.page, src.size_b - n * plan.page + 1),
+                                         plan.page)
+        length = min(n * plan.page, dst.start_b + dst.size_b - d, src.start_b + src.size_b - s_)
+        out.append(["uffdio_move", _at(plan, d), _at(plan, s_), plan.expr(length)])
     return out
 
 
