@@ -62,7 +62,7 @@ class Pvmw:
 class RmapMixin:
     # ---- locks --------------------------------------------------------------------------
     def anon_vma_lock_of(self: Kernel, mm: MM) -> RwSem:
-        """The anon_vma rwsem of `mm`'s anon VMAs (one root anon_vma per process)."""
+        """anon_vma->root->rwsem (v6.12) of `mm`'s anon VMAs (one root anon_vma per process)."""
         sem = mm.context.get("anon_vma")
         if sem is None:
             sem = mm.context["anon_vma"] = RwSem(f"anon_vma{'[' + mm.lock_tag + ']' if mm.lock_tag else ''}")
@@ -235,7 +235,7 @@ class RmapMixin:
         return (yield from self._pvmw_not_found(pvmw))
 
     def _pvmw_next_pte(self: Kernel, pvmw: Pvmw) -> s.KernelGen:
-        """page_vma_mapped_walk()'s next_pte/this_pte loop: True/False as the walk's result,
+        """page_vma_mapped_walk()'s next_pte/this_pte loop (v6.13): True/False as the walk's result,
         None to restart from the pmd."""
         a = self.arch
         ps, pmd_size = a.page_size, a.pmd_size

@@ -53,7 +53,7 @@ def is_migration_type(swp_type: int) -> bool:
 
 
 def non_swap_type(swp_type: int) -> bool:
-    """non_swap_entry(): a type at or above MAX_SWAPFILES is no swap device's."""
+    """non_swap_entry() (v6.12): a type at or above MAX_SWAPFILES is no swap device's."""
     return swp_type >= MAX_SWAPFILES
 
 
@@ -67,7 +67,7 @@ class SwapDevice:
     data: dict[int, bytes] = field(default_factory=dict)  # offset -> what swap_writepage wrote
 
     def count(self, offset: int) -> int:
-        """__swap_count(): the references from ptes (and fork's duplicates)."""
+        """__swap_count() (v6.12): the references from ptes (and fork's duplicates)."""
         return self.swap_map.get(offset, 0) & ~SWAP_HAS_CACHE
 
     def valid(self, offset: int) -> bool:
@@ -76,7 +76,7 @@ class SwapDevice:
         return 0 < offset < self.nslots
 
     def alloc_slot(self) -> int | None:
-        """get_swap_pages() for one page: the lowest free slot above the header, marked
+        """get_swap_pages() (v6.12) for one page: the lowest free slot above the header, marked
         SWAP_HAS_CACHE (the caller adds the folio to the swap cache), or None if full."""
         for off in range(1, self.nslots):
             if off not in self.swap_map:
@@ -85,7 +85,7 @@ class SwapDevice:
         return None
 
     def put(self, offset: int, what: str, cache: bool = False) -> None:
-        """swap_entry_put()/put_swap_folio(): drop one pte reference or the cache flag;
+        """swap_entry_put()/put_swap_folio() (v6.12): drop one pte reference or the cache flag;
         a slot with neither left is free again."""
         have = self.swap_map.get(offset)
         if have is None or (cache and not have & SWAP_HAS_CACHE) or \
@@ -104,7 +104,7 @@ class SwapMixin:
     # ---- the device -------------------------------------------------------------------
     @property
     def swap(self: Kernel) -> SwapDevice:
-        """The one swap area (swapon'd at boot with the modelled size; Kernel.__init__)."""
+        """The one swap area, swap_info[0] (v6.12; swapon'd at boot with the modelled size; Kernel.__init__)."""
         return self.swap_device
 
     # ---- entries ------------------------------------------------------------------
@@ -121,7 +121,7 @@ class SwapMixin:
         return self.arch.mk_swap_pte(SWP_MIGRATION_WRITE if writable else SWP_MIGRATION_READ, pfn)
 
     def migration_pte_pfn(self: Kernel, pte: int) -> int | None:
-        """pfn_swap_entry_to_page() of a migration pte, or None for any other pte."""
+        """pfn_swap_entry_to_page() (v6.12) of a migration pte, or None for any other pte."""
         if not self.arch.is_swap_pte(pte):
             return None
         swp_type, offset = self.arch.swap_pte_entry(pte)

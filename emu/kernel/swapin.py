@@ -137,7 +137,7 @@ class SwapinMixin:
         return VM_FAULT_RETRY_ACCESS
 
     def swapin_done(self: Kernel, folio: Folio, offset: int, prepared: bool) -> s.KernelGen:
-        """do_swap_page()'s exit: swapcache_clear() for a direct swap-in, folio_put()."""
+        """do_swap_page()'s exit (v6.12): swapcache_clear() for a direct swap-in, folio_put()."""
         if prepared:
             yield s.KernelAtomic(lambda: self.swap.put(offset, "swapcache_clear", cache=True),
                                  "swapcache_clear")
