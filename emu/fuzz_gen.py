@@ -438,14 +438,13 @@ def _swap_and_migration_calls(rng: random.Random, plan: Plan,
     generator made before these calls existed stay what they were."""
     sub = random.Random(repr(rng.getstate()))
     out: list[list] = []
-    stable = [r for r in regions if r.stable]  # touches only where nobody unmaps
-    for call, p in ((["madvise"], 0.35), (["migrate"], 0.3)):
-        if sub.random() >= p or not stable:
+    for call, p in ((["madvise"], 0.35), (["migrate"], 0.35)):
+        if sub.random() >= p or not regions:
             continue
-        r = _pick(sub, stable)
+        r = _pick(sub, regions)
         addr, length = _subrange(sub, plan, replace(r, size_b=r.touch_b))
         out.append([*call, _at(plan, addr), _len(plan, length)] + ([21] if call == ["madvise"] else []))
-        if sub.random() < 0.7:
+        if r.stable and sub.random() < 0.7:  # touches only where nobody unmaps
             op = "touch_write" if r.writable and sub.random() < 0.5 else "touch_read"
             out.append([op, _at(plan, addr), max(1, min(8, length // plan.page)),
                         plan.expr(plan.page)])
