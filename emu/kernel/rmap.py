@@ -269,6 +269,15 @@ class RmapMixin:
                 return True
 
     # ---- try_to_unmap ----------------------------------------------------------------------
+    def ptep_clear_flush(self: Kernel, mm: MM, pvmw: Pvmw, who: str) -> s.KernelGen:
+        """ptep_clear_flush() (all versions) of the pte the walk holds: its old value."""
+        ps = self.arch.page_size
+        cur = yield from self.read_entry("pte", pvmw.pte, who)
+        pteval = yield from self.get_and_clear_entry("pte", pvmw.pte, f"{who}: ptep_clear_flush", cur)
+        page = pvmw.address - pvmw.address % ps
+        yield s.TlbFlushRange(page, page + ps, mm)
+        return pteval
+
     def try_to_unmap(self: Kernel, folio: Folio) -> s.KernelGen:
         """try_to_unmap() (v6.12, no TTU_BATCH_FLUSH: each pte is flushed as it goes)."""
         def one(vma: VMA, addr: int) -> s.KernelGen:
@@ -294,11 +303,7 @@ class RmapMixin:
                 ret = False
                 yield from self.page_vma_mapped_walk_done(pvmw)
                 break
-            cur = yield from self.read_entry("pte", pvmw.pte, "try_to_unmap_one")
-            pteval = yield from self.get_and_clear_entry(
-                "pte", pvmw.pte, "try_to_unmap_one: ptep_clear_flush", cur)
-            page = pvmw.address - pvmw.address % ps
-            yield s.TlbFlushRange(page, page + ps, mm)
+            pteval = yield from self.ptep_clear_flush(mm, pvmw, "try_to_unmap_one")
             if folio.kind == "anon":
                 if folio.swap is None or (yield from self.swap_duplicate(folio.swap)) < 0:
                     yield from self.set_entry("pte", pvmw.pte, pteval, "try_to_unmap_one: restore")
@@ -345,11 +350,7 @@ class RmapMixin:
                     break
                 yield from self.set_pmd_migration_entry(pvmw)
                 continue
-            cur = yield from self.read_entry("pte", pvmw.pte, "try_to_migrate_one")
-            pteval = yield from self.get_and_clear_entry(
-                "pte", pvmw.pte, "try_to_migrate_one: ptep_clear_flush", cur)
-            page = pvmw.address - pvmw.address % ps
-            yield s.TlbFlushRange(page, page + ps, mm)
+            pteval = yield from self.ptep_clear_flush(mm, pvmw, "try_to_migrate_one")
             pfn = a.pte_pa(pteval) // ps
             yield from self.set_entry("pte", pvmw.pte,
                                       self.make_migration_pte(pfn, a.pte_write(pteval)),

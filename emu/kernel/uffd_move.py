@@ -184,6 +184,18 @@ class UffdMoveMixin:
         now = yield from self.pmdp_get_lockless(dst_pmd)
         return now == dst_pmdval
 
+    def move_lock_recheck(self: Kernel, dst_pte: int, src_pte: int, orig_dst: int, orig_src: int,
+                          dst_ptl: Spinlock, src_ptl: Spinlock, dst_pmd: int,
+                          dst_pmdval: int) -> s.KernelGen:
+        """move_{present,swap}_pte()'s start (v6.8+; v6.14 the dst pmd_same): double_pt_lock,
+        then pte_same on both ptes; (0 or -EAGAIN, the source pte now)."""
+        yield from self.double_pt_lock(dst_ptl, src_ptl)
+        same = yield from self.move_dst_pmd_same(dst_pmd, dst_pmdval)
+        cur_src = yield from self.read_entry("pte", src_pte, "move: src pte_same")
+        cur_dst = yield from self.read_entry("pte", dst_pte, "move: dst pte_same")
+        ok = same and cur_src == orig_src and cur_dst == orig_dst
+        return (0 if ok else -EAGAIN), cur_src
+
     def move_present_pte(self: Kernel, mm: MM, dvma: VMA, dst: int, src: int, dst_pte: int,
                          src_pte: int, orig_dst: int, orig_src: int, dst_ptl: Spinlock,
                          src_ptl: Spinlock, folio: Folio, dst_pmd: int,
@@ -192,13 +204,10 @@ class UffdMoveMixin:
         is cleared and flushed and the destination maps the folio, dirty and writable."""
         a = self.arch
         ps = a.page_size
-        yield from self.double_pt_lock(dst_ptl, src_ptl)
-        err = 0
-        same = yield from self.move_dst_pmd_same(dst_pmd, dst_pmdval)
-        cur_src = yield from self.read_entry("pte", src_pte, "move_present_pte: src pte_same")
-        cur_dst = yield from self.read_entry("pte", dst_pte, "move_present_pte: dst pte_same")
-        if not same or cur_src != orig_src or cur_dst != orig_dst:
-            err = -EAGAIN
+        err, cur_src = yield from self.move_lock_recheck(dst_pte, src_pte, orig_dst, orig_src,
+                                                         dst_ptl, src_ptl, dst_pmd, dst_pmdval)
+        if err:
+            pass
         elif folio.refcount > 2 or folio.mapcount != 1:
             # folio_maybe_dma_pinned() (a reference beyond the mapping's and ours: a
             # pin is one reference in ptemu) or no longer exclusive
@@ -218,14 +227,9 @@ class UffdMoveMixin:
                       orig_dst: int, orig_src: int, dst_ptl: Spinlock, src_ptl: Spinlock,
                       dst_pmd: int, dst_pmdval: int) -> s.KernelGen:
         """move_swap_pte() (v6.8+): under both ptls, pte_same on both, the swap entry moves."""
-        yield from self.double_pt_lock(dst_ptl, src_ptl)
-        err = 0
-        same = yield from self.move_dst_pmd_same(dst_pmd, dst_pmdval)
-        cur_src = yield from self.read_entry("pte", src_pte, "move_swap_pte: src pte_same")
-        cur_dst = yield from self.read_entry("pte", dst_pte, "move_swap_pte: dst pte_same")
-        if not same or cur_src != orig_src or cur_dst != orig_dst:
-            err = -EAGAIN
-        else:
+        err, cur_src = yield from self.move_lock_recheck(dst_pte, src_pte, orig_dst, orig_src,
+                                                         dst_ptl, src_ptl, dst_pmd, dst_pmdval)
+        if not err:
             old = yield from self.get_and_clear_entry("pte", src_pte,
                                                       "move_swap_pte: ptep_get_and_clear", cur_src)
             yield from self.set_entry("pte", dst_pte, old, "move_swap_pte: set_pte_at")
