@@ -290,6 +290,12 @@ class Arm(Arch):
     def swap_pte_entry(self, val: int) -> tuple[int, int]:
         return (val >> SWP_TYPE_SHIFT) & 0x1F, (val & WORD) >> SWP_OFFSET_SHIFT
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val | L_PTE_RDONLY  # set_pte_ext() derives the hardware copy
+
+    def pte_mkwrite(self, val: int) -> int:
+        return val & ~L_PTE_RDONLY
+
     def pte_mkuncached(self, val: int) -> int:
         # fault-armv.c do_adjust_pte(): the memory type becomes shared_pte_mask
         # (L_PTE_MT_BUFFERABLE: normal, non-cacheable).

@@ -179,6 +179,9 @@ class MemOp:
 PRIMITIVES: dict[str, str] = {
     "set_pte": "pte", "pte_clear": "pte", "ptep_get_and_clear": "pte",
     "set_pmd": "pmd", "pmd_clear": "pmd", "pmdp_get_and_clear": "pmd",
+    # pmdp_invalidate()'s pmdp_establish(): the old huge pmd out, its invalid
+    # twin in, atomically, so a hardware A/D update is never lost
+    "pmdp_invalidate": "pmd",
 }
 
 
@@ -287,6 +290,13 @@ class Arch(ABC):
     def pte_mkdirty(self, val: int) -> int:
         return val
 
+    def pte_wrprotect(self, val: int) -> int:
+        """pte_wrprotect(): the same mapping, read-only (fork's COW, v6.12)."""
+        raise NotImplementedError(f"{self.name}: pte_wrprotect")
+
+    def pte_mkwrite(self, val: int) -> int:
+        """pte_mkwrite_novma(): the same mapping, writable (a COW write fault, v6.12)."""
+        raise NotImplementedError(f"{self.name}: pte_mkwrite")
     def pte_modify(self, val: int, prot: Prot) -> int:
         """pte_modify(): the same page under `prot`, keeping its young and dirty state
         (_PAGE_CHG_MASK). Built from the arch's own mk_pte/mkyoung/mkdirty, so it needs
@@ -350,6 +360,42 @@ class Arch(ABC):
         return (self.thp_migration() and not self.entry_none("pmd", val)
                 and not self.entry_present("pmd", val))
 
+    def pmd_mkinvalid(self, val: int) -> int:
+        """pmdp_invalidate()'s new value: a huge pmd the hardware no longer uses but
+        that Linux still sees as present and trans-huge (pmd_present/pmd_trans_huge)."""
+        raise NotImplementedError(f"{self.name} has no PMD-sized pages")
+
+    def pmd_huge_valid(self, val: int) -> bool:
+        """Would the hardware (or pmd_access_permitted()) use this huge pmd? False for
+        pmd_mkinvalid()'s value."""
+        return self.pmd_trans_huge(val)
+
+    def pmd_mkdirty(self, val: int) -> int:
+        """pmd_mkdirty() of a huge pmd (the pte bits wherever a huge pmd is pte-like)."""
+        return self.pte_mkdirty(val)
+
+    def pmd_dirty(self, val: int) -> bool:
+        """pmd_dirty() of a huge pmd."""
+        return self.pmd_mkdirty(val) == val
+
+    def pmd_huge_write(self, val: int) -> bool:
+        """pmd_write() of a huge pmd."""
+        return self.pte_write(val)
+
+    # pgtable_trans_huge_deposit()'s home for the PTE table kept with a huge pmd:
+    #   "generic"  the pmd_huge_pte list in the pmd table's struct page (no store
+    #              into the table; x86, arm64)
+    #   "list"     a list_head in the deposited table's first two entries,
+    #              cleared again by the withdraw (s390, sparc64, powerpc radix)
+    #   "slot"     a pointer in the pmd table's second half, at pmdp +
+    #              PTRS_PER_PMD; the withdraw zeroes the fragment (powerpc hash)
+    thp_deposit: ClassVar[str] = "generic"
+
+    def thp_deposit_slot(self, pmd_pa: int) -> int:
+        """"slot" deposits: where the pointer for the pmd at pmd_pa lives."""
+        lv = self.level("pmd")
+        return pmd_pa + lv.entries * lv.entry_size
+
     def empty_entry(self, level: str) -> int:
         """The value of an empty entry (0 almost everywhere; s390 differs)."""
         return 0
@@ -372,6 +418,8 @@ class Arch(ABC):
         whose primitives changed between Linux versions) says so here.
         """
         level = PRIMITIVES[primitive]
+        if primitive == "pmdp_invalidate":
+            return (MemOp(entry_pa, self.level(level).entry_size, val, "xchg"),)
         if primitive.startswith("set_"):
             return self.set_entry_ops(level, entry_pa, val)
         return self.clear_entry_ops(level, entry_pa)

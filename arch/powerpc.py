@@ -265,6 +265,12 @@ class PowerPC(Arch):
     def pte_mkdirty(self, val: int) -> int:
         return val | C | SW3  # pte_mkdirty() also sets _PAGE_SOFT_DIRTY
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val & ~WRITE
+
+    def pte_mkwrite(self, val: int) -> int:
+        return val | WRITE
+
     def pmd_trans_huge(self, val: int) -> bool:
         if not self.entry_present("pmd", val):
             return False
@@ -297,6 +303,22 @@ class PowerPC(Arch):
 
     def pmd_huge_pa(self, val: int) -> int:
         return val & self.pte_rpn_mask & ~(self.pmd_size - 1)
+
+    def pmd_mkinvalid(self, val: int) -> int:
+        # pmdp_invalidate(): pmd_hugepage_update(_PAGE_PRESENT -> _PAGE_INVALID)
+        return (val & ~V) | INVALID
+
+    def pmd_huge_valid(self, val: int) -> bool:
+        return bool(val & V) and self.pmd_trans_huge(val)
+
+    def pmd_dirty(self, val: int) -> bool:
+        return bool(val & C)  # _PAGE_DIRTY: the hardware's C bit
+
+    @property
+    def thp_deposit(self) -> str:  # type: ignore[override]
+        # radix__pgtable_trans_huge_deposit: a list_head in the table;
+        # hash__pgtable_trans_huge_deposit: *(pmdp + PTRS_PER_PMD) = pgtable
+        return "slot" if self.mmu == "hash" else "list"
 
     def describe_entry(self, level: str, val: int) -> str:
         if val == 0:

@@ -310,6 +310,15 @@ class S390(Arch):
             val &= ~PAGE_PROTECT
         return val
 
+    def pte_wrprotect(self, val: int) -> int:
+        return (val & ~PAGE_WRITE) | PAGE_PROTECT
+
+    def pte_mkwrite(self, val: int) -> int:
+        val |= PAGE_WRITE
+        if val & PAGE_DIRTY:
+            val &= ~PAGE_PROTECT
+        return val
+
     def pmd_trans_huge(self, val: int) -> bool:
         return val != SEG_EMPTY and bool(val & SEG_LARGE)
 
@@ -343,6 +352,26 @@ class S390(Arch):
 
     def pmd_huge_pa(self, val: int) -> int:
         return val & SEG_LARGE_ORIGIN
+
+    def pmd_mkinvalid(self, val: int) -> int:
+        return val | SEG_INVALID  # pmdp_invalidate(): pmd_val | _SEGMENT_ENTRY_INVALID
+
+    def pmd_huge_valid(self, val: int) -> bool:
+        return self.pmd_trans_huge(val) and not val & SEG_INVALID
+
+    def pmd_mkdirty(self, val: int) -> int:
+        val |= SEG_DIRTY | SEG_SOFT_DIRTY
+        if val & SEG_WRITE:
+            val &= ~SEG_PROTECT
+        return val
+
+    def pmd_dirty(self, val: int) -> bool:
+        return bool(val & SEG_DIRTY)
+
+    def pmd_huge_write(self, val: int) -> bool:
+        return bool(val & SEG_WRITE)  # pmd_write(): _SEGMENT_ENTRY_WRITE
+
+    thp_deposit: ClassVar[str] = "list"  # arch/s390/mm/pgtable.c: a list_head in the table
 
     def describe_entry(self, level: str, val: int) -> str:
         if val == self.empty_entry(level):

@@ -323,6 +323,13 @@ class Sparc64(Arch):
         val |= MOD
         return val | W if val & WRITE else val
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val & ~(WRITE | W)  # the hardware W bit goes with the software one
+
+    def pte_mkwrite(self, val: int) -> int:
+        val |= WRITE
+        return val | W if val & MOD else val
+
     def pmd_trans_huge(self, val: int) -> bool:
         return bool(val & PMD_HUGE)
 
@@ -347,6 +354,14 @@ class Sparc64(Arch):
 
     def pmd_huge_pa(self, val: int) -> int:
         return val & PADDR_MASK & ~(self.pmd_size - 1)
+
+    def pmd_mkinvalid(self, val: int) -> int:
+        return val & ~V  # pmdp_invalidate(): pmd_val & ~_PAGE_VALID
+
+    def pmd_huge_valid(self, val: int) -> bool:
+        return self.pmd_trans_huge(val) and bool(val & V)
+
+    thp_deposit: ClassVar[str] = "list"  # arch/sparc/mm/tlb.c: a list_head in the table
 
     def describe_entry(self, level: str, val: int) -> str:
         if val == 0:

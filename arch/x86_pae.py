@@ -168,7 +168,9 @@ class X86Pae(Arch):
         # _PAGE_PROTNONE (= G when P is clear) also counts as present to Linux.
         if level == "pgd":
             return bool(val & P)
-        return bool(val & (P | (G if level == "pte" else 0)))
+        if level == "pmd":
+            return bool(val & (P | PSE))  # pmd_present(): a splitting THP too
+        return bool(val & (P | G))
 
     def mk_table_entry(self, level: str, table_pa: int) -> int:
         if level == "pgd":
@@ -210,7 +212,21 @@ class X86Pae(Arch):
     def pte_mkdirty(self, val: int) -> int:
         return val | D
 
+    def pte_wrprotect(self, val: int) -> int:
+        return val & ~RW  # no shadow stacks on 32-bit: no SavedDirty games
+
+    def pte_mkwrite(self, val: int) -> int:
+        return val | RW
+
     def pmd_trans_huge(self, val: int) -> bool:
+        # pmd_present() counts PSE too: a pmd pmdp_invalidate() left (P clear)
+        # is still a huge pmd to Linux while a split is under way
+        return bool(val & PSE) and bool(val & (P | PSE))
+
+    def pmd_mkinvalid(self, val: int) -> int:
+        return val & ~(P | G)  # pmd_mkinvalid(): clear _PAGE_PRESENT and _PAGE_PROTNONE
+
+    def pmd_huge_valid(self, val: int) -> bool:
         return bool(val & P) and bool(val & PSE)
 
     def mk_pmd_huge(self, pa: int, prot: Prot) -> int:
@@ -266,6 +282,11 @@ class X86Pae(Arch):
             # "xchg acts as a barrier before the setting of the high bits"
             return (MemOp(entry_pa, 4, 0, "xchg"), MemOp(entry_pa + 4, 4, 0, "load"),
                     MemOp(entry_pa + 4, 4, 0))
+        if primitive == "pmdp_invalidate" and not val & P:
+            # pgtable-3level.h pmdp_establish() of a non-present pmd: half by half,
+            # "xchg acts as a barrier before setting of the high bits"
+            return (MemOp(entry_pa, 4, val & 0xFFFF_FFFF, "xchg"),
+                    MemOp(entry_pa + 4, 4, 0, "load"), MemOp(entry_pa + 4, 4, val >> 32))
         return super().entry_ops(primitive, entry_pa, val)
 
     def describe_entry(self, level: str, val: int) -> str:

@@ -7,15 +7,19 @@ one shipped-format scenario: 2-4 vCPUs, a few VMAs of every kind and size
 `pmd_mapping = false`, a second mapping of another VMA's file), and on each
 vCPU a call list (guest/calls.py) over every hypercall with arguments that
 are mostly valid and sometimes hostile (misaligned, out of range, unmapped,
-huge counts, unknown numbers and advice).
+huge counts, unknown numbers and advice). Some file mappings are MAP_PRIVATE,
+some workloads fork a parked child and some pin pages (`_fork_and_pin_calls`).
 
 What the generator keeps legal, because Linux would kill the guest the same
 way (a SIGSEGV or SIGBUS is the program's bug, not the kernel's): guest loads
 and stores (`touch_read` / `touch_write`) only go to VMAs nobody unmaps or
 truncates ("stable" VMAs, and a vCPU's own mmap between its mmap and its
-munmap); munmap and truncate only go to the others ("volatile" VMAs); no
-range a hostile call names covers a stack or a program's text. Everything
-else is fair game for every vCPU at once.
+munmap); munmap, truncate, mremap and mprotect to read-only only go to the
+others ("volatile" VMAs); no range a hostile call names covers a stack or a
+program's text. Everything else is fair game for every vCPU at once. The
+exceptions die as Linux kills them, with `signal = "SIGSEGV"` on their
+[[cpu]]: a vCPU that munmaps its own text, and the workloads built around
+one range another vCPU moves with mremap (every vCPU of those).
 
 Determinism: `generate(target, seed)` uses only its own `random.Random`; the
 text depends on nothing else (no hash order, no clock).
@@ -89,6 +93,7 @@ class Vma:
     pmd_mapping: bool = True
     share: str = ""
     stable: bool = True  # touched by guests; never unmapped or truncated
+    private: bool = False  # shmem/file MAP_PRIVATE (see _fork_and_private)
 
 
 @dataclass
@@ -120,6 +125,10 @@ class Plan:
     vmas: list[Vma] = field(default_factory=list)
     out_pages: int = 1
     thp: bool = True  # the arch has PMD-sized pages (arm 2-level has none)
+    # vCPUs whose program may die of SIGSEGV ([[cpu]] signal): it munmaps its own
+    # text, or touches a range another vCPU moves away (_remap_calls, mremap focus)
+    signalled: set[int] = field(default_factory=set)
+    child: list[list] | None = None  # a forked child's call list (its vCPU comes last)
 
     def slot_base(self, slot: int) -> int:
         return (FIRST_SLOT + SLOT_PMDS * slot) * self.pmd
@@ -152,11 +161,22 @@ def generate(target: Target, seed: int) -> str:
     plan = Plan(target, a.page_size, a.pmd_size, a.va_bits, a.word_size, cpus)
     plan.thp = a.supports_huge_pmd()
     _plan_vmas(rng, plan, contended)
+    # fork and private mappings, and anon THP, draw from RNGs of their own: the
+    # rest of a workload is what it was before they existed
+    extra = random.Random(sub_seed(seed, 0xF02C))
+    _private_vmas(extra, plan)
+    thp_rng = random.Random(f"anon-thp:{seed}")
+    _anon_thp_vmas(thp_rng, plan)
     regions = _regions(plan)
+    lists = None
     if contended:
-        lists = _contended_calls(rng, plan, regions)
+        lists = _anon_thp_contended(thp_rng, plan, regions)
+        if lists is None:
+            lists = _contended_calls(rng, plan, regions)
     else:
-        lists = [_calls(rng, plan, regions, cpu) for cpu in range(plan.cpus)]
+        lists = [_calls(rng, plan, regions, cpu) + _anon_thp_calls(thp_rng, plan, regions)
+                 for cpu in range(plan.cpus)]
+    _fork_and_pin_calls(extra, plan, regions, lists)
     return _toml(plan, lists, seed)
 
 
@@ -221,6 +241,100 @@ def _plan_vmas(rng: random.Random, plan: Plan, contended: bool = False) -> None:
                 v.thp = False
                 v.stable = w.stable  # one file: truncating it reaches both mappings
         plan.vmas.append(v)
+
+
+def _private_vmas(rng: random.Random, plan: Plan) -> None:
+    """Some second mappings of a file become MAP_PRIVATE: reads share the page cache
+    with the other mapping, writes copy (an anon_vma, which retract_page_tables and
+    fork's vma_needs_copy look at)."""
+    for i, v in enumerate(plan.vmas):
+        if v.kind != "anon" and i >= CANDIDATES and rng.random() < (0.5 if v.share else 0.3):
+            v.private = True
+
+
+def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
+                        lists: list[list[list]]) -> None:
+    """fork and FOLL_PIN pins, added to lists already made: a vCPU (there is room for
+    one more) forks a parked child at a random point of its list, the child walking
+    and writing the stable regions (COW of what fork shared) and now and then
+    scanning a candidate (retract reaches the child's VMAs through i_mmap); a vCPU
+    pins a few pages of a writable stable region, writes them and unpins."""
+    page = plan.page
+    # what fork copies and COW shares: anon memory and private file mappings
+    writable = [r for r in regions if r.stable and r.writable
+                and (r.kind == "anon" or (r.vma is not None and r.vma.private))] or \
+        [r for r in regions if r.stable and r.writable]
+    pinner = rng.randrange(len(lists))
+    pin_at = None  # where the pinner's pin ends in its list
+    if rng.random() < 0.3 and writable:
+        r = rng.choice(writable)
+        n = max(1, min(4, r.touch_b // page))
+        first = rng.randrange(0, r.touch_b // page - n + 1)
+        addr = r.start_b + first * page
+        calls = lists[pinner]
+        at = rng.randint(0, len(calls))
+        # written first, as a DMA buffer is: FOLL_PIN | FOLL_WRITE of the fast path
+        # needs present writable ptes (the rest is slow GUP's, not modelled)
+        calls[at:at] = [["touch_write", _at(plan, addr), n, plan.expr(page)],
+                        ["pin_user_pages", _at(plan, addr), n, 1],
+                        ["touch_write", _at(plan, addr), n, plan.expr(page)],
+                        ["pin_user_pages", 0, 0, 0]]
+        pin_at = at + 2
+    _uffd_private_and_retract(rng, plan, regions, lists)
+    if plan.cpus >= 4 or rng.random() >= 0.35:
+        return
+    if pin_at is not None and rng.random() < 0.5:
+        # the pinner forks with its pages pinned (a DMA user calling fork): fork must
+        # copy them for the child, or the write after it copies them away from the pins
+        lists[pinner].insert(pin_at, ["fork", plan.cpus])
+    else:
+        # another vCPU than the pinner's, where there is one: fork racing the pin
+        forker = rng.choice([i for i in range(len(lists)) if i != pinner] or [pinner])
+        parent = lists[forker]
+        parent.insert(rng.randint(0, len(parent)), ["fork", plan.cpus])
+    stable = [r for r in regions if r.stable]
+    child: list[list] = []
+    for _ in range(rng.randint(1, 3)):
+        r = rng.choice(stable)
+        op = rng.choice(["touch_read", "touch_write", "gup_fast", "madvise_dontneed",
+                         "khugepaged_scan"] if plan.thp else
+                        ["touch_read", "touch_write", "gup_fast", "madvise_dontneed"])
+        if op == "touch_write" and not r.writable:
+            op = "touch_read"
+        pages = max(1, min(r.touch_b, 4 * page) // page)
+        if op.startswith("touch"):
+            child.append([op, _at(plan, r.start_b), pages, plan.expr(page)])
+        elif op == "gup_fast":
+            child.append([op, _at(plan, r.start_b), pages, plan.expr(OUT_PMD * plan.pmd), 0])
+        elif op == "madvise_dontneed":
+            child.append(["madvise", _at(plan, r.start_b), plan.expr(pages * page), MADV_DONTNEED])
+        else:
+            child.append([op, _at(plan, _focus_pmd(plan, r)[0])])
+    plan.child = child
+
+
+def _uffd_private_and_retract(rng: random.Random, plan: Plan, regions: list[Region],
+                              lists: list[list[list]]) -> None:
+    """Now and then UFFDIO_COPY into a private mapping of a candidate's file while
+    another vCPU runs khugepaged over the candidate: mfill_atomic() gives the VMA an
+    anon_vma and maps an anon page, which retract_page_tables() must see under its
+    ptl."""
+    if not plan.thp or len(lists) < 2 or rng.random() >= 0.25:
+        return
+    by_name = {r.vma.name: r for r in regions if r.vma is not None}
+    privs = [r for r in regions if r.vma is not None and r.vma.private and r.vma.share
+             and int(by_name[r.vma.share].vma.name[1:]) < CANDIDATES]
+    if not privs:
+        return
+    r = rng.choice(privs)
+    cand = by_name[r.vma.share]
+    dst = r.start_b + rng.randrange(0, max(1, r.touch_b // plan.page)) * plan.page
+    a, b = rng.sample(range(len(lists)), 2)
+    lists[a] += [["uffdio_register", _at(plan, r.start_b), plan.expr(r.size_b), 1],
+                 ["uffdio_copy", _at(plan, dst), plan.expr(OUT_PMD * plan.pmd),
+                  plan.expr(plan.page)]]
+    lists[b].insert(rng.randint(0, len(lists[b])), ["khugepaged_scan",
+                                                     _at(plan, _focus_pmd(plan, cand)[0])])
 
 
 def _regions(plan: Plan) -> list[Region]:
@@ -392,11 +506,89 @@ def _calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> l
         else:
             calls.append([rng.choice(NR_UNKNOWN), 1, 2, 3])
     calls.extend(_walker_and_notifier_calls(rng, plan, regions))
+    calls.extend(_remap_calls(rng, plan, regions, cpu))
     if own is not None and rng.random() < 0.7:
         calls.append(["munmap", _at(plan, own.start_b), plan.expr(own.size_b)])
     if rng.random() < 0.05:
         calls.append(["exit", 0])
+    elif rng.random() < OWN_TEXT:
+        # munmap of its own text: the next fetch is SIGSEGV, and the process dies
+        calls.append(["munmap", "text", plan.expr(plan.page)])
+        plan.signalled.add(cpu)
     return calls
+
+
+OWN_TEXT = 0.05  # share of vCPUs that end by unmapping their own text
+MREMAP_MOVE = 3  # MREMAP_MAYMOVE | MREMAP_FIXED
+
+
+def _remap_calls(rng: random.Random, plan: Plan, regions: list[Region], cpu: int) -> list[list]:
+    """mprotect, mremap and munmap of part of a VMA: a few calls a vCPU makes after its
+    others. What may change under the guests' own loads and stores stays legal:
+    mprotect of a region guests touch only adds PROT_EXEC (a split, new ptes,
+    then a merge back); read-only, a move or a partial unmap only hit the volatile
+    regions nobody touches. A move goes to this vCPU's own slot, past its mmap
+    (PMD-aligned, or a page off, so move_normal_pmd and move_ptes both run).
+    Hostile ones get Linux's errors: misaligned, zero or overlapping lengths,
+    unknown flags or prot bits, MREMAP_FIXED alone, a source nothing maps."""
+    page, pmd = plan.page, plan.pmd
+    dest = plan.slot_base(len(plan.vmas) + cpu) + 2 * pmd
+    volatile = [r for r in regions if not r.stable]
+    out: list[list] = []
+    if rng.random() < 0.3:  # mprotect
+        if rng.random() < HOSTILE:
+            r = _pick(rng, regions)
+            which = rng.randrange(4)
+            if which == 0:
+                out.append(["mprotect", f"{_at(plan, r.start_b)} + 1", plan.expr(page), 3])
+            elif which == 1:
+                out.append(["mprotect", _at(plan, r.start_b), plan.expr(page), 8])
+            elif which == 2:
+                out.append(["mprotect", _at(plan, r.start_b), plan.expr(page), 0])
+            else:  # running past the region: -ENOMEM (what is mapped becomes rwx)
+                out.append(["mprotect", _at(plan, r.start_b), plan.expr(r.size_b + 3 * pmd), 7])
+        else:
+            r = _pick(rng, regions)
+            addr, length = _subrange(rng, plan, r)
+            ro = not r.stable and rng.random() < 0.5
+            out.append(["mprotect", _at(plan, addr), plan.expr(length), 1 if ro else 7])
+            if rng.random() < 0.6:
+                out.append(["mprotect", _at(plan, addr), plan.expr(length), 3])
+    if rng.random() < 0.3:  # mremap
+        if rng.random() < HOSTILE or not volatile:
+            r = _pick(rng, regions)
+            which = rng.randrange(6)
+            args = [_at(plan, r.start_b), plan.expr(page), plan.expr(page), MREMAP_MOVE,
+                    plan.expr(dest)]
+            if which == 0:
+                args[0] = f"{args[0]} + 1"
+            elif which == 1:
+                args[3] = rng.choice([2, 8, 4])  # FIXED alone, unknown, DONTUNMAP
+            elif which == 2:
+                args[2] = 0
+            elif which == 3:  # overlapping source and destination
+                args[4] = args[0]
+            elif which == 4:  # nothing mapped at the source
+                args[0] = plan.expr(dest + pmd // 2 // page * page)
+            else:
+                args[4] = f"{plan.expr(dest)} + 1"
+            out.append(["mremap", *args])
+        else:
+            r = rng.choice(volatile)
+            addr, length = _subrange(rng, plan, r, pmd_aligned=rng.random() < 0.5)
+            length = min(length, pmd)
+            to = dest + (0 if rng.random() < 0.6 else page)
+            new_len = rng.choice([length, length, max(page, length // 2 // page * page)])
+            out.append(["mremap", _at(plan, addr), plan.expr(length), plan.expr(new_len),
+                        MREMAP_MOVE, plan.expr(to)])
+    if volatile and rng.random() < 0.2:  # munmap of part of a VMA: a split
+        r = rng.choice(volatile)
+        pages = r.size_b // page
+        if pages > 2:
+            first = rng.randrange(1, pages - 1)
+            n = rng.randint(1, pages - 1 - first)
+            out.append(["munmap", _at(plan, r.start_b + first * page), plan.expr(n * page)])
+    return out
 
 
 def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
@@ -462,6 +654,107 @@ def _swap_and_migration_calls(rng: random.Random, plan: Plan,
     return out
 
 
+def _anon_thp_vmas(rng: random.Random, plan: Plan) -> None:
+    """VM_HUGEPAGE (`thp = true`) on some anon VMAs holding a whole PMD range: their faults
+    map PMD folios with a deposited table, and khugepaged may collapse them. Where the arch
+    has THP, most workloads also get one more anon VMA of one PMD range: a THP (one page
+    faulted in: the whole folio) or PTE-mapped pages for a collapse."""
+    ppmd = plan.pmd // plan.page
+    if not plan.thp:
+        return
+    for v in plan.vmas:
+        if v.kind == "anon" and v.start_pages == 0 and v.size_pages >= ppmd:
+            v.thp = rng.random() < 0.5
+    if rng.random() < 0.7:
+        huge = rng.random() < 0.6
+        v = Vma(f"v{len(plan.vmas)}", "anon", 0, ppmd, len(plan.vmas), thp=huge,
+                populate=1 if huge else rng.randint(2, 16), stable=rng.random() < 0.5)
+        plan.vmas.append(v)
+
+
+def _thp_focus(plan: Plan, regions: list[Region]) -> list[Region]:
+    """Anon regions with a whole PMD range (what a THP, a split or a collapse needs)."""
+    return [r for r in regions if r.kind == "anon" and r.vma is not None
+            and _focus_pmd(plan, r)[1] >= plan.pmd and r.start_b % plan.pmd == 0]
+
+
+def _anon_thp_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> list[list]:
+    """Anon THP calls a vCPU makes after its others: MADV_HUGEPAGE (whole VMAs, else
+    -EINVAL), a fault that may map a PMD folio, split_huge_pmd (-EINVAL where no huge
+    pmd or no THP), MADV_COLLAPSE and a khugepaged pass of an anon range; now and then
+    a hostile address or a partial range."""
+    if rng.random() >= 0.3:
+        return []
+    focus = _thp_focus(plan, regions) or regions
+    r = rng.choice(focus)
+    start, length = _focus_pmd(plan, r)
+    out: list[list] = []
+    if rng.random() < 0.5:
+        out.append(["madvise", _at(plan, r.start_b), plan.expr(r.size_b), 14])  # MADV_HUGEPAGE
+    if r.stable and r.writable and rng.random() < 0.6:
+        out.append(["touch_write", _at(plan, start), 1, plan.expr(plan.page)])
+    for op in rng.sample(["split", "collapse", "khugepaged"], rng.randint(1, 3)):
+        addr = start + rng.randrange(0, length, plan.page)
+        where = _hostile_addr(rng, plan, addr) if rng.random() < HOSTILE else _at(plan, addr)
+        if op == "split":
+            out.append(["split_huge_pmd", where])
+        elif op == "collapse":
+            out.append(["madvise", _at(plan, start), _len(plan, length), MADV_COLLAPSE])
+        else:
+            out.append(["khugepaged_scan", where])
+    return out
+
+
+def _anon_thp_contended(rng: random.Random, plan: Plan,
+                        regions: list[Region]) -> list[list] | None:
+    """A share of the contended workloads races an anon THP's life on one PMD range:
+    vCPU 0 splits it, collapses it (then unmaps it, when it may: the deposited table is
+    freed then), zaps part of it or runs khugepaged; the others walk it: writes to its
+    last pages (the split fills them last), GUP-fast from its start. None: not this
+    time."""
+    focus = _thp_focus(plan, regions)
+    if not plan.thp or not focus or rng.random() >= 0.5:
+        return None
+    r = rng.choice(focus)
+    start, _length = _focus_pmd(plan, r)
+    page, pmd = plan.page, plan.pmd
+    kinds = ["split", "split", "collapse", "collapse", "dontneed_page", "dontneed_pmd",
+             "khugepaged"] + (["munmap", "mremap"] if not r.stable else [])
+    kind = rng.choice(kinds)
+    first: list[list] = []
+    if kind == "split":
+        first.append(["split_huge_pmd", _at(plan, start + rng.randrange(0, pmd, page))])
+    elif kind == "collapse":
+        first.append(["madvise", _at(plan, start), plan.expr(pmd), MADV_COLLAPSE])
+        if not r.stable:  # the deposited old table is freed at once by the zap
+            first.append(["munmap", _at(plan, r.start_b), plan.expr(r.size_b)])
+    elif kind == "dontneed_page":  # part of a THP: zap_pmd_range splits it first
+        first.append(["madvise", _at(plan, start + rng.randrange(0, pmd, page)),
+                      plan.expr(page), MADV_DONTNEED])
+    elif kind == "dontneed_pmd":  # zap_huge_pmd and its deposit
+        first.append(["madvise", _at(plan, start), plan.expr(pmd), MADV_DONTNEED])
+    elif kind == "munmap":
+        first.append(["munmap", _at(plan, r.start_b), plan.expr(r.size_b)])
+    elif kind == "mremap":
+        # far enough for another pmd table (x86-pae: 1 GiB), then away with it
+        far = 512 * pmd if 512 * pmd + start < (1 << (plan.va_bits - 1)) else 64 * pmd
+        dest = start + far
+        first.append(["mremap", _at(plan, start), plan.expr(pmd), plan.expr(pmd), 3,
+                      _at(plan, dest)])
+        first.append(["munmap", _at(plan, dest), plan.expr(pmd)])
+    else:
+        first.append(["khugepaged_scan", _at(plan, start)])
+    lists = [first]
+    for _cpu in range(1, plan.cpus):
+        if r.stable and r.writable and rng.random() < 0.6:
+            n = rng.randint(1, 8)
+            lists.append([["touch_write", _at(plan, start + pmd - n * page), n, plan.expr(page)]])
+        else:
+            n = rng.randint(1, 16)
+            lists.append([["gup_fast", _at(plan, start), n, plan.expr(OUT_PMD * pmd), 0]])
+    return lists
+
+
 def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> list[list]:
     """Every vCPU's short call list aimed at one focus range. First a way to tear
     its tables down (khugepaged or MADV_COLLAPSE where the arch has PMD-sized
@@ -471,7 +764,9 @@ def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> l
     valid: the hostile ones are the other workloads' business."""
     kinds = (["khugepaged_scan", "madvise_collapse"] if plan.thp else []) + \
         ["madvise_dontneed", "munmap", "truncate"]
-    kind = rng.choice(kinds)
+    kind = rng.choice(kinds + ["mremap"])
+    if kind == "mremap":
+        return _contended_mremap(rng, plan, regions, kinds)
     fits = [r for r in regions if _may_destroy(kind, r)]
     cands = [r for r in fits if r.vma is not None and int(r.vma.name[1:]) < CANDIDATES]
     if kind in ("khugepaged_scan", "madvise_collapse") and cands and rng.random() < 0.8:
@@ -493,6 +788,39 @@ def _contended_calls(rng: random.Random, plan: Plan, regions: list[Region]) -> l
                 # (fragments of one page, halves of one page)
                 calls.append(_walk(rng, plan, focus if rng.random() < 0.85 else rng.choice(regions)))
         lists.append(calls)
+    return lists
+
+
+def _contended_mremap(rng: random.Random, plan: Plan, regions: list[Region],
+                      kinds: list[str]) -> list[list]:
+    """vCPU 0 moves a file range (MREMAP_MAYMOVE|MREMAP_FIXED, its PMD ranges when it
+    has whole ones) while the others walk it (their own loads and stores too),
+    collapse or truncate it: a move racing retract_page_tables(), truncate and the
+    walkers. A guest that touches the range once it has moved, or past a
+    truncated end, dies of SIGSEGV as in Linux, so every vCPU may."""
+    files = [r for r in regions if r.kind != "anon"] or regions
+    cands = [r for r in files if r.vma is not None and int(r.vma.name[1:]) < CANDIDATES]
+    focus = rng.choice(cands if cands and rng.random() < 0.8 else files)
+    start, length = _focus_pmd(plan, focus)
+    dest = plan.slot_base(len(plan.vmas)) + 2 * plan.pmd
+    if rng.random() < 0.3:
+        dest += plan.page  # misaligned: move_ptes
+    lists: list[list] = [[["mremap", _at(plan, start), plan.expr(length), plan.expr(length),
+                           MREMAP_MOVE, plan.expr(dest)]]]
+    if rng.random() < 0.5:
+        lists[0].append(["touch_read", _at(plan, dest), 1, plan.expr(plan.page)])
+    others = [k for k in kinds if k != "munmap"]
+    touchable = replace(focus, stable=True)
+    for _ in range(1, plan.cpus):
+        calls: list[list] = []
+        if rng.random() < 0.4:
+            calls.append(["touch_write" if focus.writable else "touch_read", _at(plan, start), 1,
+                          plan.expr(plan.page)])
+        if rng.random() < 0.5:
+            calls.append(_destroy(rng, plan, focus, rng.choice(others)))
+        calls.append(_walk(rng, plan, touchable))
+        lists.append(calls)
+    plan.signalled.update(range(plan.cpus + 1))  # a forked child's vCPU comes last
     return lists
 
 
@@ -614,7 +942,10 @@ def _memory_mib(plan: Plan) -> int:
     total = 0
     for v in plan.vmas:
         nbytes = v.size_pages * plan.page
-        total += nbytes + (-(-nbytes // plan.pmd) * plan.pmd if v.kind != "anon" else 0)
+        # files: a PMD folio per range for collapse; anon THP: whole PMD folios, and one more
+        # for a collapse
+        total += nbytes + (-(-nbytes // plan.pmd) * plan.pmd
+                           if v.kind != "anon" or v.size_pages * plan.page >= plan.pmd else 0)
     total += plan.cpus * 4 * plan.pmd + 8 * (1 << 20)
     mib = -(-total // (1 << 20))
     return max(16, 1 << (mib - 1).bit_length())
@@ -623,7 +954,8 @@ def _memory_mib(plan: Plan) -> int:
 def _toml(plan: Plan, lists: list[list[list]], seed: int) -> str:
     t = plan.target
     lines = [f'description = "ptemu fuzz workload {seed:#x} for {t.label}"', "",
-             "[machine]", f'arch = "{t.arch}"', f"cpus = {plan.cpus}",
+             "[machine]", f'arch = "{t.arch}"',
+             f"cpus = {plan.cpus + (plan.child is not None)}",
              f"memory_mib = {_memory_mib(plan)}"]
     if t.options:
         lines += ["", "[arch_options]"] + [f'{k} = "{v}"' for k, v in t.options]
@@ -641,12 +973,24 @@ def _toml(plan: Plan, lists: list[list[list]], seed: int) -> str:
             lines.append("pmd_mapping = false")
         if v.share:
             lines.append(f'share = "{v.share}"')
+        if v.private:
+            lines.append("private = true")
     lines += ["", "[[vma]]", 'name = "gup-out"', f"start = {_value(plan.expr(OUT_PMD * plan.pmd))}",
               f"size = {_value(plan.expr(_out_pages(plan) * plan.page))}", 'kind = "anon"',
               "populate = true"]
-    for calls in lists:
-        lines += ["", "[[cpu]]", "calls = ["]
+    for cpu, calls in enumerate(lists):
+        lines += ["", "[[cpu]]"]
+        if cpu in plan.signalled:
+            lines.append('signal = "SIGSEGV"')
+        lines.append("calls = [")
         lines += [f"  [{', '.join(_value(x) for x in rec)}]," for rec in calls]
+        lines.append("]")
+    if plan.child is not None:  # parked until a vCPU calls fork(plan.cpus)
+        lines += ["", "[[cpu]]", 'child = "forked"']
+        if plan.cpus in plan.signalled:
+            lines.append('signal = "SIGSEGV"')
+        lines.append("calls = [")
+        lines += [f"  [{', '.join(_value(x) for x in rec)}]," for rec in plan.child]
         lines.append("]")
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ from emu.kernel.fault import VM_FAULT_SIGSEGV
 from emu.kernel.mm import MM, VMA
 from emu.kernel.task import KernelTask
 from emu.kernel.variants import build_kernel_class
-from emu.physmem import FrameAllocator, FrameState, PhysMem, PhysMemError
+from emu.physmem import FrameAllocator, PhysMem, PhysMemError
 from emu.scenario import Scenario, ScenarioError, eval_int
 from emu.sched.schedule import RCU_TASK, encode, task_name
 from emu.sched.strategies import Strategy
@@ -104,6 +104,8 @@ class Machine(KernelHooks):
         self.choices: list[int] = []
         self.checkers: list[Checker] = []
         self.programs: dict[int, Program] = {}
+        # vCPUs waiting to be forked, by index: the name of the child process each starts
+        self.parked: dict[int, str] = {}
         self.cpus: list[VCpu] = []
         self._cs = capstone.Cs(self.arch.cs_arch, self.arch.cs_mode)
         self._build()
@@ -167,21 +169,10 @@ class Machine(KernelHooks):
         k = self.kernel
         sc = self.scenario
 
-        def alloc_table(level: str, nbytes: int) -> int:
-            nframes = -(-nbytes // self.frames.frame_size)
-            pa = self.frames.alloc(f"{level} table", None, FrameState.PGTABLE, level=level,
-                                   nframes=nframes)
-            k.init_table(pa, level)
-            pgd_tables.extend((pa + i * self.frames.frame_size, level) for i in range(nframes))
-            return pa
-
         # one mm per process, its root allocated (pgd_alloc) in the scenario's order
         several = len(sc.processes) > 1
         for name in sc.processes:
-            pgd_tables: list[tuple[int, str]] = []
-            root = a.alloc_root(alloc_table,
-                                lambda pa, size, v: self.mem.write_int(pa, size, v, a.byteorder))
-            k.mms.append(MM(root, name, lock_tag=name if several else "", pgd_tables=pgd_tables))
+            k.mms.append(k.mm_alloc(name, name if several else ""))
         self.process = {mm.name: mm for mm in k.mms}
         for st in k.cpus:
             st.mm = k.mms[0]  # idle CPUs count as the first process's
@@ -195,7 +186,8 @@ class Machine(KernelHooks):
             if v.thp and not a.supports_huge_pmd():
                 raise ScenarioError(sc.source, f"vma[{i}].thp",
                                     f"{a.name} has no PMD-sized pages (no THP)")
-            mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}"))
+            mm.insert_vma(VMA(start, start + size, v.kind, PROT_OF[v.prot], v.name or f"vma{i}",
+                              private=v.private))
             vma = mm.find_vma(start)
             named[vma.name] = vma
             if v.share:
@@ -247,6 +239,11 @@ class Machine(KernelHooks):
             except ValueError as exc:
                 raise ScenarioError(sc.source, f"cpu[{i}].args", str(exc)) from None
             cpu.pc = base
+            if spec.child:
+                # parked until its parent forks it (start_forked)
+                self.parked[i] = spec.child
+                cpu.mode = Mode.DONE
+                k.cpus[i].online = False
         for i in range(len(sc.programs), self.ncpus):
             self.cpus[i].mode = Mode.DONE
             k.cpus[i].online = False
@@ -280,6 +277,8 @@ class Machine(KernelHooks):
         self.trace.enabled = False
         try:
             for i, spec in enumerate(self.scenario.programs):
+                if spec.child:
+                    continue  # a parked child starts when forked, not here
                 if spec.calls is not None:
                     marked = any(call_format.op_number(rec[0], numbers) == nr
                                  for rec in spec.calls)
@@ -479,7 +478,7 @@ class Machine(KernelHooks):
         """
         self._snapshot = (self.mem.snapshot(), [c.context() for c in self.cpus],
                           self._copy_state((self.kernel.__dict__, self.frames.__dict__)),
-                          [(c.pc, c.mode, c.exit_code, c.crash) for c in self.cpus])
+                          [(c.pc, c.mode, c.exit_code, c.crash, c.hw_root) for c in self.cpus])
 
     def kept_objects(self) -> tuple[Any, ...]:
         """What a state copy shares with the live machine instead of copying."""
@@ -500,9 +499,10 @@ class Machine(KernelHooks):
         self.kernel.tlb_flush = self.tlb_flush
         self.frames.__dict__.update(fstate)
         self.process = {mm.name: mm for mm in self.kernel.mms}
-        for c, ctx, (pc, mode, code, crash) in zip(self.cpus, ctxs, cpus, strict=True):
+        for c, ctx, (pc, mode, code, crash, hw_root) in zip(self.cpus, ctxs, cpus, strict=True):
             c.restore(ctx)
-            c.pc, c.mode, c.exit_code, c.crash = pc, mode, code, crash
+            # hw_root too: a forked child's vCPU loaded its child's root in the last run
+            c.pc, c.mode, c.exit_code, c.crash, c.hw_root = pc, mode, code, crash, hw_root
             c.killed = c.exit_pending = None
             c.signalled = None
             c.task = c.walk = c.walk_req = None
@@ -614,12 +614,37 @@ class Machine(KernelHooks):
         """Is `mm` freed when its last vCPU exits? A declared [[process]] is; the
         implicit one of a scenario without them lives on (its tables stay for
         inspection, as they always have) unless a vCPU called exit_group."""
-        return self.scenario.processes_declared or mm.exit_code is not None
+        return self.scenario.processes_declared or mm.exit_code is not None or mm.forked
+
+    # ---- fork ------------------------------------------------------------------------
+    def fork_child(self, cpu: VCpu, index: int) -> str | None:
+        """The name of the process fork(index) called on `cpu` makes, or None if that
+        [[cpu]] is no parked child of the caller's process or was forked already."""
+        name = self.parked.get(index)
+        spec = self.scenario.programs[index] if name is not None else None
+        if spec is None or name in self.process:
+            return None
+        parent = self.process[spec.process or self.scenario.processes[0]]
+        return name if self.mm_of(cpu) is parent else None
+
+    def start_forked(self, index: int, mm: MM) -> None:
+        """The forked child's vCPU comes to life in its new mm: its root register loaded,
+        its program run from the start."""
+        self.process[mm.name] = mm
+        cpu = self.cpus[index]
+        self.kernel.cpus[index].mm = mm
+        self.kernel.cpus[index].online = True
+        self.arch.setup_cpu(cpu.uc, index, mm.root)
+        cpu.flush_all()
+        cpu.load_root(self.arch.hw_root(mm.root))
+        cpu.mode = Mode.GUEST
+        self.trace.add(self.step, f"cpu{index}", "note", f"forked: runs in process {mm.name}")
 
     def exit_vcpu(self, cpu: VCpu, code: int) -> None:
         """do_exit() of one vCPU's task: the last user of a torn-down mm runs mmput()
         (exit_mmap and the freeing of its tables) before it is done."""
         mm = self.mm_of(cpu)
+        self.kernel.release_pins(cpu.index)  # the task's pins go with it (its fds close)
         others = [c for c in self.cpus if c is not cpu and c.alive() and self.mm_of(c) is mm]
         if mm.dead or others or not self.tears_down(mm):
             cpu.finish(code)

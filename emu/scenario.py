@@ -23,6 +23,7 @@ size = "4 * pmd_size"
 kind = "anon"           # anon | shmem | file
 prot = "rw"             # r, rw, rx, rwx
 populate = false        # fault every page in at setup (or an integer: the first N pages)
+private = false         # shmem/file: MAP_PRIVATE (reads map the page cache, writes copy)
 
 [[cpu]]
 process = "main"        # the process this vCPU runs (default: the first)
@@ -32,6 +33,12 @@ args = [0x10000000, 512, "page_size"]   # relative to this file); or inline:
 #     mov eax, SYS_exit
 #     int 0x80
 # '''
+
+[[cpu]]                 # a forked child: parked until a vCPU of "main" calls
+process = "main"        # fork(2) (2: this [[cpu]]'s index), then runs its program
+child = "kid"           # in the new process "kid", a copy of main's address space
+program = "touch"
+args = [0x10000000, 8, "page_size"]
 
 [[cpu]]                 # or a call list, run by guest/programs/<arch>/calls.S:
 calls = [["mmap", "16 * pmd_size", "pmd_size", 0],        # a hypercall by name (or number)
@@ -90,13 +97,14 @@ class VmaSpec:
     kind: str
     prot: str = "rw"
     populate: bool | int = False  # True: every page; N: the first N pages
-    thp: bool = False  # shmem/file: back with one PMD-sized folio
+    thp: bool = False  # shmem/file: back with one PMD-sized folio; anon: VM_HUGEPAGE
     # False: faults map even a PMD-sized folio with PTEs (as when khugepaged's
     # retract had to skip the VMA), leaving it for collapse_pte_mapped_thp()
     pmd_mapping: bool = True
     name: str = ""
     share: str = ""  # name of an earlier shmem/file VMA whose file this one maps too
     process: str = ""  # the [[process]] whose address space it is in ("": the first)
+    private: bool = False  # shmem/file: MAP_PRIVATE (reads share the page cache, writes copy)
 
 
 @dataclass
@@ -109,6 +117,10 @@ class CpuSpec:
     asm: str = ""  # inline program text
     asm_line: int = 1  # the scenario file's line on which the inline text starts
     process: str = ""  # the [[process]] this vCPU runs ("": the first)
+    # set: this vCPU is parked until a vCPU of `process` calls fork(<this cpu's
+    # index>); it then runs its program in a new process of this name, a copy
+    # of the parent's address space (its text and stack are the parent's until then)
+    child: str = ""
     # "SIGSEGV": the program may die of it (a fault no VMA allows), its process
     # killed as Linux kills it; "" (default): such a fault is a crash of the run
     signal: str = ""
@@ -261,7 +273,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         if not isinstance(v, dict):
             raise ScenarioError(source, path, "expected a table")
         _check_keys(v, {"start", "size", "kind", "prot", "populate", "thp", "pmd_mapping", "name",
-                        "share", "process"}, source, path)
+                        "share", "process", "private"}, source, path)
         kind = _get(v, "kind", str, source, path, "anon")
         if kind not in VMA_KINDS or kind == "text":
             raise ScenarioError(source, f"{path}.kind", f"must be anon, shmem or file, got {kind!r}")
@@ -275,7 +287,11 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
                             _get(v, "pmd_mapping", bool, source, path, True),
                             _get(v, "name", str, source, path, ""),
                             _get(v, "share", str, source, path, ""),
-                            _process_of(v, processes, source, path)))
+                            _process_of(v, processes, source, path),
+                            _get(v, "private", bool, source, path, False)))
+        if vmas[-1].private and kind not in ("shmem", "file"):
+            raise ScenarioError(source, f"{path}.private", "only a shmem or file vma is MAP_PRIVATE "
+                                "(anon memory is private already)")
         if vmas[-1].share:
             earlier = {x.name: x for x in vmas[:-1] if x.name}
             target = earlier.get(vmas[-1].share)
@@ -289,7 +305,8 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         path = f"cpu[{i}]"
         if not isinstance(c, dict):
             raise ScenarioError(source, path, "expected a table")
-        _check_keys(c, {"program", "args", "asm", "calls", "process", "signal"}, source, path)
+        _check_keys(c, {"program", "args", "asm", "calls", "process", "child", "signal"},
+                    source, path)
         args = _get(c, "args", list, source, path, [])
         for j, a in enumerate(args):
             if isinstance(a, bool) or not isinstance(a, (int, str)):
@@ -301,6 +318,7 @@ def parse(text: str, source: str = "<scenario>", base_dir: Path | None = None) -
         else:
             programs.append(_program(c, i, args, text, source, base_dir or Path.cwd()))
         programs[-1].process = _process_of(c, processes, source, path)
+        programs[-1].child = _child_of(c, processes, programs[:-1], source, path)
         programs[-1].signal = _get(c, "signal", str, source, path, "")
         if programs[-1].signal not in ("", "SIGSEGV"):
             raise ScenarioError(source, f"{path}.signal",
@@ -353,6 +371,15 @@ def _processes(doc: dict[str, Any], source: str) -> list[str]:
             raise ScenarioError(source, f"{path}.name", f"{name!r} declared twice")
         names.append(name)
     return names
+
+
+def _child_of(c: dict[str, Any], processes: list[str], earlier: list[CpuSpec], source: str,
+              path: str) -> str:
+    """A `[[cpu]] child = NAME`: the name of the process fork() makes for it, new."""
+    name = _get(c, "child", str, source, path, "")
+    if name and (name in processes or any(p.child == name for p in earlier)):
+        raise ScenarioError(source, f"{path}.child", f"{name!r} already names a process")
+    return name
 
 
 def _process_of(tbl: dict[str, Any], processes: list[str], source: str, path: str) -> str:

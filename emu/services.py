@@ -28,9 +28,11 @@ from emu.kernel.mprotect import PROT_EXEC, PROT_READ, PROT_WRITE, prot_of
 from emu.kernel.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
+MAP_PRIVATE_KINDS = {3: "shmem", 4: "file"}  # MAP_PRIVATE of a new shmem / file object
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
 MADV_PAGEOUT = 21
 MADV_COLLAPSE = 25
+MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 GUP_MAX_PAGES = 4096
 
 
@@ -81,17 +83,21 @@ def copy_to_user(m: ServiceHost, cpu: Caller, addr: int, values: list[int], widt
 def sys_mmap(m: ServiceHost, cpu: Caller, addr: int, length: int, kind: int) -> s.KernelGen:
     """Validate and run `mmap` (the call itself is described in emu.abi)."""
     check_user_range(m, addr, length, m.arch.page_size)
-    if kind not in MAP_KINDS:
-        raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem) or 2 (file)")
-    return _mmap(m, m.mm_of(cpu), addr, length, MAP_KINDS[kind])
+    if kind not in MAP_KINDS and kind not in MAP_PRIVATE_KINDS:
+        raise HypercallError(EINVAL, f"kind {kind} is not 0 (anon), 1 (shmem), 2 (file), "
+                             "3 (private shmem) or 4 (private file)")
+    private = kind in MAP_PRIVATE_KINDS
+    return _mmap(m, m.mm_of(cpu), addr, length,
+                 MAP_PRIVATE_KINDS[kind] if private else MAP_KINDS[kind], private)
 
 
-def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str) -> s.KernelGen:
+def _mmap(m: ServiceHost, mm: MM, addr: int, length: int, kind: str,
+          private: bool = False) -> s.KernelGen:
     yield s.DownWrite(mm.mmap_lock)
     if mm.overlaps(addr, addr + length):
         yield s.UpWrite(mm.mmap_lock)
         return -EEXIST
-    vma = VMA(addr, addr + length, kind, Prot(), f"mmap@{addr:#x}")
+    vma = VMA(addr, addr + length, kind, Prot(), f"mmap@{addr:#x}", private=private)
     mm.insert_vma(vma)
     if kind != "anon":
         cache = PageCache(vma.name, kind, length // m.arch.page_size)
@@ -142,11 +148,15 @@ def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int
     check_user_range(m, addr, length, m.arch.page_size)
     if advice == MADV_DONTNEED:
         return m.kernel.madvise_dontneed(m.mm_of(cpu), addr, addr + length)
+    if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
+        require_thp(m, "MADV_HUGEPAGE")
+        return m.kernel.madvise_hugepage(m.mm_of(cpu), addr, addr + length, advice)
     if advice == MADV_PAGEOUT:
         return m.kernel.madvise_pageout(m.mm_of(cpu), addr, addr + length)
     if advice != MADV_COLLAPSE:
         raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, "
-                             "MADV_PAGEOUT=21, MADV_COLLAPSE=25)")
+                             "MADV_HUGEPAGE=14, MADV_NOHUGEPAGE=15, MADV_PAGEOUT=21, "
+                             "MADV_COLLAPSE=25)")
     require_thp(m, "MADV_COLLAPSE")
     return m.kernel.madvise_collapse(m.mm_of(cpu), addr, addr + length)
 
@@ -157,6 +167,21 @@ def require_thp(m: ServiceHost, what: str) -> None:
     if not m.arch.supports_huge_pmd():
         raise HypercallError(EINVAL, f"{what}: {m.arch.name} has no PMD-sized pages "
                              "(no CONFIG_TRANSPARENT_HUGEPAGE)")
+
+
+@service("split_huge_pmd")
+def sys_split_huge_pmd(m: ServiceHost, cpu: Caller, addr: int) -> s.KernelGen:
+    """Validate and run `split_huge_pmd` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, 1)
+    require_thp(m, "split_huge_pmd")
+    return _split_huge_pmd(m.kernel, m.mm_of(cpu), addr)
+
+
+def _split_huge_pmd(k, mm: MM, addr: int) -> s.KernelGen:  # noqa: ANN001
+    yield s.DownRead(mm.mmap_lock)
+    ret = yield from k.split_huge_pmd_address(mm, addr)
+    yield s.UpRead(mm.mmap_lock)
+    return ret
 
 
 @service("gup_fast")
@@ -277,6 +302,39 @@ def sys_migrate(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.Kernel
     return m.kernel.migrate_range(m.mm_of(cpu), addr, addr + length)
 
 
+@service("fork")
+def sys_fork(m: ServiceHost, cpu: Caller, index: int) -> s.KernelGen:
+    """Validate and run `fork` (the call itself is described in emu.abi)."""
+    name = m.fork_child(cpu, index)
+    if name is None:
+        raise HypercallError(EINVAL, f"[[cpu]] {index} is no parked child (child = ...) of "
+                             "the caller's process, or it was forked already")
+    return _fork(m, cpu, index, name)
+
+
+def _fork(m: ServiceHost, cpu: Caller, index: int, name: str) -> s.KernelGen:
+    child = yield from m.kernel.dup_mm(m.mm_of(cpu), name)
+    m.start_forked(index, child)
+    return m.kernel.mms.index(child)  # the child's "pid": its process number, > 0
+
+
+@service("pin_user_pages")
+def sys_pin_user_pages(m: ServiceHost, cpu: Caller, addr: int, nr_pages: int,
+                       write: int) -> s.KernelGen | int:
+    """Validate and run `pin_user_pages` (the call itself is described in emu.abi)."""
+    if nr_pages == 0:
+        return m.kernel.release_pins(cpu.index)
+    check_user_range(m, addr, max(nr_pages, 1) * m.arch.page_size)
+    if not 0 < nr_pages <= GUP_MAX_PAGES:
+        raise HypercallError(EINVAL, f"nr_pages {nr_pages} not in 0..{GUP_MAX_PAGES}")
+    return _pin(m, cpu, addr, nr_pages, bool(write))
+
+
+def _pin(m: ServiceHost, cpu: Caller, addr: int, nr: int, write: bool) -> s.KernelGen:
+    mm = m.mm_of(cpu)
+    pinned = yield from m.kernel.pin_user_pages_fast(mm, addr, nr, write)
+    m.kernel.hold_pins(cpu.index, mm, addr, pinned)
+    return len(pinned)
 @service("mprotect")
 def sys_mprotect(m: ServiceHost, cpu: Caller, addr: int, length: int, prot: int) -> s.KernelGen | int:
     """Validate and run `mprotect` (the call itself is described in emu.abi).

@@ -225,3 +225,177 @@ def test_detached_table_flags_a_store_only_by_the_holder_of_that_tables_lock():
     held.append(Spinlock("ptl", page=frame))
     with pytest.raises(Violation, match="update is lost"):
         det.on_kernel_store(0, pte, 8, 0, "set_pte")
+
+
+def test_torn_read_remembers_the_values_walker_ad_updates_put_in_an_entry():
+    """A lockless reader may conclude the value of an A/D update that a later
+    update replaced: the walker's writes are history too."""
+    torn = TornRead()
+    m = machine([torn])
+    pte = first_pte(m)
+    v0 = m.mem.read_int(pte, 8, m.arch.byteorder) & ~0x60
+    m.mem.write_int(pte, 8, v0, m.arch.byteorder)  # old and clean
+    young = v0 | 0x20  # _PAGE_ACCESSED
+    for value in (young, young | 0x40):  # then _PAGE_DIRTY, as the walker's hook reports them
+        torn.on_walker_write(0, pte, 8, value, "pte")
+        m.mem.write_int(pte, 8, value, m.arch.byteorder)
+    store(m, pte, 8, 0)
+    observe(m, pte, young)
+    with pytest.raises(Violation, match="never held"):
+        observe(m, pte, v0 | 0x40)  # dirty but not young: never there
+
+
+def test_frame_story_tells_the_last_four_events_oldest_first():
+    from emu.check.uaf import frame_story
+    m = machine([])
+    pa = m.frames.alloc("story", 0)
+    for i in range(3):
+        m.frames.free(pa, 0, f"free {i}")
+        while m.frames.alloc("story", 0) != pa:
+            pass
+    fi = m.frames.info(pa)
+    story = frame_story(fi)
+    assert story.count("step ") == 4
+    assert story.endswith(fi.history[-1].what) and fi.history[-4].what in story.split(";")[0]
+    assert fi.history[-5].what not in story or fi.history[-5].what == fi.history[-3].what
+
+
+def s390_halves_machine(checkers) -> Machine:
+    """s390 as Linux <= 6.7 has it: two 2 KiB pte tables share a page."""
+    text = f"""
+    [machine]
+    arch = "s390"
+    cpus = 2
+    memory_mib = 32
+    [kernel]
+    version = "6.6"
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "anon"
+    populate = 1
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """
+    return Machine(scenario.parse(textwrap.dedent(text), "<t>"), checkers=list(checkers))
+
+
+def test_detached_table_flags_a_store_into_any_half_of_a_page_waiting_for_rcu():
+    """s390 (tables ≤ 6.7: two 2 KiB pte tables per page): once the page's free
+    is deferred, a store into either half by its ptl holder is lost, even into
+    the half that was freed first (its sub-table state says "free")."""
+    from emu.check import DetachedTable
+    det = DetachedTable()
+    m = s390_halves_machine([det])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    fi = m.frames.info(frame)
+    half = m.kernel.policy.half_size(m.kernel)
+    assert fi.subtables  # this page holds halves
+    m.frames.set_state(frame, FrameState.RCU_PENDING, 1, "test: call_rcu(pte_free_now)")
+    fi.subtables.update({0: "free", half: "pending"})
+    m.kernel.cpus[0].held.append(Spinlock("ptl", page=frame))
+    for off in (0, half):
+        with pytest.raises(Violation, match="update is lost"):
+            det.on_kernel_store(0, frame + off, 8, 0, "set_pte")
+
+
+def test_use_after_free_flags_a_touch_of_a_freed_half_of_a_live_table_page():
+    uaf = UseAfterFree()
+    m = s390_halves_machine([uaf])
+    pte = first_pte(m)
+    frame = m.frames.frame_base(pte)
+    fi = m.frames.info(frame)
+    half = m.kernel.policy.half_size(m.kernel)
+    assert fi.state is FrameState.PGTABLE and pte == frame  # the table in the first half
+    fi.subtables[half] = "free"  # the other half: freed, the page lives on
+    uaf.on_walker_read(0, pte, 8, 0, "pte")  # the live half: fine
+    with pytest.raises(Violation, match="page-table fragment that was freed") as exc:
+        uaf.on_walker_read(0, frame + half + 8, 8, 0, "pte")
+    assert exc.value.frame == frame
+
+
+def test_wild_pointer_flags_a_kernel_load_from_a_data_frame_and_names_what_it_followed():
+    from emu.check import WildPointer
+    wild = WildPointer()
+    m = machine([wild])
+    data = m.frames.alloc("anon page", 0)
+    wild.on_lockless_value(1, 0x1234, 8, 0xabc067, "pmdp_get_lockless")
+    with pytest.raises(Violation) as exc:
+        wild.on_kernel_load(0, data, 8, 0, "ptep_get")
+    assert "a data frame (anon page), never a page table of this mm. Frame history" \
+        in exc.value.message  # cpu0 followed nothing: no source sentence
+    with pytest.raises(Violation, match="It followed the value 0xabc067 that "
+                       "pmdp_get_lockless of the entry at 0x1234"):
+        wild.on_kernel_load(1, data, 8, 0, "ptep_get")
+    wild.on_service_end(1, "gup_fast")  # the call is over: what it followed is forgotten
+    with pytest.raises(Violation) as exc:
+        wild.on_kernel_load(1, data, 8, 0, "ptep_get")
+    assert "It followed" not in exc.value.message
+
+
+def test_wild_pointer_leaves_freed_tables_to_use_after_free_but_flags_never_allocated_frames():
+    from emu.check import WildPointer
+    wild = WildPointer()
+    m = machine([wild])
+    frame = m.frames.frame_base(first_pte(m))
+    never = next(m.frames.pa(s.pfn) for s in m.frames.frames
+                 if s.generation == 0 and s.state is FrameState.FREE)
+    with pytest.raises(Violation, match="a frame never allocated"):
+        wild.on_kernel_load(0, never, 8, 0, "ptep_get")
+    m.frames.free(frame, 1, "test: pte table freed")
+    wild.on_kernel_load(0, frame, 8, 0, "ptep_get")  # use-after-free's to report
+
+
+def test_wild_pointer_checks_every_walker_read_below_the_root():
+    """s390's walk reads its root (pud) table first, then the pmd: a pmd read
+    landing in a data frame is wild."""
+    from emu.check import WildPointer
+    wild = WildPointer()
+    m = s390_halves_machine([wild])
+    data = m.frames.alloc("anon page", 0)
+    with pytest.raises(Violation, match="walker reading a pmd entry"):
+        wild.on_walker_read(0, data, 8, 0, "pmd")
+
+
+def _secondary_read(m, chk, pa, filled):
+    chk.on_kernel_step(0, s.SecondaryLoad(pa, 8, BASE, filled, None, "secondary read"))
+
+
+def test_secondary_mmu_read_of_a_page_freed_before_its_fill_and_still_free_is_flagged():
+    from emu.check import SecondaryStale
+    chk = SecondaryStale()
+    m = machine([chk])
+    page = m.frames.alloc("anon page", 0)
+    m.frames.step = 3
+    m.frames.free(page, 1, "test: freed")
+    with pytest.raises(Violation, match="was freed"):
+        _secondary_read(m, chk, page, filled=5)
+
+
+def test_secondary_mmu_read_of_a_page_freed_and_reused_before_its_fill_is_fine():
+    """A frame freed at setup (step 0) and handed out again, read through a
+    translation filled at the first step: the fill saw the new page."""
+    from emu.check import SecondaryStale
+    chk = SecondaryStale()
+    m = machine([chk])
+    m.frames.step = 0
+    page = m.frames.alloc("anon page", 0)
+    m.frames.free(page, 1, "test: freed")
+    while m.frames.alloc("anon page", 0) != page:
+        pass
+    _secondary_read(m, chk, page, filled=0)
+    _secondary_read(m, chk, page, filled=1)
+
+
+def test_secondary_mmu_read_of_a_freed_half_is_flagged_from_its_first_byte():
+    from emu.check import SecondaryStale
+    chk = SecondaryStale()
+    m = s390_halves_machine([chk])
+    frame = m.frames.frame_base(first_pte(m))
+    half = m.kernel.policy.half_size(m.kernel)
+    m.frames.info(frame).subtables.update({0: "live", half: "free"})
+    _secondary_read(m, chk, frame + half - 8, filled=5)  # the live half
+    with pytest.raises(Violation):
+        _secondary_read(m, chk, frame + half, filled=5)

@@ -80,3 +80,47 @@ def test_a_write_to_a_read_only_vma_is_sigsegv_and_maps_nothing():
     assert fault(m, BASE, Access.WRITE) == VM_FAULT_SIGSEGV
     assert fault(m, BASE, Access.READ) == VM_FAULT_RETRY_ACCESS
     assert sum(m.mm.rss.values()) == 1
+
+
+def test_two_faults_on_one_page_map_it_once_and_the_loser_frees_its_page():
+    """do_anonymous_page(): both faults saw an empty pte and allocated a page;
+    the one that takes the ptl second finds the pte set, frees its page and
+    retries: one page mapped, counted once, nothing leaked."""
+    from emu.kernel import steps as s
+    from emu.kernel.audit import audit
+    from emu.testing import Interleaving
+    text = textwrap.dedent(f"""
+    [machine]
+    arch = "x86-pae"
+    cpus = 2
+    memory_mib = 32
+    [[vma]]
+    start = {BASE}
+    size = "pmd_size"
+    kind = "anon"
+    populate = 1
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    [[cpu]]
+    program = "touch"
+    args = [{BASE}, 1, 4096]
+    """)
+    m = Machine(scenario.parse(text, "<t>"))
+    k = m.kernel
+    addr = BASE + PAGE  # its pte table exists (page 0 is populated): the first lock is the ptl
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, addr, alloc=False), "pmd")
+    ptep = k.entry_addr("pte", m.arch.table_pa("pmd", k.read_entry_now(pmd_pa, 8)), addr)
+    free_before = m.frames.free_count()
+    il = Interleaving(m)
+    il.start(0, k.handle_mm_fault(addr, Access.WRITE))
+    il.run_until(0, lambda op: isinstance(op, s.SpinLock))
+    il.start(1, k.handle_mm_fault(addr, Access.WRITE))
+    il.run_while_runnable(1)
+    winner = k.read_entry_now(ptep, 8)
+    assert m.arch.pte_present(winner)
+    il.finish()
+    assert il.tasks[0].result == il.tasks[1].result == VM_FAULT_RETRY_ACCESS
+    assert k.read_entry_now(ptep, 8) == winner
+    assert m.mm.rss["anon"] == 2 and m.frames.free_count() == free_before - 1
+    assert audit(k) == []

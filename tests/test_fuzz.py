@@ -219,8 +219,9 @@ def test_ci_smoke_every_arch(tmp_path, monkeypatch, capsys):
 
 
 def _touches_stay_legal(text: str, target) -> None:
-    """Every guest load/store of a workload goes where no call unmaps or truncates,
-    within the file a mapping shares, or into the vCPU's own live mmap."""
+    """Every guest load/store of a workload goes where no call unmaps, truncates, moves
+    or write-protects, within the file a mapping shares, or into the vCPU's own live
+    mmap; unless its [[cpu]] says it may die of SIGSEGV."""
     from arch import get_arch
     from emu.scenario import eval_int
     a = get_arch(target.arch, **dict(target.options))
@@ -236,14 +237,23 @@ def _touches_stay_legal(text: str, target) -> None:
         for rec in p.calls:
             if rec[0] == "truncate" and (ev(rec[2]) < 0 or ev(rec[2]) % a.page_size):
                 continue  # -EINVAL: truncates nothing
-            if rec[0] in ("munmap", "truncate"):
+            if rec[0] == "mprotect" and rec[3] != 1:
+                continue  # still writable, or -EINVAL: touches stay legal
+            if rec[0] == "mremap":
+                old, old_len, new_len, flags, new = (ev(x) for x in rec[1:6])
+                if flags != 3 or old % a.page_size or new % a.page_size or not new_len \
+                        or (old < new + new_len and new < old + old_len):
+                    continue  # -EINVAL: nothing moves
+            if rec[0] in ("munmap", "truncate", "mremap", "mprotect") and rec[1] != "text":
                 addr = ev(rec[1])
                 hit |= {n for n, (s, z, v) in vmas.items()
                         if (rec[0] == "truncate" and v.kind != "anon" and s <= addr < s + z)
-                        or (rec[0] == "munmap" and addr < s + z and s < addr + ev(rec[2]))}
+                        or (rec[0] != "truncate" and addr < s + z and s < addr + ev(rec[2]))}
     hit |= {n for n, (_, _, v) in vmas.items() if v.share in hit}
     hit |= {vmas[n][2].share for n in hit if vmas[n][2].share}
     for p in sc.programs:
+        if p.signal:
+            continue  # it may die of SIGSEGV, as Linux would kill it
         own = None
         for rec in p.calls:
             if rec[0] == "mmap" and rec[3] in (0, 1, 2):

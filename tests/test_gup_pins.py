@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 
+from arch.base import Access
 from emu import scenario
 from emu.check import default_checkers
 from emu.kernel import steps as s
@@ -174,3 +175,75 @@ def test_gup_reads_then_grabs_then_rechecks_as_separate_steps():
     assert "ptep_get_lockless" in " ".join(text[:grab])
     after = " ".join(text[grab + 1:])
     assert "pmdp_get_lockless" in after and "gup_fast recheck pte" in after
+
+
+def _pmd_entry(m: Machine) -> tuple[int, int]:
+    k = m.kernel
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    return pmd_pa, k.read_entry_now(pmd_pa, m.arch.level("pmd").entry_size)
+
+
+def test_gup_fast_stops_at_a_pmd_table_entry_that_is_bad():
+    """x86-PAE: a present pmd whose flags are not _KERNPG_TABLE's (here RW clear)
+    is pmd_bad(): no table to walk, nothing pinned, no reference taken."""
+    m = machine("x86-pae", kind="anon", populate=4)
+    assert len(m.run_kernel_now(m.kernel.gup_fast(m.mm, BASE, 4, False), "gup")) == 4
+    m = machine("x86-pae", kind="anon", populate=4)
+    a = m.arch
+    pmd_pa, pmdv = _pmd_entry(m)
+    bad = pmdv & ~2  # _PAGE_RW
+    assert a.entry_present("pmd", bad) and a.entry_bad("pmd", bad)
+    m.mem.write_int(pmd_pa, 8, bad, a.byteorder)
+    folio = m.kernel.folio_of(a.translate_functional(
+        m.mem.snapshot(), a.hw_root(m.mm.root), BASE, Access.READ).pa(BASE))
+    refs = folio.refcount
+    assert m.run_kernel_now(m.kernel.gup_fast(m.mm, BASE, 4, False), "gup") == []
+    assert folio.refcount == refs
+
+
+def test_gup_fast_stops_at_a_huge_pmd_that_a_split_made_not_present():
+    """x86-PAE: pmdp_invalidate() clears _PAGE_PRESENT of a huge pmd and keeps
+    _PAGE_PSE; GUP-fast must not take it for a huge page to pin."""
+    m = machine("x86-pae", thp=True)
+    a = m.arch
+    pmd_pa, pmdv = _pmd_entry(m)
+    assert a.pmd_trans_huge(pmdv)
+    assert len(m.run_kernel_now(m.kernel.gup_fast(m.mm, BASE, 2, False), "gup")) == 2
+    m = machine("x86-pae", thp=True)
+    pmd_pa, pmdv = _pmd_entry(m)
+    folio = m.kernel.folio_of(a.pmd_huge_pa(pmdv))
+    refs = folio.refcount
+    m.mem.write_int(pmd_pa, 8, pmdv & ~1, a.byteorder)  # _PAGE_PRESENT clear, PSE kept
+    assert m.run_kernel_now(m.kernel.gup_fast(m.mm, BASE, 2, False), "gup") == []
+    assert folio.refcount == refs
+
+
+def test_a_folio_whose_count_reached_zero_cannot_be_grabbed():
+    """try_grab_folio_fast(): folio_ref_try_add() fails on a folio being freed."""
+    m = machine("x86-pae", kind="anon", populate=1)
+    page = m.run_kernel_now(m.kernel.gup_fast(m.mm, BASE, 1, False), "gup")[0][0]
+    folio = m.kernel.folio_of(page)
+    held = folio.refcount
+    folio.refcount = 0  # the last put happened; the free has not unlinked it yet
+    assert m.run_kernel_now(m.kernel.try_grab_folio_fast(page, 1), "grab") is None
+    assert folio.refcount == 0
+    folio.refcount = held
+    assert m.run_kernel_now(m.kernel.try_grab_folio_fast(page, 2), "grab") is folio
+    assert folio.refcount == held + 2
+
+
+def test_gup_fast_stops_at_a_pmd_that_is_not_present():
+    """powerpc radix: a pmd with _PAGE_PRESENT (bit 63) clear is neither none
+    nor bad to the arch, and still no table GUP-fast may walk (!pmd_present)."""
+    m = machine("powerpc", kind="anon", populate=4)
+    a = m.arch
+    pmd_pa, pmdv = _pmd_entry(m)
+    gone = pmdv & ~(1 << 63)
+    assert not a.entry_none("pmd", gone) and not a.entry_present("pmd", gone)
+    assert not a.entry_bad("pmd", gone)
+    folio = m.kernel.folio_of(a.translate_functional(
+        m.mem.snapshot(), a.hw_root(m.mm.root), BASE, Access.READ).pa(BASE))
+    refs = folio.refcount
+    m.mem.write_int(pmd_pa, 8, gone, a.byteorder)
+    assert m.run_kernel_now(m.kernel.gup_fast(m.mm, BASE, 4, False), "gup") == []
+    assert folio.refcount == refs

@@ -119,3 +119,15 @@ def test_mprotect_arguments_are_linux_errnos():
     gen = dispatch(m, cpu, nr, (BASE + m.arch.pmd_size - ps, 2 * ps, 1))
     assert m.run_kernel_now(gen, "mprotect") == -ENOMEM
     assert user_vmas(m)[-1].prot == RO
+
+
+def test_mprotect_back_to_writable_keeps_a_cow_shared_page_read_only():
+    """can_change_pte_writable(): only an exclusive anon page is made writable; one
+    still shared since fork waits for its write fault to copy it."""
+    m = machine("x86-pae")
+    k, a, ps = m.kernel, m.arch, m.arch.page_size
+    shared = k.folio_of(a.pte_pa(pte_of(m, BASE)))
+    shared.anon_exclusive = False  # as copy_present_pte leaves it in parent and child
+    assert m.run_kernel_now(k.do_mprotect(m.mm, BASE, BASE + 2 * ps, RO), "mprotect") == 0
+    assert m.run_kernel_now(k.do_mprotect(m.mm, BASE, BASE + 2 * ps, RW), "mprotect") == 0
+    assert not a.pte_write(pte_of(m, BASE)) and a.pte_write(pte_of(m, BASE + ps))

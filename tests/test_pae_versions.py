@@ -281,3 +281,38 @@ def test_set_pte_alone_never_tears_a_low_then_high_read(version, low_after, high
         il.step(1)
     il.step(0)  # the high half: no violation
     il.finish()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_get_and_clear_returns_both_halves_of_the_old_entry(version):
+    """Whether one 64-bit xchg (6.2+) or xchg low, load high, clear high (6.1):
+    the value returned is the whole entry, high half (NX, PFN bits 32-35) included."""
+    m = machine(version, populate=1)
+    pte = pte_of(m)
+    old = m.kernel.read_entry_now(pte, 8)
+    full = old | (1 << 63) | (0x3 << 32)  # NX and a PFN above 4 GiB
+    m.mem.write_int(pte, 8, full, m.arch.byteorder)
+    got = run_alone(m, m.kernel.get_and_clear_entry("pte", pte, "test: ptep_get_and_clear"))
+    assert got == full and m.kernel.read_entry_now(pte, 8) == 0
+
+
+def test_a_lockless_read_reports_the_value_it_concluded():
+    """pmdp_get_lockless() ends in an Observed step: the checkers that judge
+    lockless reads (torn-read, wild-pointer) see the value it returns."""
+    seen = []
+
+    class Watch:
+        name = "watch"
+
+        def attach(self, m):  # noqa: ANN001
+            pass
+
+        def __getattr__(self, name):
+            return lambda *a: seen.append(a) if name == "on_lockless_value" else None
+
+    m = machine(NEW, populate=1)
+    m.checkers.append(Watch())
+    pmd = pmd_of(m)
+    value = run_alone(m, m.kernel.pmdp_get_lockless(pmd))
+    assert value == m.kernel.read_entry_now(pmd, 8)
+    assert seen == [(0, pmd, 8, value, "pmdp_get_lockless")]

@@ -64,3 +64,26 @@ def test_schedule_caps_are_exact():
                  "pt1:a" + "0" * 10 + "1"):
         with pytest.raises(ScheduleError):
             decode(text)
+
+
+def test_the_step_cap_is_two_to_the_32():
+    assert len(decode("pt1:a4294967296")) == 4294967296
+    for text in ("pt1:a4294967297", "pt1:a4294967295b2"):
+        with pytest.raises(ScheduleError, match="cap"):
+            decode(text)
+
+
+def test_a_single_run_schedule_reads_back_at_every_index():
+    c = decode("pt1:b3")
+    assert [c[0], c[1], c[2], c[-1]] == [1, 1, 1, 1] and c[0:3] == [1, 1, 1]
+    with pytest.raises(IndexError):
+        c[3]
+
+
+@pytest.mark.parametrize("text, switches", [("pt1:", 0), ("pt1:a5", 0), ("pt1:a2b2a", 2),
+                                            ("pt1:abzab", 4)])
+def test_context_switches_count_task_changes_for_lists_and_decoded_schedules(text, switches):
+    from emu.sched.schedule import context_switches
+    c = decode(text)
+    assert context_switches(c) == switches
+    assert context_switches(list(c)) == switches

@@ -7,6 +7,7 @@ told otherwise; each checker module owns one invariant.
 from emu.check.accounting import Accounting
 from emu.check.base import Checker, Violation
 from emu.check.detached import DetachedTable
+from emu.check.gup_pin import GupPinLost
 from emu.check.lockless_sync import LocklessSync
 from emu.check.reuse import StalePointer
 from emu.check.secondary import SecondaryStale
@@ -19,9 +20,9 @@ from emu.check.wild import WildPointer
 def default_checkers() -> list[Checker]:
     """Fresh instances of every built-in checker (they keep per-run state)."""
     return [UseAfterFree(), DetachedTable(), StalePointer(), StaleTlb(), WildPointer(), TornRead(),
-            LocklessSync(), SecondaryStale(), Accounting()]
+            LocklessSync(), SecondaryStale(), GupPinLost(), Accounting()]
 
 
-__all__ = ["Accounting", "Checker", "DetachedTable", "LocklessSync", "SecondaryStale",
+__all__ = ["Accounting", "Checker", "DetachedTable", "GupPinLost", "LocklessSync", "SecondaryStale",
            "StalePointer", "StaleTlb", "TornRead", "UseAfterFree", "Violation", "WildPointer",
            "default_checkers"]

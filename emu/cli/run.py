@@ -192,6 +192,9 @@ def cmd_pgtable_dump(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"--process {args.process}: the scenario has no such process "
                          f"(its processes: {', '.join(m.process)})")
+    if mm.dead:
+        raise UsageError(f"process {mm.name} exited during the run and its page tables were "
+                         "freed: nothing to dump (a forked child exists only once forked)")
     rows = dump_rows(m.arch, m.mem, m.frames, mm.root, start, end)
     who = f" of process {mm.name}" if len(m.process) > 1 else ""
     t = Table(title=f"{m.arch.name} page tables{who} [{start:#x}, {end:#x}) root {mm.root:#x}")

@@ -9,13 +9,18 @@ put in front of these by `emu.kernel.variants.build_kernel_class`.
 from __future__ import annotations
 
 from emu.kernel.core import KernelCore
+from emu.kernel.cow import CowMixin
 from emu.kernel.exit import ExitMixin
 from emu.kernel.fault import FaultMixin
 from emu.kernel.fault_armv import FaultArmvMixin
 from emu.kernel.filemap import FilemapMixin
 from emu.kernel.folio import Folio
+from emu.kernel.fork import ForkMixin
 from emu.kernel.gup import GupMixin
+from emu.kernel.gup_pin import GupPinMixin
+from emu.kernel.huge_memory import HugeMemoryMixin
 from emu.kernel.khugepaged import KhugepagedMixin
+from emu.kernel.khugepaged_anon import KhugepagedAnonMixin
 from emu.kernel.memory import MemoryMixin
 from emu.kernel.migrate import MigrateMixin
 from emu.kernel.mincore import MincoreMixin
@@ -36,15 +41,18 @@ from emu.kernel.vma_split import VmaSplitMixin
 from emu.kernel.vmscan import VmscanMixin
 
 
-class Kernel(MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin, UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin,
-             PageWalkMixin, KhugepagedMixin, PtReclaimMixin, GupMixin, FaultArmvMixin, FilemapMixin,
-             MemoryMixin, FaultMixin, PgtableMixin, PgAllocMixin,
-             UffdMoveMixin, MigrateMixin, VmscanMixin, RmapMixin, SwapinMixin, SwapMixin, KernelCore):
+class Kernel(ForkMixin, CowMixin, MremapMixin, MprotectMixin, VmaSplitMixin, ExitMixin,
+             UserfaultfdMixin, SecondaryMmuMixin, MmuNotifierMixin, MincoreMixin, PageWalkMixin,
+             KhugepagedAnonMixin, KhugepagedMixin, PtReclaimMixin, HugeMemoryMixin, GupPinMixin,
+             GupMixin, FaultArmvMixin, FilemapMixin, MemoryMixin, FaultMixin, PgtableMixin,
+             PgAllocMixin, UffdMoveMixin, MigrateMixin, VmscanMixin, RmapMixin, SwapinMixin,
+             SwapMixin, KernelCore):
     """The correct model of the seed series' Linux."""
 
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
         self.folios: dict[int, Folio] = {}  # page pa -> folio holding it
+        self.pins: dict[int, list] = {}  # vCPU -> the gup_pin.Pin records it holds
         self.policy = self.make_policy()
         self.swap_device = SwapDevice()  # emu/kernel/swap.py
 

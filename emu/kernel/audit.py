@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from arch.base import Level
+from emu.kernel.huge_memory import deposited_tables
 from emu.physmem import FrameState, PhysMemError
 
 if TYPE_CHECKING:
@@ -120,9 +121,13 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
         mm_tables = reachable_tables(k, mm)
         for level, lst in mm_tables.items():
             tables.setdefault(level, []).extend(lst)
-        nr_ptes = len(set(mm_tables["pte"]))
+        deposits = deposited_tables(mm)
+        nr_ptes = len(set(mm_tables["pte"])) + len(deposits)
         if nr_ptes != mm.nr_ptes:
-            problems.append(f"{who}.nr_ptes is {mm.nr_ptes} but {nr_ptes} PTE tables are reachable")
+            problems.append(f"{who}.nr_ptes is {mm.nr_ptes} but {nr_ptes} PTE tables are reachable"
+                            + (f" or deposited ({len(deposits)})" if deposits else ""))
+        problems.extend(deposit_problems(k, mm, mm_tables, deposits, who))
+        tables.setdefault("pte", []).extend(t for _home, t in deposits)
         mm_maps, rss = count_mappings(k, mm, mm_tables)
         maps.update(mm_maps)
         slots.update({key: n for key, n in rss.items() if isinstance(key, tuple)})
@@ -214,6 +219,34 @@ def audit_swap(k: Kernel, refs: dict[int, int]) -> list[str]:
     for off, folio in sorted(dev.cache.items()):
         if folio.swap != off:
             out.append(f"swap cache slot {off} holds {folio!r}, whose swap slot is {folio.swap}")
+    return out
+
+
+def deposit_problems(k: Kernel, mm: MM, mm_tables: dict[str, list[int]],
+                     deposits: list[tuple[int, int]], who: str) -> list[str]:
+    """Every anon huge pmd (every huge pmd where arch_needs_pgtable_deposit) has one
+    deposited PTE table and every deposit belongs to one (v6.12
+    pgtable_trans_huge_deposit's pairing): counted per pmd_huge_pte home."""
+    a = k.arch
+    if not a.supports_huge_pmd():
+        return []
+    want: Counter = Counter()
+    lv = a.level("pmd")
+    for t in mm_tables["pmd"]:
+        for i, val in enumerate(table_entries(k, t, lv)):
+            if val == a.empty_entry("pmd") or not a.pmd_trans_huge(val):
+                continue
+            folio = k.folio_of(a.pmd_huge_pa(val))
+            if k.thp_deposits_for(folio):
+                pmd_pa = t + i * lv.entry_size
+                want[k.thp_deposit_home(mm, pmd_pa, i << lv.shift)] += 1
+    have = Counter(home for home, _t in deposits)
+    out = []
+    for home in sorted(set(want) | set(have)):
+        if want[home] != have[home]:
+            where = "mm->pmd_huge_pte" if home < 0 else f"the pmd_huge_pte of {home:#x}"
+            out.append(f"{who}: {have[home]} PTE tables deposited at {where} for "
+                       f"{want[home]} anon huge pmds (a deposit leaked or lost)")
     return out
 
 

@@ -70,6 +70,9 @@ class FaultMixin:
         if self.arch.pmd_trans_huge(pmdval):
             return (yield from self.huge_pmd_fault(vmf, pmdval))
         if self.arch.entry_none("pmd", pmdval):
+            ret = yield from self.create_huge_pmd(vmf)
+            if ret is not None:  # not VM_FAULT_FALLBACK
+                return ret
             done = yield from self.maybe_map_huge_pmd(vmf)
             if done:
                 return VM_FAULT_RETRY_ACCESS
@@ -77,11 +80,16 @@ class FaultMixin:
         return (yield from self.handle_pte_fault(vmf))
 
     def huge_pmd_fault(self: Kernel, vmf: Vmf, pmdval: int) -> s.KernelGen:
-        """A fault on a PMD-mapped huge page (v6.12 __handle_mm_fault): present means spurious;
-        retry.
+        """A fault on a PMD-mapped huge page (v6.12 __handle_mm_fault). A write to a private
+        file mapping's read-only huge pmd is do_huge_pmd_wp_page(): a file pmd is split by
+        clearing it (__split_huge_pmd), and the retried access copies its page through the
+        pte path (do_cow_fault). Otherwise huge_pmd_set_accessed (waits out a split holding
+        pmd_lock), then retry.
         """
-        return VM_FAULT_RETRY_ACCESS
-        yield
+        if vmf.access == Access.WRITE and vmf.vma.private:
+            yield from self.zap_huge_pmd(vmf.vma.mm, vmf.vma, vmf.pmd_pa, vmf.addr)
+            return VM_FAULT_RETRY_ACCESS
+        return (yield from self.huge_pmd_set_accessed(vmf, pmdval))
 
     def handle_pte_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
         """handle_pte_fault() (v6.13; 6.6-6.12's _nolock makes the same steps): map with
@@ -104,8 +112,11 @@ class FaultMixin:
         cur = yield from self.read_entry("pte", ptep)
         if cur == vmf.orig_pte:
             if vmf.access == Access.WRITE and not a.pte_write(cur):
+                if vmf.vma.is_cow_mapping:
+                    # do_wp_page() with the ptl held: reuse or copy
+                    return (yield from self.do_wp_page(vmf, ptep, ptl))
                 yield from self.pte_unmap_unlock(ptep, ptl)
-                return VM_FAULT_SIGSEGV  # no COW in this model: write to read-only
+                return VM_FAULT_SIGSEGV
             new = a.pte_mkyoung(cur)
             if vmf.access == Access.WRITE:
                 new = a.pte_mkdirty(new)
@@ -130,6 +141,8 @@ class FaultMixin:
         """do_pte_missing() (v6.6+): anonymous, text or file-backed fault on an empty pte."""
         if vmf.vma.kind in ("anon", "text"):
             return (yield from self.do_anonymous_page(vmf))
+        if vmf.vma.private and vmf.access == Access.WRITE:
+            return (yield from self.do_cow_fault(vmf))
         return (yield from self.do_shared_fault(vmf))
 
     def new_private_folio(self: Kernel, vmf: Vmf) -> Folio:
@@ -169,6 +182,7 @@ class FaultMixin:
             pte = self.arch.pte_mkdirty(pte)
         if vmf.vma.kind == "anon":
             vmf.vma.anon_vma = True
+            folio.anon_exclusive = True
         mm.rss[self.mm_counter_kind(folio)] += 1
         yield from self.set_entry("pte", ptep, pte, "set_pte_at (new page)")
         yield from self.pte_unmap_unlock(ptep, ptl)

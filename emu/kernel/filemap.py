@@ -27,7 +27,10 @@ if TYPE_CHECKING:
 class FilemapMixin:
     # ---- setup ------------------------------------------------------------------
     def setup_vma(self: Kernel, vma: VMA, spec: object) -> None:
-        """A shmem/file VMA gets its own page cache; `thp` puts one PMD folio in it."""
+        """A shmem/file VMA gets its own page cache; `thp` puts one PMD folio in it (anon:
+        `thp` is VM_HUGEPAGE, as MADV_HUGEPAGE sets it)."""
+        if vma.kind == "anon":
+            vma.hugepage = bool(getattr(spec, "thp", False))
         if vma.kind not in ("shmem", "file"):
             return
         npages = (vma.end - vma.start) // self.arch.page_size
@@ -111,7 +114,8 @@ class FilemapMixin:
         """
         vma = vmf.vma
         if vma.kind not in ("shmem", "file") or not vma.pmd_mapping \
-                or not self.thp_suitable(vma, vmf.addr):
+                or not self.thp_suitable(vma, vmf.addr) \
+                or (vma.private and vmf.access == Access.WRITE):  # do_cow_fault: no PMD
             return False
         folio = vma.file.lookup(self.vma_index(vma, vmf.addr))
         if folio is None or not folio.large:
@@ -130,30 +134,48 @@ class FilemapMixin:
         mm = vmf.vma.mm
         if not folio.in_cache:
             return False
+        # powerpc hash deposits a table with every huge pmd (arch_needs_pgtable_deposit)
+        prealloc = (yield from self.pte_alloc_one(mm)) if self.arch_needs_pgtable_deposit() else None
+        haddr = vmf.addr - vmf.addr % self.arch.pmd_size
         ptl = yield from self.pmd_lock(mm, vmf.pmd_pa, vmf.addr)
         cur = yield from self.read_entry("pmd", vmf.pmd_pa)
         done = False
         if self.arch.entry_none("pmd", cur):
+            if prealloc is not None:  # deposit_prealloc_pte()
+                yield from self.pgtable_trans_huge_deposit(mm, vmf.pmd_pa, haddr, prealloc)
+                self.mm_inc_nr_ptes(mm)
+                prealloc = None
             folio.map()
             mm.rss[folio.kind] += folio.nr_pages
             yield from self.set_entry("pmd", vmf.pmd_pa,
-                                      self.arch.mk_pmd_huge(folio.pa, vmf.vma.prot), "do_set_pmd")
+                                      self.arch.mk_pmd_huge(folio.pa, vmf.vma.page_prot), "do_set_pmd")
             done = True
         yield s.SpinUnlock(ptl)
+        if prealloc is not None:
+            yield from self.pte_free(mm, prealloc)
         return done
 
-    def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
-        """do_read_fault/do_shared_fault + finish_fault (v6.12) for one page of a file folio."""
+    def do_fault_folio(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """__do_fault() -> filemap_fault() (v6.12): (folio, index) of the page cache's folio
+        for the fault, with filemap_fault()'s reference and locked; None beyond EOF."""
         vma = vmf.vma
         cache: PageCache = vma.file
         index = self.vma_index(vma, vmf.addr)
         if index >= cache.size_pages:
-            return VM_FAULT_SIGSEGV  # beyond EOF (truncated)
+            return None  # beyond EOF (truncated)
         folio = cache.lookup(index)
         if folio is None:
             folio = self.cache_small_folio(cache, index)
-        folio.get()  # filemap_fault()'s reference: the mapping gets its own in finish_fault
+        folio.get()  # the mapping (or the copy) gets its own reference later
         yield s.DownWrite(folio.lock)
+        return folio, index
+
+    def do_shared_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
+        """do_read_fault/do_shared_fault + finish_fault (v6.12) for one page of a file folio."""
+        got = yield from self.do_fault_folio(vmf)
+        if got is None:
+            return VM_FAULT_SIGSEGV
+        folio, index = got
         ret = yield from self.finish_fault(vmf, folio, index)
         yield s.UpWrite(folio.lock)
         self.put_folio(folio)
@@ -173,8 +195,8 @@ class FilemapMixin:
         cur = yield from self.read_entry("pte", ptep)
         if self.arch.pte_none(cur):
             page = folio.pa + (index - folio.index) * self.arch.page_size
-            pte = self.arch.pte_mkyoung(self.arch.mk_pte(page, vmf.vma.prot))
-            if vmf.access == Access.WRITE:
+            pte = self.arch.pte_mkyoung(self.arch.mk_pte(page, vmf.vma.page_prot))
+            if vmf.access == Access.WRITE and not vmf.vma.private:
                 pte = self.arch.pte_mkdirty(pte)
             folio.map()
             mm.rss[folio.kind] += 1
@@ -218,17 +240,21 @@ class FilemapMixin:
             self.put_folio(folio)  # the lookup's reference
         return 0
 
-    def unmap_mapping_range(self: Kernel, cache: PageCache, first: int, end: int) -> s.KernelGen:
+    def unmap_mapping_range(self: Kernel, cache: PageCache, first: int, end: int,
+                            even_cows: bool = True) -> s.KernelGen:
         """unmap_mapping_range() (v6.12): zap the file's range in every VMA under i_mmap_rwsem
-        (read), whichever mm each belongs to.
+        (read), whichever mm each belongs to; `even_cows` False leaves private mappings'
+        anon copies (truncate passes 1, try_to_unmap of one file folio spares them).
         """
         yield s.DownRead(cache.i_mmap_rwsem)
         ps = self.arch.page_size
         for vma in list(cache.vmas):
             lo = max(vma.start, vma.start + (first - vma.pgoff) * ps)
             hi = min(vma.end, vma.start + (end - vma.pgoff) * ps)
-            if lo < hi:
+            if lo < hi and (even_cows or not vma.private):
                 yield from self.zap_page_range(vma.mm, vma, lo, hi)
+            elif lo < hi:
+                yield from self.zap_page_range(vma.mm, vma, lo, hi, even_cows=False)
         yield s.UpRead(cache.i_mmap_rwsem)
 
     def cache_of(self: Kernel, mm: MM, addr: int) -> PageCache | None:

@@ -32,6 +32,12 @@ class Folio:
     # the swap slot of an anon folio in the swap cache (folio->swap), or None
     swap: int | None = None
     isolated: bool = False  # off the LRU: taken by reclaim or migration
+    # FOLL_PIN pins (GUP_PIN_COUNTING_BIAS kept apart from the references,
+    # each pin also counting one reference): folio_maybe_dma_pinned()
+    pincount: int = 0
+    # PageAnonExclusive: this anon page is mapped by one process only and may
+    # be written without a copy (fork clears it on the pages it shares)
+    anon_exclusive: bool = False
 
     @property
     def large(self) -> bool:
@@ -57,6 +63,11 @@ class Folio:
         if self.mapcount < 0:
             raise KernelBug(f"folio {self.pa:#x} mapcount underflow: "
                             "an entry was removed from the rmap twice")
+
+    @property
+    def maybe_dma_pinned(self) -> bool:
+        """folio_maybe_dma_pinned() (v6.12)."""
+        return self.pincount > 0
 
     def __repr__(self) -> str:
         return (f"<folio {self.pa:#x} x{self.nr_pages} {self.kind} ref={self.refcount} "

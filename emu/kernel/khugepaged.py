@@ -114,6 +114,12 @@ class KhugepagedMixin:
         """retract_page_tables()'s mmu_notifier_invalidate_range_end() (seed 002 v2)."""
         yield from self.mmu_notifier_invalidate_range_end(rng)
 
+    def retract_recheck_under_ptl(self: Kernel, vma) -> bool:  # noqa: ANN001
+        """retract_page_tables()'s checks repeated under pmd_lock + ptl (v6.6+, seed 004;
+        023f47a8250c first made them safe): may this VMA's table go? A COW fault's
+        anon_vma_prepare() or UFFDIO_REGISTER may have come since the first look."""
+        return not vma.anon_vma and not vma.uffd_wp
+
     # ---- retract_page_tables ---------------------------------------------------------
     def retract_page_tables(self: Kernel, cache: PageCache, pgoff: int) -> s.KernelGen:
         """retract_page_tables() (v6.6-v6.14, seed 004): no mmap lock; pmd_lock + ptl, checks
@@ -147,7 +153,7 @@ class KhugepagedMixin:
             # Repeat the checks under ptl: no mmap_lock is held, so a racing
             # fault may have added an anon_vma or userfaultfd may have armed.
             success = False
-            if not vma.anon_vma and not vma.uffd_wp:
+            if self.retract_recheck_under_ptl(vma):
                 pgt_pmd = yield from self.pmdp_collapse_flush(addr, pmd_pa, mm)
                 yield from self.pmdp_get_lockless_sync()
                 success = True
@@ -381,7 +387,8 @@ class KhugepagedMixin:
                 result = SCAN_TRUNCATED  # folio_mapping(folio) != mapping
             else:
                 # try_to_unmap(): no PTE may map the old page once it is copied
-                yield from self.unmap_mapping_range(cache, index + i, index + i + 1)
+                yield from self.unmap_mapping_range(cache, index + i, index + i + 1,
+                                                    even_cows=False)
                 # the page cache's reference and ours, nothing else (Linux's
                 # "ref_count != 3" also counts the LRU isolation ptemu lacks)
                 if old.refcount != 2 or old.mapcount:
@@ -429,11 +436,15 @@ class KhugepagedMixin:
 
     # ---- entry points for services -----------------------------------------------------------
     def madvise_collapse(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
-        """madvise_collapse() (v6.6-v6.12) on a shmem/file range: 0, or a negative errno."""
+        """madvise_collapse() (v6.6-v6.12) on a shmem/file range (anon: madvise_collapse_anon):
+        0, or a negative errno."""
         a = self.arch
         pmd_size = a.pmd_size
         yield s.DownRead(mm.mmap_lock)
         vma = mm.find_vma(start)
+        if vma is not None and vma.kind == "anon" and end <= vma.end:
+            yield s.UpRead(mm.mmap_lock)
+            return (yield from self.madvise_collapse_anon(mm, start, end))
         if vma is None or vma.kind not in ("shmem", "file") or end > vma.end:
             yield s.UpRead(mm.mmap_lock)
             return -22
@@ -456,6 +467,8 @@ class KhugepagedMixin:
         collapse_pte_mapped_thp without install).
         """
         vma = mm.find_vma(addr)
+        if vma is not None and vma.kind == "anon":
+            return (yield from self.khugepaged_scan_anon(mm, addr))
         if vma is None or vma.kind not in ("shmem", "file"):
             return -22
         haddr = addr - addr % self.arch.pmd_size

@@ -3,7 +3,7 @@
 Versions: v6.12 throughout (each routine says so); the entry primitives the
 zap uses (ptep/pmdp_get_and_clear) are the arch's for `[kernel] version`.
 Models mm/memory.c's zap path (`zap_pte_range` under `pte_offset_map_lock`,
-`zap_huge_pmd` under `pmd_lock`, a TLB flush before pages are released) and
+`zap_huge_pmd` (emu.kernel.huge_memory), a TLB flush before pages are released) and
 mm/vma.c's munmap (v6.12): detach the VMA first, so lockless walkers that
 start later find nothing, then zap, then `free_pgtables`: unlink the file
 VMA from i_mmap under i_mmap_rwsem (write), then free the now-empty tables. Page tables of a detached range are freed through
@@ -30,7 +30,7 @@ class MemoryMixin:
         return "anon" if folio.kind == "anon" else ("shmem" if folio.kind == "shmem" else "file")
 
     def zap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int,
-                       tlb: list[Folio] | None = None) -> s.KernelGen:
+                       tlb: list[Folio] | None = None, even_cows: bool = True) -> s.KernelGen:
         """zap_page_range_single() -> unmap_page_range() (v6.12): remove every mapping in [start,
         end) of `vma`, inside an mmu notifier range; leaves the page tables.
 
@@ -38,10 +38,16 @@ class MemoryMixin:
         too): the folios go there, to be put after its tlb_finish_mmu()
         flush, and no flush is made here. None: this zap is its own gather
         (zap_page_range_single), flushed before the pages are put.
+        `even_cows` False (zap_details of unmap_mapping_range(even_cows=0),
+        which try_to_unmap of a file folio amounts to): a private mapping's
+        anon copies stay.
         """
         rng = MmuNotifierRange(mm, start, end, MMU_NOTIFY_CLEAR, "zap_page_range_single")
         yield from self.zap_notifier_start(rng)
-        yield from self.unmap_page_range(mm, vma, start, end, tlb)
+        if even_cows:
+            yield from self.unmap_page_range(mm, vma, start, end, tlb)
+        else:
+            yield from self.unmap_page_range(mm, vma, start, end, tlb, even_cows=False)
         yield from self.zap_notifier_end(rng)
 
     def zap_notifier_start(self: Kernel, rng: MmuNotifierRange) -> s.KernelGen:
@@ -53,7 +59,7 @@ class MemoryMixin:
         yield from self.mmu_notifier_invalidate_range_end(rng)
 
     def unmap_page_range(self: Kernel, mm: MM, vma: VMA, start: int, end: int,
-                         tlb: list[Folio] | None = None) -> s.KernelGen:
+                         tlb: list[Folio] | None = None, even_cows: bool = True) -> s.KernelGen:
         """unmap_page_range() (v6.12): per pmd, zap a huge pmd or the ptes of its table."""
         a = self.arch
         pmd_size = a.pmd_size
@@ -63,44 +69,29 @@ class MemoryMixin:
             pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=False)
             if pmd_pa is not None:
                 pmdval = yield from self.pmdp_get_lockless(pmd_pa)
-                if a.pmd_trans_huge(pmdval) or self.is_pmd_migration_entry(pmdval):
-                    yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr, tlb)
-                elif not a.entry_none("pmd", pmdval):
+                if a.pmd_trans_huge(pmdval) and next_pmd - addr != pmd_size:
+                    # zap_pmd_range(): part of a THP goes: split it, zap its ptes
+                    yield from self.split_huge_pmd(vma, pmd_pa, addr)
                     yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd, tlb)
+                elif a.pmd_trans_huge(pmdval):
+                    yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr, tlb)
+                elif self.is_pmd_migration_entry(pmdval):
+                    if next_pmd - addr == pmd_size:  # a part would need a split (not modelled)
+                        yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr, tlb)
+                elif not a.entry_none("pmd", pmdval) and even_cows:
+                    yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd, tlb)
+                elif not a.entry_none("pmd", pmdval):
+                    yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd, tlb,
+                                                  even_cows=False)
             addr = next_pmd
 
-    def zap_huge_pmd(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int,
-                     tlb: list[Folio] | None = None) -> s.KernelGen:
-        """zap_huge_pmd() (v6.12, file THP: no deposited table): pmdp_huge_get_and_clear under
-        pmd_lock, flush, put (into `tlb`, unflushed, if the caller gathers).
-        """
-        a = self.arch
-        ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
-        cur = yield from self.read_entry("pmd", pmd_pa)
-        folio = None
-        if a.pmd_trans_huge(cur):
-            cur = yield from self.get_and_clear_entry("pmd", pmd_pa,
-                                                      "zap_huge_pmd: pmdp_huge_get_and_clear", cur)
-            folio = self.folio_of(a.pmd_huge_pa(cur))
-        elif self.is_pmd_migration_entry(cur):
-            yield from self.get_and_clear_entry("pmd", pmd_pa, "zap_huge_pmd: migration entry", cur)
-            yield from self.zap_nonpresent_pmd(mm, cur)
-        yield s.SpinUnlock(ptl)
-        if folio is not None:
-            folio.unmap()
-            mm.rss[self.mm_counter_kind(folio)] -= folio.nr_pages
-            if tlb is not None:
-                tlb.append(folio)
-                return
-            start = addr - addr % a.pmd_size
-            yield s.TlbFlushRange(start, start + a.pmd_size, mm)
-            self.put_folio(folio)
-
     def zap_pte_range(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, start: int,
-                      end: int, tlb: list[Folio] | None = None) -> s.KernelGen:
+                      end: int, tlb: list[Folio] | None = None,
+                      even_cows: bool = True) -> s.KernelGen:
         """zap_pte_range() (v6.12, one pte per step rather than 6.9's batches): ptep_get_and_clear
         under the ptl, flush, put (into `tlb`, unflushed, if the caller gathers: a
-        batch that never fills, so no force_flush).
+        batch that never fills, so no force_flush). The flush covers the present ptes
+        cleared (__tlb_adjust_range), none if none was (tlb_flush_mmu_tlbonly()).
         """
         a = self.arch
         r = yield from self.pte_offset_map_lock(mm, pmd_pa, start)
@@ -110,16 +101,25 @@ class MemoryMixin:
         ps = a.page_size
         lv = a.level("pte")
         released: list[Folio] = []
+        # tlb_remove_tlb_entry() -> __tlb_adjust_range(): the gather's range spans
+        # the present ptes cleared, and nothing else
+        lo = hi = None
         for addr in range(start, end, ps):
             ptep = ptep0 + (lv.index(addr) - lv.index(start)) * lv.entry_size
             cur = yield from self.read_entry("pte", ptep, "zap_pte_range")
             if a.pte_none(cur):
                 continue
+            if not even_cows and a.pte_present(cur):
+                kept = self.folio_of(a.pte_pa(cur))
+                if kept is not None and kept.kind == "anon":
+                    continue  # should_zap_folio(): a private copy is not the file's
             cur = yield from self.get_and_clear_entry("pte", ptep,
                                                       "zap_pte_range: ptep_get_and_clear", cur)
             if not a.pte_present(cur):
                 yield from self.zap_nonpresent_pte(mm, cur)
                 continue
+            lo = addr if lo is None else lo
+            hi = addr + ps
             folio = self.folio_of(a.pte_pa(cur))
             if folio is None:
                 continue
@@ -130,8 +130,10 @@ class MemoryMixin:
         if tlb is not None:
             tlb.extend(released)
             return
-        # tlb_finish_mmu(): flush before the pages can be reused
-        yield s.TlbFlushRange(start, end, mm)
+        # tlb_finish_mmu(): flush before the pages can be reused; a gather that
+        # cleared no present pte has an empty range and flushes nothing
+        if lo is not None:
+            yield s.TlbFlushRange(lo, hi, mm)
         for folio in released:
             self.put_folio(folio)
 

@@ -126,6 +126,7 @@ class MigrateMixin:
             if src.refcount != expected or src.mapcount:
                 return -EAGAIN
             dst.index = src.index
+            dst.anon_exclusive = src.anon_exclusive  # folio_migrate_flags()
             if src.in_cache:
                 cache = next((v.file for mm in self.mms for v in mm.vmas
                               if v.file is not None and v.file.lookup(src.index) is src), None)

@@ -31,9 +31,15 @@ class VMA:
     file: object | None = None
     pgoff: int = 0
     anon_vma: bool = False  # set once an anon page is mapped (khugepaged skips those)
+    # anon_vma->root->rwsem: rmap walkers read it, collapse_huge_page writes it
+    anon_vma_lock: RwSem = field(default_factory=lambda: RwSem("anon_vma"), repr=False)
     pmd_mapping: bool = True  # may faults map a PMD-sized folio with one PMD?
+    hugepage: bool = False  # VM_HUGEPAGE (anon: THP faults and khugepaged; MADV_HUGEPAGE)
     uffd_wp: bool = False  # VM_UFFD_WP (UFFDIO_REGISTER_MODE_WP)
     uffd_missing: bool = False  # VM_UFFD_MISSING (UFFDIO_REGISTER_MODE_MISSING)
+    # MAP_PRIVATE of a shmem/file object: reads map the page cache's page
+    # read-only, writes copy it into an anon page (do_cow_fault, wp_page_copy)
+    private: bool = False
     # vm_mm: the address space this VMA belongs to (set by MM.insert_vma)
     mm: MM | None = field(default=None, repr=False)
 
@@ -47,8 +53,21 @@ class VMA:
             return self.prot.exec
         return True
 
+    @property
+    def page_prot(self) -> Prot:
+        """vm_page_prot: a private file mapping's pages are mapped read-only until a write
+        copies them (vm_get_page_prot of a !VM_SHARED writable VMA)."""
+        if self.private and self.prot.write:
+            return Prot(write=False, exec=self.prot.exec, user=self.prot.user)
+        return self.prot
+
+    @property
+    def is_cow_mapping(self) -> bool:
+        """is_cow_mapping(): private and may be written (anon, text, MAP_PRIVATE files)."""
+        return self.kind in ("anon", "text") or self.private
+
     def __str__(self) -> str:
-        return f"{self.kind} vma [{self.start:#x}, {self.end:#x}){' ' + self.name if self.name else ''}"
+        return f"{'private ' if self.private else ''}{self.kind} vma [{self.start:#x}, {self.end:#x}){' ' + self.name if self.name else ''}"
 
 
 @dataclass(eq=False)
@@ -77,6 +96,11 @@ class MM:
     # set by exit_group(): the exit status every thread of the process takes
     exit_code: int | None = None
     dead: bool = False  # __mmdrop() done: the tables are gone
+    # mm->write_protect_seq: odd while fork's copy_page_range() write-protects
+    # anon ptes (GUP-fast FOLL_PIN backs off then, and retries if it moved)
+    write_protect_seq: int = 0
+    has_pinned: bool = False  # MMF_HAS_PINNED: a FOLL_PIN was ever taken on this mm
+    forked: bool = False  # made by fork(): torn down when its last vCPU exits
 
     def __post_init__(self) -> None:
         tag = f"[{self.lock_tag}]" if self.lock_tag else ""

@@ -29,6 +29,7 @@ PROT_NONE is not modelled (Prot has no read permission): -EINVAL.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from arch.base import Prot
@@ -108,7 +109,7 @@ class MprotectMixin:
                         if done:
                             break
                     else:
-                        yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr)  # __split_huge_pmd
+                        yield from self.split_huge_pmd(vma, pmd_pa, addr)
                         continue
                 ret = yield from self.change_pte_range(mm, vma, pmd_pa, addr, nxt)
                 if not self.change_pte_range_retry(ret):
@@ -133,7 +134,8 @@ class MprotectMixin:
             return False
         old = yield from self.get_and_clear_entry("pmd", pmd_pa,
                                                   "change_huge_pmd: pmdp_invalidate_ad", cur)
-        yield from self.set_entry("pmd", pmd_pa, a.mk_pmd_huge(a.pmd_huge_pa(old), vma.prot),
+        prot = self.change_pte_prot(vma, addr, old, huge=True)
+        yield from self.set_entry("pmd", pmd_pa, a.mk_pmd_huge(a.pmd_huge_pa(old), prot),
                                   "change_huge_pmd: set_pmd_at")
         yield s.SpinUnlock(ptl)
         return True
@@ -163,8 +165,17 @@ class MprotectMixin:
         yield from self.pte_unmap_unlock(ptep0, ptl)
         return pages
 
-    def change_pte_prot(self: Kernel, vma: VMA, addr: int, pte: int) -> Prot:
-        """The protection a present pte gets (v6.12 pte_modify(vm_page_prot) and
-        can_change_pte_writable()): the VMA's. A path that must keep a page read-only
-        (a COW-shared anon page) overrides this."""
-        return vma.prot
+    def change_pte_prot(self: Kernel, vma: VMA, addr: int, pte: int, huge: bool = False) -> Prot:
+        """The protection a present pte (or huge pmd) gets (v6.12 pte_modify(vm_page_prot),
+        then MM_CP_TRY_CHANGE_WRITABLE's can_change_pte_writable()): in a writable COW
+        mapping only an exclusive anon page may be writable (its write fault would
+        reuse it under the ptl anyway); a page still shared since fork, or a private
+        file mapping's page cache page, stays read-only for do_wp_page() to copy."""
+        if not vma.prot.write or not vma.is_cow_mapping:
+            return vma.page_prot
+        a = self.arch
+        pa = a.pmd_huge_pa(pte) if huge else a.pte_pa(pte)
+        folio = self.folio_of(pa)
+        if folio is not None and folio.kind == "anon" and folio.anon_exclusive:
+            return vma.prot
+        return replace(vma.prot, write=False)

@@ -33,8 +33,8 @@ each routine says its version), under `mmap_write_lock`:
   before releasing the page": the new ptl keeps the page from being freed
   by an rmap walker until no TLB maps the old address).
 
-The anon_vma lock of take_rmap_locks() is not modelled (ptemu's anon_vma is
-a flag); i_mmap_rwsem is. MREMAP_DONTUNMAP, and a move without
+A split or moved VMA shares its anon_vma (and its lock) with the original, as
+anon_vma_clone() links it. MREMAP_DONTUNMAP, and a move without
 MREMAP_FIXED (get_unmapped_area placement), are not modelled.
 """
 
@@ -50,6 +50,7 @@ from emu.kernel.version import MOVE_PMD_RECHECK
 if TYPE_CHECKING:
     from emu.kernel import Kernel
     from emu.kernel.mm import MM, VMA
+    from emu.kernel.sync import Spinlock
 
 MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4  # include/uapi/linux/mman.h
 EAGAIN, ENOMEM, EFAULT, EINVAL = 11, 12, 14, 22
@@ -61,6 +62,9 @@ class MremapMixin:
         """do_mremap() (v6.12) on page-aligned, validated arguments: the new address, or
         -errno."""
         yield s.DownWrite(mm.mmap_lock)
+        if mm.find_vma(addr) is None:  # vma_lookup()
+            yield s.UpWrite(mm.mmap_lock)
+            return -EFAULT
         if flags & MREMAP_FIXED:
             ret = yield from self.mremap_to(mm, addr, old_len, new_addr, new_len)
         else:
@@ -78,10 +82,7 @@ class MremapMixin:
     def mremap_in_place(self: Kernel, mm: MM, addr: int, old_len: int, new_len: int,
                         flags: int) -> s.KernelGen:
         """do_mremap()'s shrink and grow without MREMAP_FIXED (v6.12)."""
-        if old_len >= new_len:
-            vma = self.vma_to_resize(mm, addr, old_len)
-            if isinstance(vma, int):
-                return vma
+        if old_len >= new_len:  # "Always allow a shrinking remap"
             if old_len > new_len:
                 yield from self.do_vmi_munmap(mm, addr + new_len, addr + old_len, unlock=False)
             return addr
@@ -165,12 +166,16 @@ class MremapMixin:
 
     # ---- the rmap locks -------------------------------------------------------------
     def take_rmap_locks(self: Kernel, vma: VMA) -> s.KernelGen:
-        """take_rmap_locks() (v6.12): i_mmap_lock_write (the anon_vma lock is not modelled)."""
+        """take_rmap_locks() (v6.12): i_mmap_lock_write, then anon_vma_lock_write."""
         if vma.file is not None:
             yield s.DownWrite(vma.file.i_mmap_rwsem)
+        if vma.anon_vma:
+            yield s.DownWrite(vma.anon_vma_lock)
 
     def drop_rmap_locks(self: Kernel, vma: VMA) -> s.KernelGen:
-        """drop_rmap_locks() (v6.12)."""
+        """drop_rmap_locks() (v6.12): the anon_vma lock, then i_mmap."""
+        if vma.anon_vma:
+            yield s.UpWrite(vma.anon_vma_lock)
         if vma.file is not None:
             yield s.UpWrite(vma.file.i_mmap_rwsem)
 
@@ -218,7 +223,7 @@ class MremapMixin:
                         yield from self.drop_rmap_locks(vma)
                     if moved:
                         return
-                yield from self.zap_huge_pmd(mm, vma, old_pmd, old_addr)  # split_huge_pmd
+                yield from self.split_huge_pmd(vma, old_pmd, old_addr)
             elif a.have_move_pmd and extent == a.pmd_size:
                 # move_pgt_entry(NORMAL_PMD, ..., true): the rmap locks, always
                 yield from self.take_rmap_locks(vma)
@@ -239,8 +244,9 @@ class MremapMixin:
 
     def move_huge_pmd(self: Kernel, mm: MM, old_addr: int, new_addr: int, old_pmd: int,
                       new_pmd: int) -> s.KernelGen:
-        """move_huge_pmd() (v6.12, file THP: nothing deposited): under the old pmd lock (the new
-        nested), get-and-clear the old pmd, set the new, flush the old range."""
+        """move_huge_pmd() (v6.12): under the old pmd lock (the new nested), get-and-clear the
+        old pmd, move an anon THP's deposited table where it must (move_huge_pmd_deposit),
+        set the new, flush the old range."""
         a = self.arch
         cur = yield from self.read_entry("pmd", new_pmd, "move_huge_pmd: new pmd")
         if not a.entry_none("pmd", cur):
@@ -256,6 +262,7 @@ class MremapMixin:
         pmdval = yield from self.get_and_clear_entry("pmd", old_pmd,
                                                      "move_huge_pmd: pmdp_huge_get_and_clear",
                                                      pmdval)
+        yield from self.move_huge_pmd_deposit(mm, pmdval, old_pmd, old_addr, new_pmd, new_addr)
         yield from self.set_entry("pmd", new_pmd, pmdval, "move_huge_pmd: set_pmd_at")
         yield s.TlbFlushRange(old_addr, old_addr + a.pmd_size, mm)  # flush_pmd_tlb_range
         if new_ptl is not old_ptl:
@@ -341,7 +348,7 @@ class MremapMixin:
         return err
 
     def move_ptes_unlock(self: Kernel, mm: MM, old_addr: int, old_end: int, force_flush: bool,
-                         old_ptl, new_ptl) -> s.KernelGen:  # noqa: ANN001
+                         old_ptl: Spinlock, new_ptl: Spinlock) -> s.KernelGen:
         """move_ptes()' end (v6.12, since eb66ae030829 in 4.20): flush_tlb_range() of the old
         range while both ptls are held, then drop them."""
         if force_flush:

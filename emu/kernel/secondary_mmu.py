@@ -172,6 +172,8 @@ class SecondaryMmuMixin:
             pmd = yield s.Load(pmd_pa, a.level("pmd").entry_size, f"{dev.name} walk: pmd")
             if a.entry_none("pmd", pmd) or not a.entry_present("pmd", pmd):
                 return None
+            if a.pmd_trans_huge(pmd) and not a.pmd_huge_valid(pmd):
+                return None  # pmdp_invalidate()d: a split in progress; fault, and retry
             if a.pmd_trans_huge(pmd):
                 entry = ShadowEntry(a.pmd_huge_pa(pmd) + page % pmd_size, self.step)
                 dev.tlb[page] = entry

@@ -220,3 +220,24 @@ class SwapMixin:
             mm.rss[self.mm_counter_kind(folio)] -= folio.nr_pages
         return
         yield
+
+    # ---- fork -----------------------------------------------------------------------------
+    def copy_nonpresent_pte(self: Kernel, dst_mm: MM, dst_ptep: int, pte: int,
+                            rss: dict[str, int]) -> s.KernelGen:
+        """copy_nonpresent_pte() (v6.12) under both ptls: the child gets the same swap entry
+        (swap_duplicate, its MM_SWAPENTS) or migration entry (its rss counts the page;
+        a writable entry would be made readable in both, modelled as read-only
+        entries being copied as they are)."""
+        swp_type, offset = self.pte_to_swp_entry(pte)
+        if swp_type == 0:
+            if (yield from self.swap_duplicate(offset)) < 0:
+                return
+            self.mm_swapents(dst_mm, 1)
+        elif is_migration_type(swp_type):
+            folio = self.folio_of(offset * self.arch.page_size)
+            if folio is None:
+                return
+            rss[self.mm_counter_kind(folio)] = rss.get(self.mm_counter_kind(folio), 0) + 1
+        else:
+            return
+        yield from self.set_entry("pte", dst_ptep, pte, "copy_nonpresent_pte: set_pte_at (child)")

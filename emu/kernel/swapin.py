@@ -87,13 +87,19 @@ class SwapinMixin:
             if folio is not None:
                 folio.get()
                 return folio, False
-            if dev.count(offset) != 1 or dev.swap_map.get(offset, 0) & SWAP_HAS_CACHE:
-                return None, False  # swapcache_prepare() -EEXIST (or shared: readahead)
+            if not dev.count(offset) or dev.swap_map.get(offset, 0) & SWAP_HAS_CACHE:
+                return None, False  # freed meanwhile, or swapcache_prepare() -EEXIST
             dev.swap_map[offset] |= SWAP_HAS_CACHE
             new = self.new_folio("anon", 1, f"anon page swapped in from slot {offset}")
             new.get()
             self.mem.write(new.pa, dev.data.get(offset, bytes(ps)))  # swap_read_folio()
-            return new, True
+            if dev.count(offset) == 1:
+                return new, True  # SWP_SYNCHRONOUS_IO: no swap cache
+            # shared (fork): swapin_readahead() reads it into the swap cache
+            dev.cache[offset] = new
+            new.swap = offset
+            new.get()
+            return new, False
         return (yield s.KernelAtomic(lookup, f"swapin slot {offset}"))
 
     def swapin_map(self: Kernel, vmf: Vmf, folio: Folio, offset: int,
@@ -120,6 +126,8 @@ class SwapinMixin:
             yield from self.swapin_done(folio, offset, prepared)
             return VM_FAULT_RETRY_ACCESS  # out_nomap: someone else faulted it in
         yield from self.swap_free(offset, "do_swap_page")
+        # PageAnonExclusive: no other process's swap pte names the slot any more
+        folio.anon_exclusive = folio.mapcount == 0 and self.swap.count(offset) == 0
         folio.index = self.vma_index(vmf.vma, vmf.addr)  # folio_add_new_anon_rmap()
         folio.map()
         mm.rss["anon"] += 1

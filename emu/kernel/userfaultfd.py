@@ -81,6 +81,10 @@ class UserfaultfdMixin:
                 or vma.kind not in ("anon", "shmem"):
             yield s.UpRead(mm.mmap_lock)
             return -ENOENT
+        if vma.private:
+            # "Ensure the dst_vma has a anon_vma": a MAP_PRIVATE file VMA gets anon
+            # copies (v6.6 mfill_atomic(); anon VMAs get it at their first pte here)
+            yield from self.anon_vma_prepare(vma)
         copied = 0
         err = 0
         while copied < length:
@@ -113,9 +117,9 @@ class UserfaultfdMixin:
 
     def mfill_atomic_pte(self: Kernel, mm: MM, vma: VMA, pmd_pa: int, addr: int,
                          data: bytes) -> s.KernelGen:
-        """mfill_atomic_pte() (v6.6): private anon -> mfill_atomic_pte_copy, shmem ->
-        shmem_mfill_atomic_pte."""
-        if vma.kind == "shmem":
+        """mfill_atomic_pte() (v6.6): private (anon, or MAP_PRIVATE shmem) ->
+        mfill_atomic_pte_copy, shared shmem -> shmem_mfill_atomic_pte."""
+        if vma.kind == "shmem" and not vma.private:
             return (yield from self.shmem_mfill_atomic_pte(mm, vma, pmd_pa, addr, data))
         folio = self.new_folio("anon", 1, f"anon page for {addr:#x} (UFFDIO_COPY)")
         folio.index = self.vma_index(vma, addr)  # linear_page_index(): the anon rmap's key
@@ -174,6 +178,7 @@ class UserfaultfdMixin:
             folio.map()
             if folio.kind == "anon":
                 vma.anon_vma = True  # folio_add_new_anon_rmap()
+                folio.anon_exclusive = True
             mm.rss[self.mm_counter_kind(folio)] += 1
             yield from self.set_entry("pte", ptep, pte, "mfill_atomic_install_pte: set_pte_at")
         yield from self.mfill_unmap_pte(ptep, ptl)

@@ -59,9 +59,10 @@ class VmaSplitMixin:
 
     def vma_adjust_trans_huge(self: Kernel, mm: MM, vma: VMA, addr: int) -> s.KernelGen:
         """vma_adjust_trans_huge() (v6.12): a huge pmd mapping across the split point is split
-        first (split_huge_pmd_if_needed). For a shmem/file VMA __split_huge_pmd_locked()
-        clears the pmd (pmdp_huge_clear_flush, with the rmap and counters dropped): the
-        pages refault by PTEs."""
+        first (split_huge_pmd_if_needed, emu.kernel.huge_memory): an anon THP is remapped by
+        PTEs from its deposited table; for a shmem/file VMA __split_huge_pmd_locked() clears
+        the pmd (pmdp_huge_clear_flush, with the rmap and counters dropped): the pages refault
+        by PTEs."""
         a = self.arch
         if addr % a.pmd_size == 0 or not a.supports_huge_pmd():
             return
@@ -70,14 +71,15 @@ class VmaSplitMixin:
             return
         pmdval = yield from self.pmdp_get_lockless(pmd_pa)
         if a.pmd_trans_huge(pmdval):
-            yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr)
+            yield from self.split_huge_pmd(vma, pmd_pa, addr)
 
     def vma_mergeable(self: Kernel, a: VMA, b: VMA) -> bool:
         """is_mergeable_vma() + the pgoff test of can_vma_merge_after() (v6.12), for `a`
         directly below `b`."""
         if a.end != b.start or a.kind != b.kind or a.prot != b.prot or a.file is not b.file:
             return False
-        if (a.uffd_wp, a.uffd_missing, a.pmd_mapping) != (b.uffd_wp, b.uffd_missing, b.pmd_mapping):
+        if (a.uffd_wp, a.uffd_missing, a.pmd_mapping, a.hugepage, a.private) != \
+                (b.uffd_wp, b.uffd_missing, b.pmd_mapping, b.hugepage, b.private):  # vm_flags
             return False
         if a.kind == "text":
             return False  # each program image is its own mapping
