@@ -65,6 +65,8 @@ L_PTE_USER = 1 << 8
 L_PTE_XN = 1 << 9
 L_PTE_SHARED = 1 << 10
 L_PTE_NONE = 1 << 11
+SWP_TYPE_SHIFT = 3  # __SWP_TYPE_SHIFT
+SWP_OFFSET_SHIFT = 8  # __SWP_TYPE_BITS + __SWP_TYPE_SHIFT
 _L_FLAG_NAMES = ((L_PTE_PRESENT, "PRESENT"), (L_PTE_YOUNG, "YOUNG"), (L_PTE_DIRTY, "DIRTY"),
                  (L_PTE_RDONLY, "RDONLY"), (L_PTE_USER, "USER"), (L_PTE_XN, "XN"),
                  (L_PTE_SHARED, "SHARED"), (L_PTE_NONE, "NONE"))
@@ -276,6 +278,17 @@ class Arm(Arch):
 
     def pte_mkdirty(self, val: int) -> int:
         return val | L_PTE_DIRTY
+
+    # ---- swap ptes (arch/arm/include/asm/pgtable.h, v6.x): offset from bit
+    # 8, type in bits 3-7, bit 2 the exclusive marker, bits 0-1 clear (not
+    # present); the hardware copy of a non-present pte is 0.
+    swap_offset_bits: ClassVar[int] = 24
+
+    def mk_swap_pte(self, swp_type: int, offset: int) -> int:
+        return (((swp_type & 0x1F) << SWP_TYPE_SHIFT) | (offset << SWP_OFFSET_SHIFT)) & WORD
+
+    def swap_pte_entry(self, val: int) -> tuple[int, int]:
+        return (val >> SWP_TYPE_SHIFT) & 0x1F, (val & WORD) >> SWP_OFFSET_SHIFT
 
     def pte_wrprotect(self, val: int) -> int:
         return val | L_PTE_RDONLY  # set_pte_ext() derives the hardware copy

@@ -322,6 +322,44 @@ class Arch(ABC):
     def pmd_huge_pa(self, val: int) -> int:
         raise NotImplementedError(f"{self.name} has no PMD-sized pages")
 
+    # ---- swap entries: the non-present pte (and pmd) formats ------------------
+    # Linux's arch-independent swp_entry_t is (type, offset); each arch's
+    # __swp_entry()/__swp_entry_to_pte() and __pte_to_swp_entry() place it in
+    # a pte that is neither none nor present. Migration entries are swap
+    # entries of the types above MAX_SWAPFILES (emu/kernel/swap.py).
+    def mk_swap_pte(self, swp_type: int, offset: int) -> int:
+        """__swp_entry_to_pte(__swp_entry(type, offset))."""
+        raise NotImplementedError(f"{self.name} has no swap pte format")
+
+    def swap_pte_entry(self, val: int) -> tuple[int, int]:
+        """(swp_type, swp_offset) of __pte_to_swp_entry(pte)."""
+        raise NotImplementedError(f"{self.name} has no swap pte format")
+
+    # The largest swap offset the arch's swap pte can hold (bits above it are lost).
+    swap_offset_bits: ClassVar[int] = 24
+
+    def is_swap_pte(self, val: int) -> bool:
+        """is_swap_pte(): !pte_none && !pte_present."""
+        return not self.pte_none(val) and not self.pte_present(val)
+
+    def thp_migration(self) -> bool:
+        """CONFIG_ARCH_ENABLE_THP_MIGRATION: can a PMD hold a migration entry?"""
+        return type(self).mk_swap_pmd is not Arch.mk_swap_pmd and self.supports_huge_pmd()
+
+    def mk_swap_pmd(self, swp_type: int, offset: int) -> int:
+        """__swp_entry_to_pmd(__swp_entry(type, offset)), where THP migration exists."""
+        raise NotImplementedError(f"{self.name} has no PMD migration entries")
+
+    def swap_pmd_entry(self, val: int) -> tuple[int, int]:
+        """(swp_type, swp_offset) of __pmd_to_swp_entry(pmd)."""
+        raise NotImplementedError(f"{self.name} has no PMD migration entries")
+
+    def is_swap_pmd(self, val: int) -> bool:
+        """is_swap_pmd(): !pmd_none && !pmd_present, where THP migration exists
+        (elsewhere Linux defines it as false)."""
+        return (self.thp_migration() and not self.entry_none("pmd", val)
+                and not self.entry_present("pmd", val))
+
     def pmd_mkinvalid(self, val: int) -> int:
         """pmdp_invalidate()'s new value: a huge pmd the hardware no longer uses but
         that Linux still sees as present and trans-huge (pmd_present/pmd_trans_huge)."""

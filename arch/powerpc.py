@@ -282,6 +282,25 @@ class PowerPC(Arch):
         val = self.mk_pte(pa & ~(self.pmd_size - 1), prot)
         return val | (H_PAGE_THP_HUGE if self.mmu == "hash" else 0)  # pmd_mkhuge()
 
+    # ---- swap ptes and pmds (arch/powerpc/include/asm/book3s/64/pgtable.h,
+    # v6.x, radix and hash alike): the type in the low five bits, the offset
+    # at PAGE_SHIFT within PTE_RPN_MASK, and _PAGE_PTE set; _PAGE_PRESENT
+    # and _PAGE_INVALID clear. A pmd migration entry is the same value
+    # (pte_pmd): book3s64 selects ARCH_ENABLE_THP_MIGRATION.
+    swap_offset_bits: ClassVar[int] = PA_MAX - 16
+
+    def mk_swap_pte(self, swp_type: int, offset: int) -> int:
+        return (swp_type & 0x1F) | ((offset << self.page_size.bit_length() - 1) & self.pte_rpn_mask) | LEAF
+
+    def swap_pte_entry(self, val: int) -> tuple[int, int]:
+        return val & 0x1F, (val & self.pte_rpn_mask) >> (self.page_size.bit_length() - 1)
+
+    def mk_swap_pmd(self, swp_type: int, offset: int) -> int:
+        return self.mk_swap_pte(swp_type, offset)
+
+    def swap_pmd_entry(self, val: int) -> tuple[int, int]:
+        return self.swap_pte_entry(val)
+
     def pmd_huge_pa(self, val: int) -> int:
         return val & self.pte_rpn_mask & ~(self.pmd_size - 1)
 

@@ -72,6 +72,7 @@ PAGE_READ = 0x010
 PAGE_WRITE = 0x020
 PAGE_SPECIAL = 0x040
 PAGE_MASK = ~0xFFF & MASK64
+SWP_OFFSET_MASK = (1 << 52) - 1  # __SWP_OFFSET_MASK
 PTE_EMPTY = PAGE_INVALID
 
 # ---- segment-table entry (PoP 3.3.2; _SEGMENT_ENTRY_*) -------------------------
@@ -336,6 +337,18 @@ class S390(Arch):
         if not prot.exec and self.iep:
             val |= SEG_NOEXEC
         return val
+
+    # ---- swap ptes (arch/s390/include/asm/pgtable.h mk_swap_pte, v6.x):
+    # (pte & 0x201) == 0x200: invalid and protected, not present; offset in
+    # IBM bits 0-51 (<< 12), type in bits 57-61 (<< 2).
+    swap_offset_bits: ClassVar[int] = 52
+
+    def mk_swap_pte(self, swp_type: int, offset: int) -> int:
+        return (PAGE_INVALID | PAGE_PROTECT | ((offset & SWP_OFFSET_MASK) << 12)
+                | ((swp_type & 0x1F) << 2))
+
+    def swap_pte_entry(self, val: int) -> tuple[int, int]:
+        return (val >> 2) & 0x1F, (val >> 12) & SWP_OFFSET_MASK
 
     def pmd_huge_pa(self, val: int) -> int:
         return val & SEG_LARGE_ORIGIN

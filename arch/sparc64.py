@@ -341,6 +341,17 @@ class Sparc64(Arch):
         val = self.mk_pte(pa & ~(self.pmd_size - 1), prot) | SZ4MB | PMD_HUGE
         return self.pte_mkdirty(val) if prot.write else val
 
+    # ---- swap ptes (arch/sparc/include/asm/pgtable_64.h, v6.x): the type at
+    # PAGE_SHIFT (8 bits), the offset above it; the low 13 bits, which hold
+    # both formats' PRESENT bits, stay clear.
+    swap_offset_bits: ClassVar[int] = 63 - PAGE_SHIFT - 8  # below _PAGE_VALID
+
+    def mk_swap_pte(self, swp_type: int, offset: int) -> int:
+        return ((swp_type & 0xFF) << PAGE_SHIFT) | (offset << (PAGE_SHIFT + 8))
+
+    def swap_pte_entry(self, val: int) -> tuple[int, int]:
+        return (val >> PAGE_SHIFT) & 0xFF, val >> (PAGE_SHIFT + 8)
+
     def pmd_huge_pa(self, val: int) -> int:
         return val & PADDR_MASK & ~(self.pmd_size - 1)
 

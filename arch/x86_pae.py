@@ -60,6 +60,11 @@ SPECIAL = 1 << 9
 NX = 1 << 63
 PFN_MASK = 0x000F_FFFF_FFFF_F000  # bits 12..51
 HUGE_MASK = 0x000F_FFFF_FFE0_0000  # bits 21..51 of a 2 MiB PDE
+MASK64 = (1 << 64) - 1
+SWP_TYPE_BITS = 5
+SWP_TYPE_MASK = (1 << SWP_TYPE_BITS) - 1
+SWP_OFFSET_FIRST_BIT = 9  # _PAGE_BIT_PROTNONE + 1
+SWP_OFFSET_SHIFT = SWP_OFFSET_FIRST_BIT + SWP_TYPE_BITS
 # Hardware-walk masks (SDM 4.4.2 tables 4-8..4-11), see X86Pae.__init__ for
 # the ones that depend on MAXPHYADDR and EFER.NXE.
 CR3_PDPT = 0xFFFF_FFE0  # CR3[31:5]: the 32-byte-aligned PDPT
@@ -229,6 +234,23 @@ class X86Pae(Arch):
 
     def pmd_huge_pa(self, val: int) -> int:
         return val & HUGE_MASK
+
+    # ---- swap ptes (arch/x86/include/asm/pgtable-3level.h, v4.19+ with the
+    # L1TF inversion of 2018): the 64-bit pte holds the type in its top five
+    # bits and the offset inverted from bit 9 (above _PAGE_BIT_PROTNONE) up,
+    # so the HIGH word carries type and most of the offset: a swap pte read
+    # half old, half new is two different entries.
+    swap_offset_bits: ClassVar[int] = 27  # the 32-bit swp_entry_t keeps 27 bits of offset
+
+    def mk_swap_pte(self, swp_type: int, offset: int) -> int:
+        inv = (~offset & MASK64) << SWP_OFFSET_SHIFT & MASK64
+        return (inv >> SWP_TYPE_BITS) | ((swp_type & SWP_TYPE_MASK) << (64 - SWP_TYPE_BITS))
+
+    def swap_pte_entry(self, val: int) -> tuple[int, int]:
+        swp_type = val >> (64 - SWP_TYPE_BITS)
+        offset = ((~val & MASK64) << SWP_TYPE_BITS & MASK64) >> SWP_OFFSET_SHIFT
+        # __pte_to_swp_entry() goes through the 32-bit swp_entry_t: type | offset << 5
+        return swp_type, offset & ((1 << (32 - SWP_TYPE_BITS)) - 1)
 
     # Linux's entry writes (pgtable-3level.h, CONFIG_SMP), which changed in
     # 6.2 with Peter Zijlstra's "x86/mm/pae: Be consistent with

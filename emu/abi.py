@@ -36,7 +36,8 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
                                "(filemap_map_pages)."),
     Call(7, "madvise", 3, "madvise(addr, len, advice): MADV_DONTNEED (4, with empty-table "
                           "reclaim), MADV_HUGEPAGE / MADV_NOHUGEPAGE (14 / 15: VM_HUGEPAGE, VMAs split "
-                          "at its ends) or MADV_COLLAPSE (25, shmem/file/anon)."),
+                          "at its ends), MADV_PAGEOUT (21: reclaim; anon pages to swap) or "
+                          "MADV_COLLAPSE (25, shmem/file/anon)."),
     Call(8, "gup_fast", 4, "gup_fast(addr, nr, out, write): pin pages locklessly, write their "
                            "physical addresses (one word each) to out, unpin; returns the "
                            "number pinned."),
@@ -95,6 +96,13 @@ CALLS: dict[int, Call] = {c.nr: c for c in (
     Call(24, "uffdio_copy", 3, "uffdio_copy(dst, src, len): UFFDIO_COPY len bytes from src into "
                                "the registered anon/shmem range at dst (mfill_atomic); bytes "
                                "copied, or -EAGAIN / -EEXIST / -ENOENT / -EFAULT if none."),
+    Call(31, "uffdio_move", 3, "uffdio_move(dst, src, len): UFFDIO_MOVE len bytes of anon pages "
+                               "from src to the registered anon range at dst (move_pages_pte, "
+                               "no copy); bytes moved, or -EEXIST / -ENOENT / -EBUSY / -EINVAL "
+                               "if none."),
+    Call(30, "migrate", 2, "migrate(addr, len): move_pages() of every page mapped in the range "
+                           "to a new frame (migration entries, copy, remove_migration_ptes; no "
+                           "mmap_lock while it runs); returns the folios moved."),
 )}
 
 

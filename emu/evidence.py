@@ -258,7 +258,7 @@ def merge(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] 
 # rest, entry accessors and accounting helpers, only in the JSON)
 _LIFECYCLE = re.compile(r"free|retract|collapse|pte_offset_map|pte_unmap|gup|zap|fault|"
                         r"khugepaged|madvise|munmap|truncate|reclaim|tlb|pmdp_get_lockless_sync|"
-                        r"alloc|unmap|adjust_pte|policy\.|rcu")
+                        r"alloc|unmap|adjust_pte|policy\.|rcu|swap|migrat|page_vma_mapped|map_pte")
 
 
 def verdict_lines(ev: dict[str, Any] | None, clean: bool) -> list[str]:

@@ -621,6 +621,38 @@ def _walker_and_notifier_calls(rng: random.Random, plan: Plan,
                     rng.choice([1, 1, 2, 3])])
         dst = r.start_b + rng.randrange(0, r.size_b, page)
         out.append(["uffdio_copy", _at(plan, dst), plan.expr(OUT_PMD * plan.pmd), plan.expr(page)])
+    return out + _swap_and_migration_calls(rng, plan, regions)
+
+
+def _swap_and_migration_calls(rng: random.Random, plan: Plan,
+                              regions: list[Region]) -> list[list]:
+    """MADV_PAGEOUT (reclaim to swap), migrate (migration entries) and the touches that
+    swap pages back in or wait on a migration, and UFFDIO_MOVE, over the vCPU's regions. Drawn from a
+    generator seeded by `rng`'s state without advancing it, so the workloads the
+    generator made before these calls existed stay what they were."""
+    sub = random.Random(repr(rng.getstate()))
+    out: list[list] = []
+    for call, p in ((["madvise"], 0.35), (["migrate"], 0.35)):
+        if sub.random() >= p or not regions:
+            continue
+        r = _pick(sub, regions)
+        addr, length = _subrange(sub, plan, replace(r, size_b=r.touch_b))
+        out.append([*call, _at(plan, addr), _len(plan, length)] + ([21] if call == ["madvise"] else []))
+        if r.stable and sub.random() < 0.7:  # touches only where nobody unmaps
+            op = "touch_write" if r.writable and sub.random() < 0.5 else "touch_read"
+            out.append([op, _at(plan, addr), max(1, min(8, length // plan.page)),
+                        plan.expr(plan.page)])
+    anon = [r for r in regions if r.kind == "anon"]
+    if len(anon) >= 2 and sub.random() < 0.25:  # UFFDIO_MOVE between two anon regions
+        dst, src = sub.sample(anon, 2)
+        out.append(["uffdio_register", _at(plan, dst.start_b), plan.expr(dst.size_b), 1])
+        n = sub.randint(1, 4)
+        d = dst.start_b + sub.randrange(0, max(plan.page, dst.size_b - n * plan.page + 1),
+                                        plan.page)
+        s_ = src.start_b + sub.randrange(0, max(plan.page, src.size_b - n * plan.page + 1),
+                                         plan.page)
+        length = min(n * plan.page, dst.start_b + dst.size_b - d, src.start_b + src.size_b - s_)
+        out.append(["uffdio_move", _at(plan, d), _at(plan, s_), plan.expr(length)])
     return out
 
 

@@ -30,6 +30,7 @@ from emu.kernel.mremap import MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE
 MAP_KINDS = {0: "anon", 1: "shmem", 2: "file"}
 MAP_PRIVATE_KINDS = {3: "shmem", 4: "file"}  # MAP_PRIVATE of a new shmem / file object
 MADV_DONTNEED = 4  # include/uapi/asm-generic/mman-common.h
+MADV_PAGEOUT = 21
 MADV_COLLAPSE = 25
 MADV_HUGEPAGE, MADV_NOHUGEPAGE = 14, 15
 GUP_MAX_PAGES = 4096
@@ -150,9 +151,12 @@ def sys_madvise(m: ServiceHost, cpu: Caller, addr: int, length: int, advice: int
     if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
         require_thp(m, "MADV_HUGEPAGE")
         return m.kernel.madvise_hugepage(m.mm_of(cpu), addr, addr + length, advice)
+    if advice == MADV_PAGEOUT:
+        return m.kernel.madvise_pageout(m.mm_of(cpu), addr, addr + length)
     if advice != MADV_COLLAPSE:
         raise HypercallError(EINVAL, f"advice {advice} not modelled (MADV_DONTNEED=4, "
-                             "MADV_HUGEPAGE=14, MADV_NOHUGEPAGE=15, MADV_COLLAPSE=25)")
+                             "MADV_HUGEPAGE=14, MADV_NOHUGEPAGE=15, MADV_PAGEOUT=21, "
+                             "MADV_COLLAPSE=25)")
     require_thp(m, "MADV_COLLAPSE")
     return m.kernel.madvise_collapse(m.mm_of(cpu), addr, addr + length)
 
@@ -291,6 +295,13 @@ def _barrier() -> s.KernelGen:
     return 0
 
 
+@service("migrate")
+def sys_migrate(m: ServiceHost, cpu: Caller, addr: int, length: int) -> s.KernelGen:
+    """Validate and run `migrate` (the call itself is described in emu.abi)."""
+    check_user_range(m, addr, length, m.arch.page_size)
+    return m.kernel.migrate_range(m.mm_of(cpu), addr, addr + length)
+
+
 @service("fork")
 def sys_fork(m: ServiceHost, cpu: Caller, index: int) -> s.KernelGen:
     """Validate and run `fork` (the call itself is described in emu.abi)."""
@@ -373,3 +384,12 @@ def sys_mremap(m: ServiceHost, cpu: Caller, addr: int, old_len: int, new_len: in
     if flags & MREMAP_FIXED and (new_addr % ps or new_len > limit or new_addr > limit - new_len):
         raise HypercallError(EINVAL, f"new_addr {new_addr:#x}+{new_len:#x} unaligned or outside")
     return m.kernel.do_mremap(m.mm_of(cpu), addr, old_len, new_len, flags, new_addr)
+
+
+@service("uffdio_move")
+def sys_uffdio_move(m: ServiceHost, cpu: Caller, dst: int, src: int, length: int) -> s.KernelGen:
+    """Validate and run `uffdio_move` (the call itself is described in emu.abi)."""
+    ps = m.arch.page_size
+    check_user_range(m, dst, length, ps)
+    check_user_range(m, src, length, ps)
+    return m.kernel.move_pages(m.mm_of(cpu), dst, src, length)

@@ -94,3 +94,27 @@ def test_the_shipped_variant_is_caught():
     res = explore(ExploreConfig("uffd_copy_dontneed", strategy="pct", depth=3, schedules=400,
                                 variants=("mfill_no_pmd_recheck",)))
     assert res.report is not None
+
+
+def test_uffdio_move_moves_the_page_without_copying():
+    m = machine("uffd_move_dontneed")
+    k, mm = m.kernel, m.kernel.mm
+    pmd, ps = m.arch.pmd_size, m.arch.page_size
+    dst, src = 8 * pmd, 12 * pmd
+    page = user_page_pa(m, 0, src, write=False)
+    assert m.run_kernel_now(k.move_pages(mm, dst, src, ps), "move") == -22  # dst not registered
+    m.run_kernel_now(k.userfaultfd_register(mm, dst, dst + pmd, 1), "register")
+    assert m.run_kernel_now(k.move_pages(mm, dst, src, ps), "move") == ps
+    assert user_page_pa(m, 0, dst, write=False) == page and user_page_pa(m, 0, src) is None
+    assert m.run_kernel_now(k.move_pages(mm, dst, src + ps, ps), "again") == EEXIST
+    from emu.kernel.audit import audit
+    assert audit(k) == []
+
+
+@pytest.mark.parametrize("arch", ["x86-pae", "s390"])
+def test_uffd_move_dontneed_clean_and_its_variant_caught(arch):
+    res = explore(ExploreConfig("uffd_move_dontneed", arch=arch, strategy="pct", schedules=60))
+    assert res.report is None, res.report and res.report.message
+    res = explore(ExploreConfig("uffd_move_dontneed", arch=arch, strategy="pct", schedules=300,
+                                variants=("uffd_move_no_dst_pmd_same",)))
+    assert res.report is not None and "move_present_pte" in res.report.message

@@ -83,6 +83,11 @@ def count_mappings(k: Kernel, mm: MM | None = None,
                 maps[id(folio)] += 1
                 if folio is not None:
                     rss[k.mm_counter_kind(folio)] += folio.nr_pages
+            elif k.is_pmd_migration_entry(val):
+                # a migration entry is no mapping, but its pages still count in rss
+                folio = k.folio_of(a.swap_pmd_entry(val)[1] * a.page_size)
+                if folio is not None:
+                    rss[k.mm_counter_kind(folio)] += folio.nr_pages
     pl = a.level("pte")
     for t in tables["pte"]:
         for val in used_entries(k, t, pl):
@@ -91,6 +96,15 @@ def count_mappings(k: Kernel, mm: MM | None = None,
                 maps[id(folio)] += 1
                 if folio is not None:
                     rss[k.mm_counter_kind(folio)] += 1
+            elif a.is_swap_pte(val):
+                swp_type, offset = a.swap_pte_entry(val)
+                if swp_type == 0:
+                    rss["swap"] += 1  # MM_SWAPENTS
+                    rss[("slot", offset)] += 1
+                else:
+                    folio = k.folio_of(offset * a.page_size)
+                    if folio is not None and k.migration_pte_pfn(val) is not None:
+                        rss[k.mm_counter_kind(folio)] += 1
     return maps, rss
 
 
@@ -99,6 +113,7 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
     problems: list[str] = []
     several = len(k.mms) > 1
     maps: Counter = Counter()  # mappings of each folio, over every mm
+    slots: Counter = Counter()  # swap ptes naming each swap slot, over every mm
     tables: dict[str, list[int]] = {}  # every mm's, for the frame checks below
     for mm in k.mms:
         # "mm" alone in a single-process machine, as the reports always said
@@ -115,6 +130,10 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
         tables.setdefault("pte", []).extend(t for _home, t in deposits)
         mm_maps, rss = count_mappings(k, mm, mm_tables)
         maps.update(mm_maps)
+        slots.update({key: n for key, n in rss.items() if isinstance(key, tuple)})
+        if mm.swapents != rss.get("swap", 0):
+            problems.append(f"{who}.swapents (MM_SWAPENTS) is {mm.swapents} but "
+                            f"{rss.get('swap', 0)} swap ptes are in its tables")
         for kind in sorted(mm.rss):
             if mm.rss[kind] != rss.get(kind, 0):
                 problems.append(f"{who + ' ' if several else ''}rss[{kind}] is {mm.rss[kind]} "
@@ -130,12 +149,14 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
         mapped = maps.get(id(folio), 0)
         if folio.mapcount != mapped:
             problems.append(f"{folio!r}: mapcount {folio.mapcount} but mapped {mapped} times")
-        want = mapped + (1 if folio.in_cache else 0)
+        want = mapped + (1 if folio.in_cache else 0) + (folio.swap is not None)
         if pins == 0 and folio.refcount != want:
             problems.append(f"{folio!r}: refcount {folio.refcount}, expected {want} "
-                            f"(mappings {mapped} + page cache {int(folio.in_cache)})")
+                            f"(mappings {mapped} + page cache {int(folio.in_cache)}"
+                            f"{' + swap cache 1' if folio.swap is not None else ''})")
         if k.frames.info(folio.pa).state is not FrameState.DATA:
             problems.append(f"{folio!r} lives in a frame that is {k.frames.info(folio.pa).state.value}")
+    problems += audit_swap(k, {key[1]: n for key, n in slots.items()})
     fs = k.frames.frame_size
     live = set()
     for name, lst in tables.items():
@@ -173,6 +194,32 @@ def audit(k: Kernel, pins: int = 0) -> list[str]:
     if k.mms and all(mm.dead for mm in k.mms):
         problems += leftovers(k)
     return problems
+
+
+def audit_swap(k: Kernel, refs: dict[int, int]) -> list[str]:
+    """The swap device's books against the tables: each slot's count is the number of
+    swap ptes naming it (a slot no pte names leaked; a pte naming a free slot will
+    read someone else's page), and the swap cache and SWAP_HAS_CACHE agree."""
+    from emu.kernel.swap import SWAP_HAS_CACHE
+    dev = getattr(k, "swap_device", None)
+    if dev is None:
+        return [f"{n} swap ptes name slot {off}, but there is no swap device"
+                for off, n in sorted(refs.items())]
+    out = []
+    for off in sorted(set(refs) | set(dev.swap_map)):
+        have, want = dev.count(off), refs.get(off, 0)
+        if have != want:
+            out.append(f"swap slot {off}: swap count {have} but {want} swap ptes name it"
+                       + (" (a swap entry lost: the page it held is gone)" if want < have else
+                          " (ptes name a freed slot)"))
+        cached = bool(dev.swap_map.get(off, 0) & SWAP_HAS_CACHE)
+        if cached != (off in dev.cache):
+            out.append(f"swap slot {off}: SWAP_HAS_CACHE is {cached} but the swap cache "
+                       f"{'holds' if off in dev.cache else 'has'} {dev.cache.get(off, 'no folio')}")
+    for off, folio in sorted(dev.cache.items()):
+        if folio.swap != off:
+            out.append(f"swap cache slot {off} holds {folio!r}, whose swap slot is {folio.swap}")
+    return out
 
 
 def deposit_problems(k: Kernel, mm: MM, mm_tables: dict[str, list[int]],
@@ -216,6 +263,9 @@ def leftovers(k: Kernel) -> list[str]:
             continue
         out.append(f"frame {fi.pfn * k.frames.frame_size:#x} ({fi.purpose}) is still "
                    f"{fi.state.value} after every process exited")
+    dev = getattr(k, "swap_device", None)
+    if dev is not None and dev.swap_map:
+        out.append(f"swap slots {sorted(dev.swap_map)} still in use after every process exited")
     return out
 
 

@@ -64,6 +64,9 @@ class FaultMixin:
         pmd_pa = yield from self.pmd_offset_alloc(mm, addr, alloc=True)
         vmf = Vmf(vma, addr, access, pmd_pa)
         pmdval = yield from self.pmdp_get_lockless(pmd_pa)
+        if self.is_pmd_migration_entry(pmdval):
+            yield from self.pmd_migration_entry_wait(mm, pmd_pa, addr)
+            return VM_FAULT_RETRY_ACCESS
         if self.arch.pmd_trans_huge(pmdval):
             return (yield from self.huge_pmd_fault(vmf, pmdval))
         if self.arch.entry_none("pmd", pmdval):
@@ -102,15 +105,7 @@ class FaultMixin:
         if a.pte_none(vmf.orig_pte):
             return (yield from self.handle_pte_none(vmf, ptep))
         if not a.pte_present(vmf.orig_pte):
-            # do_swap_page()'s pte_unmap_same(): a lockless read can catch a
-            # pte half-cleared (PAE clears low, then high); recheck under the
-            # ptl and retry the access if it changed
-            yield s.SpinLock(ptl)
-            cur = yield from self.read_entry("pte", ptep, "pte_unmap_same")
-            yield from self.pte_unmap_unlock(ptep, ptl)
-            if cur != vmf.orig_pte:
-                return VM_FAULT_RETRY_ACCESS
-            return VM_FAULT_SIGSEGV  # swap and migration entries are not modelled
+            return (yield from self.do_swap_page(vmf, ptep, ptl))  # emu/kernel/swapin.py
         # Present: make it young (and dirty on a write) if it is still the same
         # pte; pte_same() is what makes the _rw_nolock mapping safe here.
         yield s.SpinLock(ptl)
@@ -157,6 +152,7 @@ class FaultMixin:
         vma = vmf.vma
         page_addr = vmf.addr - vmf.addr % self.arch.page_size
         folio = self.new_folio(vma.kind, 1, f"{vma.kind} page for {page_addr:#x}")
+        folio.index = self.vma_index(vma, page_addr)  # linear_page_index(): the anon rmap's key
         if vma.kind == "text":
             chunk = vma.image[page_addr - vma.start: page_addr - vma.start + self.arch.page_size]
             if chunk:

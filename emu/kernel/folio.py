@@ -29,6 +29,9 @@ class Folio:
     lock: RwSem = field(default_factory=lambda: RwSem("folio_lock"))
     index: int = 0  # page-cache index of the head (file folios)
     in_cache: bool = False
+    # the swap slot of an anon folio in the swap cache (folio->swap), or None
+    swap: int | None = None
+    isolated: bool = False  # off the LRU: taken by reclaim or migration
     # FOLL_PIN pins (GUP_PIN_COUNTING_BIAS kept apart from the references,
     # each pin also counting one reference): folio_maybe_dma_pinned()
     pincount: int = 0

@@ -232,6 +232,8 @@ class ForkMixin:
                         prealloc)
                     if ret == -EAGAIN:
                         break
+                elif a.is_swap_pte(ptent):
+                    yield from self.copy_nonpresent_pte(dst_vma.mm, dst_pte0 + off, ptent, rss)
                 addr += ps
             yield s.SpinUnlock(src_ptl)
             yield from self.pte_unmap(src_pte0)

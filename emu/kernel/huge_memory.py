@@ -283,6 +283,10 @@ class HugeMemoryMixin:
             folio = self.folio_of(a.pmd_huge_pa(cur))
             if self.thp_deposits_for(folio):
                 yield from self.zap_anon_deposit(mm, pmd_pa, addr)
+        elif self.is_pmd_migration_entry(cur):
+            # a PMD migration entry (emu/kernel/swap.py): its pages stop counting in rss
+            yield from self.get_and_clear_entry("pmd", pmd_pa, "zap_huge_pmd: migration entry", cur)
+            yield from self.zap_nonpresent_pmd(mm, cur)
         yield s.SpinUnlock(ptl)
         if folio is not None:
             folio.unmap()

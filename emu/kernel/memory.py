@@ -75,6 +75,9 @@ class MemoryMixin:
                     yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd, tlb)
                 elif a.pmd_trans_huge(pmdval):
                     yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr, tlb)
+                elif self.is_pmd_migration_entry(pmdval):
+                    if next_pmd - addr == pmd_size:  # a part would need a split (not modelled)
+                        yield from self.zap_huge_pmd(mm, vma, pmd_pa, addr, tlb)
                 elif not a.entry_none("pmd", pmdval) and even_cows:
                     yield from self.zap_pte_range(mm, vma, pmd_pa, addr, next_pmd, tlb)
                 elif not a.entry_none("pmd", pmdval):
@@ -113,6 +116,7 @@ class MemoryMixin:
             cur = yield from self.get_and_clear_entry("pte", ptep,
                                                       "zap_pte_range: ptep_get_and_clear", cur)
             if not a.pte_present(cur):
+                yield from self.zap_nonpresent_pte(mm, cur)
                 continue
             lo = addr if lo is None else lo
             hi = addr + ps
@@ -171,7 +175,7 @@ class MemoryMixin:
             if pmd_pa is None:
                 continue
             pmdval = yield from self.read_entry("pmd", pmd_pa, "free_pgtables")
-            if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
+            if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval) or a.is_swap_pmd(pmdval):
                 continue
             table = a.table_pa("pmd", pmdval)
             yield from self.clear_entry("pmd", pmd_pa, "free_pgtables: pmd_clear")

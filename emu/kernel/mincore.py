@@ -78,14 +78,15 @@ class MincoreMixin:
         return 0
 
     def pmd_trans_huge_lock(self: Kernel, mm: MM, pmd_pa: int, addr: int) -> s.KernelGen:
-        """pmd_trans_huge_lock() (v6.12): the pmd lock if the pmd maps a huge page, else None."""
+        """pmd_trans_huge_lock() (v6.12): the pmd lock if the pmd maps a huge page or is a
+        swap (migration) pmd, else None."""
         a = self.arch
         val = yield from self.read_entry("pmd", pmd_pa, "pmd_trans_huge_lock")
-        if not a.pmd_trans_huge(val):
+        if not (a.pmd_trans_huge(val) or a.is_swap_pmd(val)):
             return None
         ptl = yield from self.pmd_lock(mm, pmd_pa, addr)
         val = yield from self.read_entry("pmd", pmd_pa, "__pmd_trans_huge_lock recheck")
-        if a.pmd_trans_huge(val):
+        if a.pmd_trans_huge(val) or a.is_swap_pmd(val):
             return ptl
         yield s.SpinUnlock(ptl)
         return None
@@ -114,8 +115,11 @@ class MincoreMixin:
                 yield from self._mincore_unmapped_range(walk.vma, addr + i * a.page_size,
                                                          addr + (i + 1) * a.page_size, vec,
                                                          vec.pos + i)
+            elif a.is_swap_pte(pte) and self.pte_to_swp_entry(pte)[0] == 0:
+                # a swap entry: resident if its slot's folio is in the swap cache
+                vec.buf[vec.pos + i] = int(self.pte_to_swp_entry(pte)[1] in self.swap.cache)
             else:
-                # present; ptemu has no swap or migration entries yet
+                # present, or a migration entry ("always uptodate")
                 vec.buf[vec.pos + i] = 1
         yield from self.mincore_unmap_pte(ptep, ptl)
         vec.pos += nr

@@ -84,6 +84,7 @@ class MM:
     mmap_lock: RwSem = field(init=False)
     page_table_lock: Spinlock = field(init=False)
     nr_ptes: int = 0
+    swapents: int = 0  # MM_SWAPENTS: swap ptes in this mm's tables
     rss: dict[str, int] = field(default_factory=lambda: {"anon": 0, "file": 0, "shmem": 0})
     # arch allocation state (powerpc pte_frag cache, s390 pgtable_list)
     context: dict[str, object] = field(default_factory=dict)

@@ -197,8 +197,9 @@ class PgtableMixin:
         yield from self.pmdp_get_lockless_start()
         pmdval = yield from self.pmdp_get_lockless(pmd_pa)
         yield from self.pmdp_get_lockless_end()
-        # Linux's order: none, then trans-huge, then bad (which clears the live entry)
-        if a.entry_none("pmd", pmdval) or a.pmd_trans_huge(pmdval):
+        # Linux's order: none or migration, then trans-huge, then bad (which clears the
+        # live entry)
+        if self.pte_offset_map_nomap(pmdval):
             yield s.RcuReadUnlock()
             return None
         if a.entry_bad("pmd", pmdval) or not a.entry_present("pmd", pmdval):
@@ -209,6 +210,13 @@ class PgtableMixin:
             return None
         ptep = self.entry_addr("pte", a.table_pa("pmd", pmdval), addr)
         return (ptep, pmdval)
+
+    def pte_offset_map_nomap(self: Kernel, pmdval: int) -> bool:
+        """__pte_offset_map()'s nomap tests (v6.5+): pmd_none, is_pmd_migration_entry (a PMD
+        migration entry is left alone, not taken for pmd_bad), pmd_trans_huge."""
+        a = self.arch
+        return (a.entry_none("pmd", pmdval) or self.is_pmd_migration_entry(pmdval)
+                or a.pmd_trans_huge(pmdval))
 
     def pte_offset_map(self: Kernel, pmd_pa: int, addr: int) -> s.KernelGen:
         """pte_offset_map() (v6.5+): ptep with rcu_read_lock held, or None."""

@@ -32,3 +32,15 @@ class MfillNoPmdRecheck:
         ptep, ptl = r
         yield s.SpinLock(ptl)
         return (ptep, ptl)
+
+
+@variant("uffd_move_no_dst_pmd_same",
+         "move_pages_pte() trusts pte_same() on a none destination pte without rechecking the "
+         "destination pmd under the ptls, as 6.8-6.13 did (fixed with 6.14's empty-table "
+         "reclaim, 'mm: userfaultfd: recheck dst_pmd entry in move_pages_pte()'): "
+         "MADV_DONTNEED may have reclaimed the empty table meanwhile, and the moved page "
+         "goes into a table on its way to being freed")
+class UffdMoveNoDstPmdSame:
+    def move_dst_pmd_same(self: Kernel, dst_pmd: int, dst_pmdval: int) -> s.KernelGen:
+        return True
+        yield

@@ -122,6 +122,7 @@ class UserfaultfdMixin:
         if vma.kind == "shmem" and not vma.private:
             return (yield from self.shmem_mfill_atomic_pte(mm, vma, pmd_pa, addr, data))
         folio = self.new_folio("anon", 1, f"anon page for {addr:#x} (UFFDIO_COPY)")
+        folio.index = self.vma_index(vma, addr)  # linear_page_index(): the anon rmap's key
         folio.get()  # the allocation's reference
         self.mem.write(folio.pa, data)  # copy_from_user() into the new page
         ret = yield from self.mfill_atomic_install_pte(mm, vma, pmd_pa, addr, folio, folio.pa)

@@ -23,6 +23,7 @@ import emu.kernel.fork_variants  # noqa: F401 - fork's and COW's
 import emu.kernel.known_variants  # noqa: F401 - registers the built-in variants
 import emu.kernel.mremap_variants  # noqa: F401 - mremap's
 import emu.kernel.notifier_variants  # noqa: F401 - the mmu notifier calls'
+import emu.kernel.swap_variants  # noqa: F401 - swap, reclaim and migration's
 import emu.kernel.thp_variants  # noqa: F401 - anon THP collapse, split and zap's
 import emu.kernel.uffd_variants  # noqa: F401 - userfaultfd's
 import emu.kernel.walker_variants  # noqa: F401 - and those of the page walker's users
