@@ -21,7 +21,7 @@ from emu.kernel.version import NEWEST, Version
 from emu.physmem import FrameAllocator, PhysMem, PhysMemError
 
 if TYPE_CHECKING:
-    pass
+    from emu.kernel.folio import Folio
 
 
 class KernelBug(Exception):
@@ -125,6 +125,21 @@ class KernelCore:
     # ---- helpers --------------------------------------------------------------
     def setup_vma(self, vma: Any, spec: Any) -> None:
         """Attach backing state to a new VMA (page cache for shmem/file)."""
+
+    def folio_trylock(self, folio: Folio) -> s.KernelGen:
+        """folio_trylock() (v6.12): one atomic step; True if this CPU now holds the folio
+        lock (reclaim and khugepaged's isolation skip a folio someone else has locked)."""
+        cpu = self.cpu
+        sem = folio.lock
+
+        def take() -> bool:
+            if not sem.can_write(cpu):
+                return False
+            sem.writer = cpu
+            self.cpus[cpu].held.append((sem, "write"))
+            return True
+
+        return (yield s.KernelAtomic(take, f"folio_trylock {folio.pa:#x}"))
 
     def online_cpus(self) -> list[int]:
         return [c.cpu for c in self.cpus if c.online]

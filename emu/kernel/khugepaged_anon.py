@@ -85,20 +85,6 @@ class KhugepagedAnonMixin:
             return SCAN_VMA_CHECK
         return vma
 
-    def folio_trylock(self: Kernel, folio: Folio) -> s.KernelGen:
-        """folio_trylock() (v6.12): one atomic step; True if this CPU now holds the lock."""
-        cpu = self.cpu
-        sem = folio.lock
-
-        def take() -> bool:
-            if not sem.can_write(cpu):
-                return False
-            sem.writer = cpu
-            self.cpus[cpu].held.append((sem, "write"))
-            return True
-
-        return (yield s.KernelAtomic(take, f"folio_trylock {folio.pa:#x}"))
-
     # ---- the scan ---------------------------------------------------------------------
     def hpage_collapse_scan_pmd(self: Kernel, mm: MM, vma: VMA, haddr: int,
                                 khugepaged: bool) -> s.KernelGen:

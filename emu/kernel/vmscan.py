@@ -24,23 +24,9 @@ if TYPE_CHECKING:
     from emu.kernel import Kernel
     from emu.kernel.folio import Folio
     from emu.kernel.mm import MM
-    from emu.kernel.sync import RwSem
 
 
 class VmscanMixin:
-    def folio_trylock(self: Kernel, folio: Folio) -> s.KernelGen:
-        """folio_trylock() (v6.12): take the folio lock if it is free, as one step."""
-        cpu = self.cpu
-        sem: RwSem = folio.lock
-
-        def take() -> bool:
-            if not sem.can_write(cpu):
-                return False
-            sem.writer = cpu
-            self.cpus[cpu].held.append((sem, "write"))
-            return True
-        return (yield s.KernelAtomic(take, "folio_trylock"))
-
     def madvise_pageout(self: Kernel, mm: MM, start: int, end: int) -> s.KernelGen:
         """madvise(MADV_PAGEOUT) (v6.12): isolate the range's folios, then reclaim them."""
         a = self.arch
