@@ -262,8 +262,10 @@ def _fork_and_pin_calls(rng: random.Random, plan: Plan, regions: list[Region],
     page = plan.page
     # what fork copies and COW shares: anon memory and private file mappings
     writable = [r for r in regions if r.stable and r.writable
-                and (r.kind == "anon" or (r.vma is not None and r.vma.private))] or \
-        [r for r in regions if r.stable and r.writable]
+                and (r.kind == "anon" or (r.vma is not None and r.vma.private))]
+    if not writable:  # the GUP output buffer: anon, populated, nobody unmaps it
+        out = OUT_PMD * plan.pmd
+        writable = [Region(plan.expr(out), out, _out_pages(plan) * page, "anon", True, True)]
     pinner = rng.randrange(len(lists))
     pin_at = None  # where the pinner's pin ends in its list
     if rng.random() < 0.3 and writable:

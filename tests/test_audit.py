@@ -75,3 +75,35 @@ def test_audit_finds_a_table_frame_no_table_reaches():
     k = machine().kernel
     k.frames.alloc("stray pte table", 0, FrameState.PGTABLE, level="pte")
     assert [p for p in audit(k) if "unreachable" in p]
+
+
+def test_audit_finds_a_wrong_rss_count():
+    k = machine().kernel
+    k.mm.rss["shmem"] += 1
+    assert [p for p in audit(k) if p == "rss[shmem] is 5 but 4 pages are mapped"]
+
+
+def test_audit_finds_an_entry_mapping_a_page_of_no_folio():
+    k = machine().kernel
+    folio = next(iter(k.folios.values()))
+    del k.folios[folio.pa]  # the page the pte maps is no folio's any more
+    assert [p for p in audit(k) if p == "1 entries map pages that belong to no folio"]
+
+
+def test_audit_finds_a_folio_in_a_frame_that_is_not_data():
+    k = machine().kernel
+    folio = next(iter(k.folios.values()))
+    k.frames.set_state(folio.pa, FrameState.PGTABLE, 0, "test")
+    assert [p for p in audit(k) if "lives in a frame that is pgtable" in p]
+
+
+def test_audit_does_not_follow_a_not_present_pmd():
+    """A pmd with _PAGE_PRESENT clear points at no live table: its ptes map
+    nothing, so the books (one PTE table, four pages) no longer match."""
+    m = machine()
+    k = m.kernel
+    pmd_pa = m.run_kernel_now(k.pmd_offset_alloc(m.mm, BASE, alloc=False), "pmd")
+    m.mem.write_int(pmd_pa, 8, k.read_entry_now(pmd_pa, 8) & ~1, m.arch.byteorder)
+    problems = audit(k)
+    assert "mm.nr_ptes is 1 but 0 PTE tables are reachable" in problems
+    assert "rss[shmem] is 4 but 0 pages are mapped" in problems

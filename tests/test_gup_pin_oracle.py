@@ -131,3 +131,16 @@ def test_read_pin_of_a_shared_anon_page_must_unshare(machine_from):
     m.start_forked(2, child)
     assert m.run_kernel_now(k.pin_user_pages_fast(m.mm, addr, 1, False), "pin") == []
     assert m.run_kernel_now(k.gup_fast(m.mm, addr, 1, False), "get") != []  # FOLL_GET may
+
+
+def test_mprotect_of_a_pinned_page_keeps_watching_it(machine_from):
+    """mprotect's get-and-clear + commit of the same page is no unmap: the pin stays live."""
+    from emu.kernel.mprotect import prot_of
+    m, addr = build(machine_from)
+    k = m.kernel
+    assert m.run_kernel_now(pinner(m, addr), "pin") == 1
+    il = Interleaving(m)
+    il.start(0, k.do_mprotect(m.mm, addr, addr + m.arch.page_size, prot_of(1)), "mprotect")
+    il.finish()
+    assert not k.pins[0][0].detached
+    assert k.release_pins(0) == 1

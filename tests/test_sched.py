@@ -87,3 +87,45 @@ def test_context_switches_count_task_changes_for_lists_and_decoded_schedules(tex
     c = decode(text)
     assert context_switches(c) == switches
     assert context_switches(list(c)) == switches
+
+
+def test_pct_refuses_a_depth_below_one_with_its_own_message():
+    from emu.sched.pct import PCTStrategy
+    with pytest.raises(ValueError, match="PCT depth must be at least 1, got 0"):
+        PCTStrategy(1, depth=0)
+    assert PCTStrategy(1, depth=1).change_at == {}  # depth 1: no change point
+
+
+def test_repeated_letters_merge_into_one_run():
+    c = decode("pt1:ab2b3")
+    assert list(c) == [0, 1, 1, 1, 1, 1] and c == decode("pt1:ab5") and c.runs == [(0, 1), (1, 5)]
+
+
+def test_random_choices_are_drawn_only_where_there_is_a_choice():
+    """A step with one runnable task draws nothing: the seed's choices at the
+    real choice points do not depend on how many forced steps lie between."""
+    from emu.sched import RandomStrategy
+    a, b = RandomStrategy(11), RandomStrategy(11)
+    plain = [a.choose([0, 1, 2], i) for i in range(20)]
+    mixed = []
+    for i in range(20):
+        assert b.choose([2], 2 * i) == 2
+        mixed.append(b.choose([0, 1, 2], 2 * i + 1))
+    assert plain == mixed
+
+
+def test_a_replay_past_its_end_goes_on_round_robin_unless_strict():
+    r = Replay([1])
+    assert [r.choose([0, 1], i) for i in range(4)] == [1, 0, 1, 0]
+    strict = Replay([1], strict_end=True)
+    assert strict.choose([0, 1], 0) == 1
+    with pytest.raises(ReplayDivergence, match="ended after 1 steps"):
+        strict.choose([0, 1], 1)
+
+
+def test_pct_by_default_changes_priority_once_within_the_first_thousand_steps():
+    from emu.sched.pct import PCTStrategy
+    points = [PCTStrategy(seed).change_at for seed in range(5000)]
+    assert all(len(p) == 1 and list(p.values()) == [1] for p in points)  # depth 2
+    steps = [next(iter(p)) for p in points]
+    assert min(steps) == 0 and max(steps) == 999  # k = 1000: every step 0..999 can be drawn

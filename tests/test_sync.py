@@ -136,6 +136,7 @@ def test_an_rwsem_reader_waits_for_the_writer_and_says_who_holds_it():
     il = Interleaving(m)
     il.start(0, write_then_release())
     il.step(0)  # cpu0 holds it for write
+    assert sem.is_locked()
     il.start(1, read())
     il.run_while_runnable(1)
     assert not il.tasks[1].done
@@ -159,6 +160,7 @@ def test_an_rwsem_writer_waits_for_readers_and_names_them():
     il = Interleaving(m)
     il.start(0, read_then_release())
     il.step(0)
+    assert sem.is_locked()  # by a reader alone
     il.start(1, write())
     il.run_while_runnable(1)
     assert "readers ['cpu0']" in il.tasks[1].blocked_on()
@@ -172,3 +174,13 @@ def test_a_spin_lock_step_says_whether_it_is_nested():
     lock = Spinlock("ptl")
     assert describe_op(s.SpinLock(lock)) == "spin_lock(ptl)"
     assert describe_op(s.SpinLock(lock, nested=True)) == "spin_lock_nested(ptl)"
+
+
+def test_a_grace_period_requested_with_no_cpu_online_ends_at_once():
+    """Every vCPU has finished (offline): no CPU is left to pass a quiescent
+    state, so a callback queued now (by an RCU callback, or at run end) must
+    not wait forever."""
+    from emu.kernel.sync import Rcu
+    rcu = Rcu(2)
+    target = rcu.request_gp(5, [])
+    assert rcu.completed == target == 1 and not rcu.gp_in_progress()

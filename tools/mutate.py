@@ -1093,6 +1093,10 @@ def main(argv: list[str] | None = None) -> int:
                 hit["depends"] = verdicts.digest(runner.tests_for(m))
             results.append(Result(m, hit["status"], hit.get("tests", 0), 0.0,
                                   hit.get("killer", ""), cached=True))
+        elif m.id in equivalent and not args.only:
+            # judged equivalent: left out of the score, so not worth running
+            results.append(Result(m, hit["status"] if hit else "survived", 0, 0.0, "",
+                                  cached=True))
         else:
             todo.append((m, text, key))
     print(f"{len(mutants)} mutants in {len(files)} files, {len(todo)} to run",

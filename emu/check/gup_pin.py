@@ -64,13 +64,15 @@ class GupPinLost(Checker):
                     pin.cleared_by = cpu
                     continue
                 now = a.pte_pa(pte)
-                if now != pin.pa - pin.pa % a.page_size:
-                    raise self.fail(
-                        f"pinned page lost: cpu{holder} holds a FOLL_PIN pin on page {pin.pa:#x}, "
-                        f"mapped at {pin.va:#x} in process {pin.mm.name}, and cpu{cpu}'s {what} "
-                        f"now maps {pin.va:#x} to page {now:#x}: DMA through the pin and the "
-                        "process no longer share memory (a COW copy of a page fork shared "
-                        "while it was pinned)", cpu, pin.pa, va=pin.va, holder=holder)
+                if now == pin.pa - pin.pa % a.page_size:
+                    pin.cleared_by = None  # set again to the same page (mprotect's commit)
+                    continue
+                raise self.fail(
+                    f"pinned page lost: cpu{holder} holds a FOLL_PIN pin on page {pin.pa:#x}, "
+                    f"mapped at {pin.va:#x} in process {pin.mm.name}, and cpu{cpu}'s {what} "
+                    f"now maps {pin.va:#x} to page {now:#x}: DMA through the pin and the "
+                    "process no longer share memory (a COW copy of a page fork shared "
+                    "while it was pinned)", cpu, pin.pa, va=pin.va, holder=holder)
 
     def on_kernel_step(self, cpu: int, op: object) -> None:
         pins = self.m.kernel.pins

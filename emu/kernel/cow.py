@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from arch.base import Access, Prot
+from arch.base import Access
 from emu.kernel import steps as s
 from emu.kernel.fault import VM_FAULT_RETRY_ACCESS, VM_FAULT_SIGSEGV, Vmf
 from emu.kernel.mmu_notifier import MMU_NOTIFY_CLEAR, MmuNotifierRange
@@ -88,19 +88,6 @@ class CowMixin:
         folio.anon_exclusive = True
         vmf.vma.anon_vma = True
         vmf.vma.mm.rss["anon"] += 1
-
-    def change_pte_prot(self: Kernel, vma: VMA, addr: int, pte: int) -> Prot:
-        """mprotect's protection for a present pte (v6.12 change_pte_range: pte_modify to
-        vm_page_prot, then can_change_pte_writable()): a COW mapping's vm_page_prot is
-        read-only, and only a PageAnonExclusive anon page may be made writable; a page
-        fork shared, or a private mapping's page-cache page, stays read-only so the next
-        write copies it."""
-        if not (vma.is_cow_mapping and vma.prot.write):
-            return vma.prot
-        folio = self.folio_of(self.arch.pte_pa(pte))
-        if folio is not None and folio.kind == "anon" and folio.anon_exclusive:
-            return vma.prot
-        return Prot(write=False, exec=vma.prot.exec, user=vma.prot.user)
 
     # ---- do_cow_fault --------------------------------------------------------------
     def do_cow_fault(self: Kernel, vmf: Vmf) -> s.KernelGen:
