@@ -52,3 +52,13 @@ def test_where_the_gup_sync_variant_cannot_show():
 def test_mremap_on_hash_is_clean():
     res = explore(ExploreConfig("thp_mremap_hash", strategy="pct", depth=3, schedules=15))
     assert res.report is None, res.report and res.report.message
+
+
+def test_collapse_huge_page_may_sync_after_dropping_the_pmd_lock():
+    """Regression: lockless-sync reported the correct model on thp_collapse_gup (x86-pae,
+    PCT depth 2, schedule #224): collapse_huge_page() drops pmd_lock before its
+    tlb_remove_table_sync_one(), as Linux does; under mmap_write_lock nobody else can
+    install into the cleared pmd, so the sync is due before collapse's own set_pmd_at."""
+    from emu.api import replay
+    out = replay("thp_collapse_gup", "pt1:b98a637", arch="x86-pae")
+    assert out.report is None, out.report and out.report.message
