@@ -201,12 +201,17 @@ class _StateUnpickler(pickle.Unpickler):
 class ExploreMachine(Machine):
     """A Machine with a cheap reset(), optional access logging and optional digests."""
 
+    # False while the base machine builds (set-up, populate, fast-forward to
+    # race_begin): memory is not tracked yet, the snapshot is taken after it
+    _tracking = False
+
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         # The buffer stays where every Unicorn instance mapped it; only the
         # Python class of the objects wrapping it changes.
         self.mem.__class__ = TrackingPhysMem
         self.mem.init_tracking((self.frames.frame_size - 1).bit_length())
+        self._tracking = True
         self.frames.__class__ = TrackingFrameAllocator
         self.frames.init_tracking(self.mem)
         # Any frame freed may sit in some CPU's Unicorn TLB: drop those caches so
@@ -282,6 +287,9 @@ class ExploreMachine(Machine):
 
     # ---- tracking guest writes and accesses -------------------------------------
     def on_tlb_use(self, cpu: VCpu, entry: TlbEntry, va: int, acc: Access) -> None:
+        if not self._tracking:  # a guest running free while the machine is built
+            super().on_tlb_use(cpu, entry, va, acc)
+            return
         tr = entry.tr
         pa = tr.pa(va)
         gran = self.arch.uc_page_size

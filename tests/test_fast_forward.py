@@ -101,3 +101,22 @@ def test_race_begin_again_under_the_schedule_is_a_no_op(tmp_path):
     p.write_text(text)
     r = Machine(scenario.load(str(p))).run(RoundRobin())
     assert r.ok and r.exit_codes == {0: 0, 1: 0}
+
+
+def test_setup_that_refills_a_tlb_entry_explores(tmp_path):
+    """A set-up whose guest uses a TLB entry again after Unicorn's TLB was
+    flushed (a frame freed by its own MADV_DONTNEED) goes through the TLB
+    model's refill while the exploring machine is still being built, before
+    its memory is tracked: it must explore, not raise (a fuzz workload on arm
+    found `'PhysMem' object has no attribute 'log'`)."""
+    text = torn_with_setup(True).replace(
+        '[["touch_write", "14 * pmd_size", 64, "page_size"], ',
+        '[["touch_write", "14 * pmd_size", 4, "page_size"], '
+        '["madvise", "14 * pmd_size + 8 * page_size", "page_size", 4], '
+        '["touch_write", "14 * pmd_size + 8 * page_size", 1, "page_size"], '
+        '["madvise", "14 * pmd_size + 8 * page_size", "page_size", 4], '
+        '["touch_read", "14 * pmd_size", 4, "page_size"], ')
+    p = tmp_path / "refill.toml"
+    p.write_text(text)
+    res = explore(ExploreConfig(str(p), schedules=5, minimize=False))
+    assert res.failure is None and res.stats.schedules == 5
