@@ -136,6 +136,7 @@ class HugeMemoryMixin:
             return VM_FAULT_RETRY_ACCESS
         entry = a.pmd_mkdirty(a.mk_pmd_huge(folio.pa, vma.prot))
         folio.map()  # folio_add_new_anon_rmap(RMAP_EXCLUSIVE): the allocation's ref
+        folio.anon_exclusive = True  # RMAP_EXCLUSIVE: PageAnonExclusive, as fork and GUP read it
         yield from self.pgtable_trans_huge_deposit(mm, vmf.pmd_pa, haddr, pgtable)
         yield from self.set_entry("pmd", vmf.pmd_pa, entry, "set_pmd_at (anon THP)")
         mm.rss["anon"] += nr

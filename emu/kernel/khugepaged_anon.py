@@ -202,6 +202,7 @@ class KhugepagedAnonMixin:
             raise KernelBug(f"collapse_huge_page: pmd {pmd_pa:#x} was refilled ({cur:#x}) "
                             "under mmap_write_lock")
         folio.map()  # folio_add_new_anon_rmap(RMAP_EXCLUSIVE)
+        folio.anon_exclusive = True  # RMAP_EXCLUSIVE: PageAnonExclusive, as fork and GUP read it
         yield from self.pgtable_trans_huge_deposit(mm, pmd_pa, haddr, a.table_pa("pmd", _pmd))
         yield from self.set_entry("pmd", pmd_pa, entry, "collapse_huge_page: set_pmd_at")
         yield s.SpinUnlock(pml)
